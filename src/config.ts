@@ -1,0 +1,66 @@
+/**
+ * Every default and limit of Switchyard, in one place. CONTRACT §5 lists the per-tenant limits;
+ * the rest are service-wide knobs an operator can change from the command line.
+ */
+
+/** Per-tenant limits (CONTRACT §5) plus the connect policy ProxyMachine used. */
+export interface Limits {
+  /** Wall time of one router call on its isolate. */
+  readonly routerTimeoutMs: number;
+  /** Heap limit of a tenant's isolate. */
+  readonly memoryMb: number;
+  /** Bytes buffered from a client before a decision. */
+  readonly maxBufferBytes: number;
+  /** From accept to a decision. */
+  readonly decisionTimeoutMs: number;
+  /** Concurrent client connections. */
+  readonly maxConnections: number;
+  /** One connect attempt to a backend. */
+  readonly connectTimeoutMs: number;
+  /** Connect attempts to the same backend before the next candidate (ProxyMachine: 10). */
+  readonly connectTries: number;
+  /** Pause between two attempts on the same backend (ProxyMachine: 100 ms). */
+  readonly connectRetryDelayMs: number;
+  /** Inactivity timeout once relaying when the decision sets none; 0 means none (ProxyMachine). */
+  readonly inactivityTimeoutMs: number;
+}
+
+export const defaultLimits: Limits = Object.freeze({
+  routerTimeoutMs: 50,
+  memoryMb: 32,
+  maxBufferBytes: 65536,
+  decisionTimeoutMs: 10_000,
+  maxConnections: 10_000,
+  connectTimeoutMs: 10_000,
+  connectTries: 10,
+  connectRetryDelayMs: 100,
+  inactivityTimeoutMs: 0,
+});
+
+/** Caps on what a router may hand back (CONTRACT §2). */
+export const decisionLimits = Object.freeze({
+  /** `host:port` of one candidate: a 253-character name, brackets and a port. */
+  maxRemoteChars: 262,
+  maxRemotes: 16,
+  /** `data`, `reply` and `close` strings. */
+  maxStringChars: 65536,
+});
+
+/** Caps on what a router script may be and print. */
+export const scriptLimits = Object.freeze({
+  maxScriptBytes: 256 * 1024,
+  /** Time a script may run while loading (top-level code). */
+  loadTimeoutMs: 1000,
+  /** console lines kept per router call, and characters per line. */
+  maxLogLinesPerCall: 20,
+  maxLogLineChars: 1024,
+  /** console lines per second per tenant reaching the service log, and the burst allowed. */
+  logLinesPerSecond: 50,
+  logBurst: 100,
+});
+
+/** Shutdown: TERM and INT wait this long for connections before closing the rest. */
+export const shutdownGraceMs = 10_000;
+
+/** Node's timers overflow past 2^31-1 ms; longer timeouts are clamped to this. */
+export const maxTimerMs = 2_147_483_647;

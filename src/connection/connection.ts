@@ -1,0 +1,385 @@
+import type { Socket } from 'node:net';
+import { maxTimerMs, type Limits } from '../config.js';
+import { CloseReason, ConnectError, RouterError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { TenantStats } from '../metrics/stats.js';
+import type { Decision, RemoteDecision } from '../routing/decision.js';
+import { formatEndpoint } from '../routing/endpoint.js';
+import type { ConnInfo, Router } from '../sandbox/router.js';
+import { proxyProtocolHeader } from './proxy-protocol.js';
+import { abortPeer, splice } from './relay.js';
+import { connectUpstream } from './upstream.js';
+
+/** What a connection needs from the listener that accepted it. */
+export interface ConnectionHost {
+  readonly tenant: string;
+  readonly router: Router;
+  readonly limits: Limits;
+  /** The tenant's logger (it carries `tenant`). */
+  readonly log: Logger;
+  readonly stats: TenantStats;
+  /** A connection was closed without being relayed. */
+  rejected(rejection: Rejection): void;
+  /** Both sides are closed; the connection is done. */
+  finished(connection: Connection): void;
+}
+
+export interface Rejection {
+  readonly time: Date;
+  readonly client: string;
+  readonly reason: CloseReason;
+  readonly message: string;
+  /** Up to the first 256 bytes the client sent. */
+  readonly firstBytes: Buffer;
+}
+
+type Phase = 'receiving' | 'connecting' | 'relaying' | 'closing' | 'closed';
+type TimerKind = 'decision' | 'inactivity' | 'linger';
+
+/** How long a closed-by-us client may take to close its side before it is destroyed. */
+const lingerMs = 5000;
+
+/**
+ * One client connection's life, phase by phase, in the order they happen:
+ *
+ *   accept → receive → route (noop: receive more | close | remote) → connect → relay → finish
+ *
+ * One timer slot serves every phase: the decision deadline while receiving, the inactivity
+ * timeout while relaying, and a linger limit once Switchyard has closed its side.
+ */
+export class Connection {
+  readonly #host: ConnectionHost;
+  /** The router live when the client arrived; a hot swap does not change it mid-connection. */
+  readonly #router: Router;
+  readonly #client: Socket;
+  readonly #info: ConnInfo;
+  readonly #startedAt = Date.now();
+  #phase: Phase = 'receiving';
+  /** Everything received before a decision, one character per byte (latin1). */
+  #buffer = '';
+  /** A router call is in flight; new chunks wait for it to answer. */
+  #routing = false;
+  #clientEnded = false;
+  #upstream: Socket | undefined;
+  #abort: AbortController | undefined;
+  #backend: string | undefined;
+  #decision: Decision['kind'] | 'error' | 'none' = 'none';
+  #reason: CloseReason | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #timerKind: TimerKind = 'decision';
+  #inactivityMs = 0;
+  #lastActivity = 0;
+  #openSockets = 1;
+
+  constructor(host: ConnectionHost, client: Socket, info: ConnInfo) {
+    this.#host = host;
+    this.#router = host.router;
+    this.#client = client;
+    this.#info = info;
+  }
+
+  get client(): string {
+    return `${this.#info.remoteAddress}:${this.#info.remotePort}`;
+  }
+
+  /** accept: called once the listener has taken the client. Starts the decision deadline. */
+  accept(): void {
+    const client = this.#client;
+    client.on('data', this.#receive);
+    client.on('end', this.#clientEnd);
+    client.on('error', this.#clientError);
+    client.on('close', this.#socketClosed);
+    this.#arm('decision', this.#host.limits.decisionTimeoutMs);
+    if (this.#router.hooks.accept) void this.#route(true);
+  }
+
+  /** receive: a chunk from the client before any decision; buffer it and ask the router again. */
+  readonly #receive = (chunk: Buffer): void => {
+    if (this.#phase !== 'receiving') return;
+    this.#buffer += chunk.toString('latin1');
+    if (this.#buffer.length > this.#host.limits.maxBufferBytes) {
+      this.#reject(CloseReason.bufferLimit, `client sent ${this.#buffer.length} bytes without a decision (limit ${this.#host.limits.maxBufferBytes})`);
+      return;
+    }
+    if (!this.#routing) void this.#route(false);
+  };
+
+  /** The client sent FIN. Before a decision, the router gets one last look at what is there. */
+  readonly #clientEnd = (): void => {
+    this.#clientEnded = true;
+    if (this.#phase === 'receiving' && !this.#routing) this.#noMoreData();
+  };
+
+  /**
+   * route: ask the router about the whole buffer (or proxyAccept about the new client). One call
+   * at a time; chunks that arrive meanwhile are seen by the next call.
+   */
+  async #route(accepting: boolean): Promise<void> {
+    this.#routing = true;
+    const seen = this.#buffer.length;
+    let decision: Decision | undefined;
+    try {
+      decision = accepting
+        ? await this.#router.accept(this.#info)
+        : await this.#router.route(this.#buffer, this.#info);
+    } catch (err) {
+      this.#routing = false;
+      if (this.#phase !== 'receiving') return;
+      const e = err instanceof RouterError ? err : new RouterError(CloseReason.routerUnavailable, String(err));
+      this.#decision = 'error';
+      this.#reject(e.reason, e.message);
+      return;
+    }
+    this.#routing = false;
+    if (this.#phase !== 'receiving') return;
+    if (decision === undefined) {
+      this.#waitForMore(seen);
+      return;
+    }
+    this.#decision = decision.kind;
+    this.#host.stats.decided(decision.kind);
+    switch (decision.kind) {
+      case 'noop':
+        if (decision.reply !== undefined) this.#client.write(decision.reply, 'latin1');
+        this.#waitForMore(seen);
+        return;
+      case 'close':
+        this.#reject(CloseReason.routerClose, 'router closed the connection', decision.reply);
+        return;
+      case 'remote':
+        void this.#connect(decision, seen);
+        return;
+      default:
+        decision satisfies never;
+    }
+  }
+
+  /** After a noop: route again if more arrived during the call; give up if no more can come. */
+  #waitForMore(seen: number): void {
+    if (this.#buffer.length > seen) void this.#route(false);
+    else if (this.#clientEnded) this.#noMoreData();
+  }
+
+  #noMoreData(): void {
+    this.#reject(CloseReason.clientClosed, 'client closed its side before a decision');
+  }
+
+  /**
+   * connect: the router chose backends. The client is paused (what it sends meanwhile waits in
+   * the kernel) while each candidate is tried, with ProxyMachine's retries.
+   */
+  async #connect(decision: RemoteDecision, seen: number): Promise<void> {
+    this.#phase = 'connecting';
+    this.#disarm();
+    this.#client.pause();
+    const limits = this.#host.limits;
+    this.#abort = new AbortController();
+    this.#backend = formatEndpoint(decision.remotes[0]!);
+    try {
+      const { socket, endpoint } = await connectUpstream(
+        {
+          remotes: decision.remotes,
+          tries: limits.connectTries,
+          retryDelayMs: limits.connectRetryDelayMs,
+          timeoutMs: clamp(decision.connectTimeoutMs ?? limits.connectTimeoutMs),
+        },
+        this.#abort.signal,
+      );
+      this.#abort = undefined;
+      this.#backend = formatEndpoint(endpoint);
+      if (this.#phase !== 'connecting') {
+        socket.destroy();
+        return;
+      }
+      this.#relay(socket, decision, seen);
+    } catch (err) {
+      this.#abort = undefined;
+      if (this.#phase !== 'connecting') return;
+      if (err instanceof ConnectError) await this.#connectFailed(err);
+      else this.#reject(CloseReason.connectFailed, String(err));
+    }
+  }
+
+  /** Every candidate failed: tell the router's proxyConnectError hook, then close the client. */
+  async #connectFailed(err: ConnectError): Promise<void> {
+    this.#backend = err.backend;
+    if (this.#router.hooks.connectError) {
+      await this.#router
+        .connectError(err.backend, this.#info)
+        .catch((e: unknown) => this.#host.log.warn({ client: this.client, err: (e as Error).message }, 'proxyConnectError hook failed'));
+    }
+    if (this.#phase === 'connecting') this.#reject(CloseReason.connectFailed, err.message);
+  }
+
+  /**
+   * relay: send the PROXY header if asked, replay the buffer (or the router's `data` in place of
+   * what it saw), send `reply` to the client, then splice both directions until both close.
+   */
+  #relay(upstream: Socket, decision: RemoteDecision, seen: number): void {
+    this.#phase = 'relaying';
+    this.#upstream = upstream;
+    this.#openSockets++;
+    const client = this.#client;
+    upstream.on('error', this.#upstreamError);
+    upstream.on('close', this.#socketClosed);
+    if (decision.proxyProtocol !== undefined) {
+      upstream.write(
+        proxyProtocolHeader(decision.proxyProtocol, {
+          sourceAddress: this.#info.remoteAddress,
+          sourcePort: this.#info.remotePort,
+          destinationAddress: this.#info.localAddress,
+          destinationPort: this.#info.localPort,
+        }),
+      );
+    }
+    const replay = decision.data === undefined ? this.#buffer : decision.data + this.#buffer.slice(seen);
+    if (replay.length > 0) upstream.write(replay, 'latin1');
+    this.#buffer = '';
+    if (decision.reply !== undefined) client.write(decision.reply, 'latin1');
+
+    client.off('data', this.#receive);
+    client.off('end', this.#clientEnd);
+    splice(client, upstream, this.#touch);
+    splice(upstream, client, this.#touch);
+    if (this.#clientEnded) upstream.end();
+    client.resume();
+
+    this.#inactivityMs = clamp(decision.inactivityTimeoutMs ?? this.#host.limits.inactivityTimeoutMs);
+    this.#touch();
+    if (this.#inactivityMs > 0) this.#arm('inactivity', this.#inactivityMs);
+  }
+
+  readonly #touch = (): void => {
+    this.#lastActivity = Date.now();
+  };
+
+  readonly #upstreamError = (err: NodeJS.ErrnoException): void => {
+    this.#host.log.debug({ client: this.client, backend: this.#backend, code: err.code }, 'backend socket error');
+    abortPeer(this.#client, err);
+  };
+
+  readonly #clientError = (err: NodeJS.ErrnoException): void => {
+    this.#host.log.debug({ client: this.client, code: err.code }, 'client socket error');
+    if (this.#upstream !== undefined) abortPeer(this.#upstream, err);
+  };
+
+  /** The one timer of the connection fired: what it means depends on the phase. */
+  readonly #onTimer = (): void => {
+    this.#timer = undefined;
+    switch (this.#timerKind) {
+      case 'decision':
+        if (this.#phase === 'receiving') {
+          this.#reject(CloseReason.decisionTimeout, `no decision within ${this.#host.limits.decisionTimeoutMs} ms`);
+        }
+        return;
+      case 'inactivity': {
+        const idle = Date.now() - this.#lastActivity;
+        if (idle < this.#inactivityMs) this.#arm('inactivity', this.#inactivityMs - idle);
+        else void this.#inactive();
+        return;
+      }
+      case 'linger':
+        this.#client.destroy();
+        return;
+    }
+  };
+
+  /** No bytes either way for the inactivity timeout: tell proxyInactivityError, then close. */
+  async #inactive(): Promise<void> {
+    this.#reason = CloseReason.inactivityTimeout;
+    this.#host.log.info({ client: this.client, backend: this.#backend, timeoutMs: this.#inactivityMs }, 'inactivity timeout');
+    if (this.#router.hooks.inactivityError) {
+      await this.#router
+        .inactivityError(this.#backend ?? '', this.#info)
+        .catch((e: unknown) => this.#host.log.warn({ client: this.client, err: (e as Error).message }, 'proxyInactivityError hook failed'));
+    }
+    this.#upstream?.destroy();
+    this.#endClient();
+  }
+
+  /**
+   * Closes a connection that will not be relayed: the router closed it, failed, or a limit
+   * was hit. `reply` (from a close decision) is sent first.
+   */
+  #reject(reason: CloseReason, message: string, reply?: string): void {
+    this.#reason = reason;
+    const first = Buffer.from(this.#buffer.slice(0, 256), 'latin1');
+    this.#host.stats.rejected(reason);
+    this.#host.rejected({ time: new Date(), client: this.client, reason, message, firstBytes: first });
+    this.#endClient(reply);
+  }
+
+  /** Sends FIN to the client (after `reply`), and gives it a moment to close its side. */
+  #endClient(reply?: string): void {
+    this.#phase = 'closing';
+    this.#abort?.abort(new Error('connection closed'));
+    this.#client.off('data', this.#receive);
+    this.#client.resume();
+    if (reply !== undefined) this.#client.end(reply, 'latin1');
+    else this.#client.end();
+    this.#arm('linger', lingerMs);
+  }
+
+  /** Forced close: both sides destroyed now (shutdown, kill switch). */
+  destroy(reason: CloseReason): void {
+    if (this.#phase === 'closed') return;
+    this.#reason ??= reason;
+    this.#abort?.abort(new Error('connection destroyed'));
+    this.#upstream?.destroy();
+    this.#client.destroy();
+  }
+
+  /** A socket closed; when both have, the connection is done. */
+  readonly #socketClosed = (): void => {
+    if (--this.#openSockets > 0) {
+      // One side is fully gone; a relay cannot go on with the other.
+      if (this.#upstream?.destroyed === true && !this.#client.destroyed && !this.#client.writableEnded) this.#client.end();
+      if (this.#client.destroyed && this.#upstream !== undefined && !this.#upstream.destroyed) this.#upstream.destroy();
+      return;
+    }
+    if (this.#phase === 'receiving' || this.#phase === 'connecting') {
+      this.#reason ??= CloseReason.clientClosed;
+      this.#abort?.abort(new Error('client closed'));
+    }
+    this.#finish();
+  };
+
+  /** finish: log the connection's one line and count it. */
+  #finish(): void {
+    this.#phase = 'closed';
+    this.#disarm();
+    const stats = this.#host.stats;
+    const bytesIn = this.#client.bytesRead;
+    const bytesOut = this.#client.bytesWritten;
+    stats.bytesIn += bytesIn;
+    stats.bytesOut += bytesOut;
+    this.#host.log.info(
+      {
+        client: this.client,
+        backend: this.#backend,
+        decision: this.#decision,
+        reason: this.#reason,
+        bytesIn,
+        bytesOut,
+        durationMs: Date.now() - this.#startedAt,
+      },
+      'connection closed',
+    );
+    this.#host.finished(this);
+  }
+
+  #arm(kind: TimerKind, ms: number): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timerKind = kind;
+    this.#timer = setTimeout(this.#onTimer, ms);
+  }
+
+  #disarm(): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+}
+
+function clamp(ms: number): number {
+  return Math.min(Math.ceil(ms), maxTimerMs);
+}

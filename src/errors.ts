@@ -1,0 +1,75 @@
+/**
+ * Every failure Switchyard reports has a class here and a stable `code`. Codes are what logs,
+ * metrics and rejections carry; messages are for people and may change.
+ */
+
+/** Why a client connection was closed without being relayed. One value per rejection reason. */
+export const CloseReason = {
+  routerClose: 'router_close',
+  routerThrow: 'router_throw',
+  routerTimeout: 'router_timeout',
+  routerMemory: 'router_memory',
+  routerInvalid: 'router_invalid',
+  routerUnavailable: 'router_unavailable',
+  policyDenied: 'policy_denied',
+  connectFailed: 'connect_failed',
+  connectionLimit: 'connection_limit',
+  bufferLimit: 'buffer_limit',
+  decisionTimeout: 'decision_timeout',
+  clientClosed: 'client_closed',
+  inactivityTimeout: 'inactivity_timeout',
+  shutdown: 'shutdown',
+} as const;
+export type CloseReason = (typeof CloseReason)[keyof typeof CloseReason];
+
+export class SwitchyardError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** A router call failed: it threw, ran out of time or memory, or returned something invalid. */
+export class RouterError extends SwitchyardError {
+  readonly reason: CloseReason;
+  constructor(reason: CloseReason, message: string, options?: ErrorOptions) {
+    super(`ERR_${reason.toUpperCase()}`, message, options);
+    this.reason = reason;
+  }
+}
+
+/** A decision that is not one of the shapes of the contract. */
+export class InvalidDecisionError extends RouterError {
+  constructor(message: string) {
+    super(CloseReason.routerInvalid, message);
+  }
+}
+
+/** A router script that cannot be loaded: it does not compile, throws, times out or never calls proxy(). */
+export class RouterLoadError extends SwitchyardError {
+  readonly line: number | undefined;
+  readonly column: number | undefined;
+  constructor(code: RouterLoadCode, message: string, position?: { line: number; column: number }) {
+    super(code, message);
+    this.line = position?.line;
+    this.column = position?.column;
+  }
+}
+export type RouterLoadCode =
+  | 'ERR_ROUTER_SYNTAX'
+  | 'ERR_ROUTER_THROW'
+  | 'ERR_ROUTER_TIMEOUT'
+  | 'ERR_ROUTER_MEMORY'
+  | 'ERR_ROUTER_NO_PROXY'
+  | 'ERR_ROUTER_TOO_LARGE';
+
+/** Every candidate backend of a `remote` decision refused or timed out. */
+export class ConnectError extends SwitchyardError {
+  readonly backend: string;
+  constructor(backend: string, message: string, options?: ErrorOptions) {
+    super('ERR_CONNECT_FAILED', message, options);
+    this.backend = backend;
+  }
+}

@@ -1,0 +1,119 @@
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { Limits } from './config.js';
+import { Connection, type ConnectionHost, type Rejection } from './connection/connection.js';
+import { CloseReason } from './errors.js';
+import type { Logger } from './log.js';
+import { TenantStats } from './metrics/stats.js';
+import type { ConnInfo, Router } from './sandbox/router.js';
+
+export interface ListenerOptions {
+  readonly tenant: string;
+  readonly router: Router;
+  readonly limits: Limits;
+  /** The service log; the listener adds `tenant` to every line. */
+  readonly log: Logger;
+}
+
+/** Rejections kept per tenant, newest last. */
+const rejectionRing = 100;
+
+/**
+ * A tenant's port: accepts clients, enforces the connection limit, and owns the connections
+ * until they finish. `close()` stops accepting and waits for them; `destroy()` ends them now.
+ */
+export class TenantListener implements ConnectionHost {
+  readonly tenant: string;
+  readonly log: Logger;
+  readonly stats = new TenantStats();
+  readonly rejections: Rejection[] = [];
+  router: Router;
+  limits: Limits;
+  readonly #server: Server;
+  readonly #connections = new Set<Connection>();
+  #drained: (() => void) | undefined;
+
+  constructor(options: ListenerOptions) {
+    this.tenant = options.tenant;
+    this.router = options.router;
+    this.limits = options.limits;
+    this.log = options.log.child({ tenant: options.tenant });
+    this.#server = createServer({ allowHalfOpen: true, noDelay: true }, this.#accept);
+  }
+
+  /** Binds the port; resolves with the bound address (port 0 picks a free one). */
+  listen(port: number, host: string): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen({ port, host, backlog: 1024 }, () => {
+        this.#server.off('error', reject);
+        this.#server.on('error', (err) => this.log.error({ err }, 'listener error'));
+        resolve(this.#server.address() as AddressInfo);
+      });
+    });
+  }
+
+  get address(): AddressInfo | null {
+    return this.#server.address() as AddressInfo | null;
+  }
+
+  get connectionCount(): number {
+    return this.#connections.size;
+  }
+
+  /** accept: a new client. Over the connection limit it is accepted and closed at once. */
+  readonly #accept = (socket: Socket): void => {
+    const { remoteAddress, remotePort, localAddress, localPort } = socket;
+    if (remoteAddress === undefined || remotePort === undefined || localAddress === undefined || localPort === undefined) {
+      socket.destroy(); // gone before we saw it
+      return;
+    }
+    this.stats.connections++;
+    if (this.#connections.size >= this.limits.maxConnections) {
+      const client = `${remoteAddress}:${remotePort}`;
+      this.stats.rejected(CloseReason.connectionLimit);
+      this.rejected({
+        time: new Date(),
+        client,
+        reason: CloseReason.connectionLimit,
+        message: `over the limit of ${this.limits.maxConnections} connections`,
+        firstBytes: Buffer.alloc(0),
+      });
+      socket.on('error', () => undefined);
+      socket.destroy();
+      return;
+    }
+    const info: ConnInfo = { tenant: this.tenant, remoteAddress, remotePort, localAddress, localPort };
+    const connection = new Connection(this, socket, info);
+    this.#connections.add(connection);
+    this.stats.active++;
+    connection.accept();
+  };
+
+  rejected(rejection: Rejection): void {
+    if (this.rejections.push(rejection) > rejectionRing) this.rejections.shift();
+    const level = rejection.reason === CloseReason.routerClose ? 'info' : 'warn';
+    this.log[level]({ client: rejection.client, reason: rejection.reason, detail: rejection.message }, 'connection rejected');
+  }
+
+  finished(connection: Connection): void {
+    if (this.#connections.delete(connection)) this.stats.active--;
+    if (this.#connections.size === 0) this.#drained?.();
+  }
+
+  /** Graceful: stop accepting (new clients are refused), resolve once every connection has finished. */
+  close(): Promise<void> {
+    this.#server.close();
+    if (this.#connections.size === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.#drained = resolve;
+    });
+  }
+
+  /** Forced: stop accepting and destroy every open connection now. Resolves with how many were open. */
+  destroy(reason: CloseReason = CloseReason.shutdown): number {
+    this.#server.close();
+    const open = this.#connections.size;
+    for (const connection of this.#connections) connection.destroy(reason);
+    return open;
+  }
+}
