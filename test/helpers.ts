@@ -148,6 +148,8 @@ export function startEchoBackend(): Promise<TestServer> {
 export interface Exchange {
   /** Everything received, latin1. */
   readonly data: string;
+  /** The client's `address:port` as the proxy logs it. */
+  readonly client: string;
   /** Whether the proxy closed with FIN (true) or the socket errored (false). */
   readonly clean: boolean;
   readonly error?: string;
@@ -160,6 +162,7 @@ export interface Exchange {
 export async function exchange(port: number, chunks: (string | Buffer)[], options: { end?: boolean } = {}): Promise<Exchange> {
   const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
   await once(socket, 'connect');
+  const local = socket.localPort;
   const received: Buffer[] = [];
   socket.on('data', (b: Buffer) => received.push(b));
   let error: string | undefined;
@@ -174,7 +177,8 @@ export async function exchange(port: number, chunks: (string | Buffer)[], option
   if (options.end === true) socket.end();
   await closed;
   const data = Buffer.concat(received).toString('latin1');
-  return error === undefined ? { data, clean: true } : { data, clean: false, error };
+  const client = `127.0.0.1:${local}`;
+  return error === undefined ? { data, client, clean: true } : { data, client, clean: false, error };
 }
 
 /** Opens a client socket and resolves once connected. */
@@ -201,4 +205,186 @@ export function deferred<T = void>(): { promise: Promise<T>; resolve: (v: T) => 
     reject = rej;
   });
   return { promise, resolve, reject };
+}
+
+// Helpers for the example routers' tests (routers/*.js driven by real clients).
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+
+/**
+ * The source of routers/`file`, with its hardcoded backend addresses replaced by the test's
+ * (`{ '127.0.0.1:9418': '127.0.0.1:PORT' }`). Each address must occur in the file, so a test
+ * fails loudly instead of routing to a stale port when the router changes.
+ */
+export function routerSource(file: string, substitutions: Record<string, string> = {}): string {
+  let source = readFileSync(new URL(`../../routers/${file}`, import.meta.url), 'utf8');
+  for (const [from, to] of Object.entries(substitutions)) {
+    if (!source.includes(from)) throw new Error(`routers/${file} does not contain ${from}`);
+    source = source.split(from).join(to);
+  }
+  return source;
+}
+
+export interface CommandResult {
+  /** The exit code, or null when killed by a signal (e.g. the timeout). */
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs a real client program (curl, psql, git) to completion; never rejects on a non-zero exit. */
+export function runCommand(
+  file: string,
+  args: readonly string[],
+  options: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {},
+): Promise<CommandResult> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      file,
+      args,
+      { env: options.env ?? process.env, cwd: options.cwd, timeout: options.timeoutMs ?? 20_000, encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 },
+      (err, stdout, stderr) => {
+        if (err !== null && typeof err.code !== 'number' && err.signal == null) {
+          reject(err); // could not run at all (ENOENT)
+          return;
+        }
+        resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : null, stdout, stderr });
+      },
+    );
+  });
+}
+
+// Helpers for the transport and CLI tests: `switchyard` run as a separate process.
+import { spawn as spawnProcess, type ChildProcess } from 'node:child_process';
+import { mkdtempSync as makeTempDir, writeFileSync as writeFileNow } from 'node:fs';
+import { tmpdir as osTmpdir } from 'node:os';
+import { join as joinPath } from 'node:path';
+
+/** dist/src/cli.js, the `switchyard` executable. */
+export const cliPath = new URL('../src/cli.js', import.meta.url).pathname;
+
+/** Lines a process printed: JSON lines parsed as records, everything else kept as text. */
+export class ProcessLog {
+  readonly records: LogRecord[] = [];
+  readonly #events = new EventEmitter();
+  #text = '';
+  #partial = '';
+
+  /** Feeds a chunk of the process's output. */
+  push(chunk: string): void {
+    this.#text += chunk;
+    const lines = (this.#partial + chunk).split('\n');
+    this.#partial = lines.pop() ?? '';
+    for (const line of lines) {
+      if (!line.startsWith('{')) continue;
+      let record: LogRecord;
+      try {
+        record = JSON.parse(line) as LogRecord;
+      } catch {
+        continue;
+      }
+      this.records.push(record);
+      this.#events.emit('record', record);
+    }
+  }
+
+  get text(): string {
+    return this.#text;
+  }
+
+  /** Resolves with the first record (already printed or still to come) that matches. */
+  waitFor(match: (r: LogRecord) => boolean, timeoutMs = 10_000): Promise<LogRecord> {
+    const found = this.records.find(match);
+    if (found) return Promise.resolve(found);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#events.off('record', onRecord);
+        reject(new Error(`no matching log line within ${timeoutMs} ms; output so far:\n${this.#text}`));
+      }, timeoutMs);
+      const onRecord = (r: LogRecord): void => {
+        if (!match(r)) return;
+        clearTimeout(timer);
+        this.#events.off('record', onRecord);
+        resolve(r);
+      };
+      this.#events.on('record', onRecord);
+    });
+  }
+}
+
+export interface CliProcess {
+  readonly child: ChildProcess;
+  readonly pid: number;
+  /** stdout: the service log. */
+  readonly log: ProcessLog;
+  /** Everything on stderr so far. */
+  stderr(): string;
+  /** Resolves when the process has exited (and its output is fully read). */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/**
+ * Starts `switchyard args…`: by default as `node --no-node-snapshot dist/src/cli.js`, or with
+ * `executable: true` as the file itself, so its shebang line is what starts Node.
+ */
+export function spawnCli(args: readonly string[], options: { executable?: boolean } = {}): CliProcess {
+  const child =
+    options.executable === true
+      ? spawnProcess(cliPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawnProcess(process.execPath, ['--no-node-snapshot', cliPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const log = new ProcessLog();
+  let stderr = '';
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => log.push(s));
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => {
+    stderr += s;
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code, signal) => resolve({ code, signal }));
+  });
+  return { child, pid: child.pid ?? -1, log, stderr: () => stderr, exited };
+}
+
+/** Writes `source` as `<name>` in a new temporary directory; returns its path. */
+export function writeRouterFile(source: string, name = 'router.js'): string {
+  const file = joinPath(makeTempDir(joinPath(osTmpdir(), 'switchyard-test-')), name);
+  writeFileNow(file, source);
+  return file;
+}
+
+/** Starts `switchyard -c <router> -h 127.0.0.1 -p 0` and waits for its "listening" line. */
+export async function startCliProxy(
+  routerSource: string,
+  options: { args?: readonly string[]; executable?: boolean } = {},
+): Promise<CliProcess & { port: number; file: string }> {
+  const file = writeRouterFile(routerSource);
+  const proc = spawnCli(['-c', file, '-h', '127.0.0.1', '-p', '0', '--log-level', 'info', ...(options.args ?? [])], options);
+  const exitedEarly = proc.exited.then(({ code }): never => {
+    throw new Error(`switchyard exited with ${code} before listening:\n${proc.stderr()}`);
+  });
+  exitedEarly.catch(() => undefined); // it only matters while racing
+  const listening = await Promise.race([proc.log.waitFor((r) => r.msg === 'listening'), exitedEarly]);
+  return { ...proc, port: listening.port as number, file };
+}
+
+/** Rejects with a message naming `what` unless `promise` settles within `ms`. */
+export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Resolves once the proxy's router has made `count` decisions of `kind` in all (its stats have
+ * no event to wait on, so this checks them on every turn of the event loop). Lets a test send a
+ * message in pieces and know the router saw each piece on its own.
+ */
+export async function waitForDecisions(proxy: TestProxy, kind: 'remote' | 'noop' | 'close', count: number, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (proxy.listener.stats.decisions[kind] < count) {
+    if (Date.now() > deadline) throw new Error(`${proxy.listener.stats.decisions[kind]} ${kind} decisions, expected ${count}, within ${timeoutMs} ms`);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
 }

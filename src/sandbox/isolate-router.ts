@@ -1,6 +1,6 @@
 import ivm from 'isolated-vm';
 import { scriptLimits } from '../config.js';
-import { CloseReason, RouterError, RouterLoadError, type RouterLoadCode } from '../errors.js';
+import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
 import { type Decision, validateDecision } from '../routing/decision.js';
 import type { RouterConsole } from './console.js';
 import { preludeSource } from './prelude.js';
@@ -52,6 +52,8 @@ export class IsolateRouter implements Router {
   #disposed = false;
   #inflight = 0;
   #progressAt = 0;
+  /** Isolates the watchdog disposed because they stopped making progress. */
+  readonly #stuck = new WeakSet<ivm.Isolate>();
   readonly #watchdog: NodeJS.Timeout;
 
   private constructor(options: IsolateRouterOptions) {
@@ -142,6 +144,9 @@ export class IsolateRouter implements Router {
     const message = err instanceof Error ? err.message : String(err);
     if (instance.isolate.isDisposed || /disposed/i.test(message)) {
       this.#drop(instance);
+      if (this.#stuck.has(instance.isolate)) {
+        return new RouterError(CloseReason.routerTimeout, 'router stopped responding; isolate replaced');
+      }
       return /memory/i.test(message)
         ? new RouterError(CloseReason.routerMemory, 'router exceeded its memory limit; isolate replaced')
         : new RouterError(CloseReason.routerUnavailable, 'router isolate was disposed during the call');
@@ -149,7 +154,8 @@ export class IsolateRouter implements Router {
     if (/timed out/i.test(message)) {
       return new RouterError(CloseReason.routerTimeout, `router ran past its ${this.#options.routerTimeoutMs} ms limit`);
     }
-    return new RouterError(CloseReason.routerUnavailable, `router call failed: ${message}`);
+    // What remains is an unhandled rejection the isolate reported after the call.
+    return new RouterError(CloseReason.routerThrow, `router failed: ${message}`);
   }
 
   #drop(instance: Instance): void {
@@ -163,7 +169,10 @@ export class IsolateRouter implements Router {
   #checkProgress(): void {
     if (this.#inflight === 0 || this.#instance === undefined) return;
     if (Date.now() - this.#progressAt < this.#options.routerTimeoutMs + stuckGraceMs) return;
-    void this.#instance.then((i) => this.#drop(i), () => undefined);
+    void this.#instance.then((i) => {
+      this.#stuck.add(i.isolate);
+      this.#drop(i);
+    }, () => undefined);
   }
 
   #ensure(): Promise<Instance> {
@@ -231,13 +240,13 @@ async function build(o: IsolateRouterOptions): Promise<Instance> {
       text = await load!.apply(undefined, [o.source], { timeout: scriptLimits.loadTimeoutMs });
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
-      const code: RouterLoadCode = isolate.isDisposed || /memory/i.test(message) ? 'ERR_ROUTER_MEMORY' : 'ERR_ROUTER_TIMEOUT';
-      throw new RouterLoadError(
-        code,
-        code === 'ERR_ROUTER_MEMORY'
-          ? 'router exceeded its memory limit while loading'
-          : `router ran past ${scriptLimits.loadTimeoutMs} ms while loading`,
-      );
+      if (isolate.isDisposed || /memory/i.test(message)) {
+        throw new RouterLoadError('ERR_ROUTER_MEMORY', 'router exceeded its memory limit while loading');
+      }
+      if (/timed out/i.test(message)) {
+        throw new RouterLoadError('ERR_ROUTER_TIMEOUT', `router ran past ${scriptLimits.loadTimeoutMs} ms while loading`);
+      }
+      throw new RouterLoadError('ERR_ROUTER_THROW', `router failed while loading: ${message}`);
     }
     const envelope = open(text, o.console);
     if (envelope.e === 'noproxy') throw new RouterLoadError('ERR_ROUTER_NO_PROXY', envelope.m ?? 'the script never calls proxy()');

@@ -39,6 +39,13 @@ export const preludeSource = `(function () {
   const MAX_LOG_LINES = ${scriptLimits.maxLogLinesPerCall};
   const MAX_LOG_CHARS = ${scriptLimits.maxLogLineChars};
   const INVALID = freeze({});
+  // Proxies cannot be told apart from plain objects by their behaviour, but V8 refuses to
+  // capture a stack trace onto one, with a message learnt here from a known Proxy.
+  const captureStackTrace = Error.captureStackTrace;
+  const proxyMessage = (() => { try { captureStackTrace(new Proxy({}, {})); } catch (e) { return e.message; } return undefined; })();
+  function isProxy(o) {
+    try { captureStackTrace(o); return false; } catch (e) { return proxyMessage !== undefined && e.message === proxyMessage; }
+  }
   let invalidReason = '';
 
   // Memory the heap limit does not count, and shared memory, are not part of the router API.
@@ -136,7 +143,7 @@ export const preludeSource = `(function () {
         return v ? 'true' : 'false';
       case 'object':
         if (v === null) return 'null';
-        if (isArray(v) && getProto(v) === ArrayProto) return list(v, key);
+        if (isArray(v) && !isProxy(v) && getProto(v) === ArrayProto) return list(v, key);
         throw invalid(key + ' must be a plain value, got an object');
       default:
         throw invalid(key + ' must be a plain value, got ' + typeof v);
@@ -157,6 +164,7 @@ export const preludeSource = `(function () {
   }
   function decision(v) {
     if (typeof v !== 'object' || v === null) throw invalid('decision must be an object, got ' + (v === null ? 'null' : typeof v));
+    if (isProxy(v)) throw invalid('decision must be a plain object, not a Proxy');
     const proto = getProto(v);
     if (proto !== ObjectProto && proto !== null) throw invalid('decision must be a plain object, not an array, class instance, Promise or boxed value');
     const keys = ownKeys(v);
