@@ -1,0 +1,206 @@
+import ivm from 'isolated-vm';
+import { scriptLimits } from '../config.js';
+import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
+import { loadedHooks, type Envelope } from './envelope.js';
+import { preludeSource } from './prelude.js';
+import type { RouterHooks } from './router.js';
+
+/** What it takes to build a tenant's isolate. Plain data, so it can travel to a worker process. */
+export interface IsolateSpec {
+  readonly source: string;
+  /** Shown in stack traces and compile errors. */
+  readonly filename: string;
+  readonly routerTimeoutMs: number;
+  readonly memoryMb: number;
+  /** The tenant's routing table as JSON text; `{}` when absent. */
+  readonly table?: string;
+}
+
+export type EntryPoint = 'route' | 'accept' | 'hook';
+
+/** One live isolate: a context with the prelude and the tenant script loaded. */
+interface Instance {
+  readonly isolate: ivm.Isolate;
+  readonly entry: Readonly<Record<EntryPoint, ivm.Reference<unknown>>>;
+}
+
+/** A call that made no progress for this long past its own time limit means the isolate is stuck. */
+const stuckGraceMs = 1000;
+
+/**
+ * A tenant's script in an isolated-vm isolate, and that isolate's life: built once, called
+ * with primitives (the buffer as a latin1 string, the connection fields), answering with the
+ * prelude's envelope text. An isolate that hits its memory limit, or stops making progress,
+ * is disposed and rebuilt from the same spec on the next call.
+ */
+export class TenantIsolate {
+  readonly #spec: IsolateSpec;
+  #instance: Promise<Instance> | undefined;
+  #disposed = false;
+  #inflight = 0;
+  #progressAt = 0;
+  /** Isolates the watchdog disposed because they stopped making progress. */
+  readonly #stuck = new WeakSet<ivm.Isolate>();
+  readonly #watchdog: NodeJS.Timeout;
+
+  private constructor(spec: IsolateSpec) {
+    this.#spec = spec;
+    this.#watchdog = setInterval(() => this.#checkProgress(), Math.max(100, spec.routerTimeoutMs)).unref();
+  }
+
+  /**
+   * Compiles and loads a script. Resolves with the isolate, the hooks the script registered
+   * and the load's envelope text (its console lines); rejects with RouterLoadError.
+   */
+  static async create(spec: IsolateSpec): Promise<{ isolate: TenantIsolate; hooks: RouterHooks; envelope: string }> {
+    if (Buffer.byteLength(spec.source) > scriptLimits.maxScriptBytes) {
+      throw new RouterLoadError('ERR_ROUTER_TOO_LARGE', `router script is larger than ${scriptLimits.maxScriptBytes} bytes`);
+    }
+    const tenant = new TenantIsolate(spec);
+    const built = build(spec);
+    tenant.#instance = built.then((b) => b.instance);
+    try {
+      const { hooks, envelope } = await built;
+      return { isolate: tenant, hooks, envelope };
+    } catch (err) {
+      tenant.dispose();
+      throw err;
+    }
+  }
+
+  /** Calls one prelude entry point; resolves with its envelope text, rejects with RouterError. */
+  async call(fn: EntryPoint, args: readonly (string | number)[]): Promise<string> {
+    let instance: Instance;
+    try {
+      instance = await this.#ensure();
+    } catch (err) {
+      throw new RouterError(CloseReason.routerUnavailable, `router could not be loaded: ${(err as Error).message}`);
+    }
+    if (this.#inflight++ === 0) this.#progressAt = Date.now();
+    try {
+      const text = await instance.entry[fn].apply(undefined, args as (string | number)[], { timeout: this.#spec.routerTimeoutMs });
+      if (typeof text !== 'string') throw new RouterError(CloseReason.routerInvalid, 'sandbox returned no result');
+      return text;
+    } catch (err) {
+      throw err instanceof RouterError ? err : this.#failed(instance, err);
+    } finally {
+      this.#inflight--;
+      this.#progressAt = Date.now();
+    }
+  }
+
+  /** Heap statistics of the live isolate, if one is built. */
+  async heap(): Promise<ivm.HeapStatistics | undefined> {
+    const instance = await this.#instance?.catch(() => undefined);
+    return instance === undefined || instance.isolate.isDisposed ? undefined : instance.isolate.getHeapStatistics();
+  }
+
+  dispose(): void {
+    this.#disposed = true;
+    clearInterval(this.#watchdog);
+    void this.#instance?.then((i) => release(i.isolate), () => undefined);
+    this.#instance = undefined;
+  }
+
+  /** Classifies a failed call; an isolate that died is dropped so the next call rebuilds it. */
+  #failed(instance: Instance, err: unknown): RouterError {
+    const message = err instanceof Error ? err.message : String(err);
+    if (instance.isolate.isDisposed || /disposed/i.test(message)) {
+      this.#drop(instance);
+      if (this.#stuck.has(instance.isolate)) {
+        return new RouterError(CloseReason.routerTimeout, 'router stopped responding; isolate replaced');
+      }
+      return /memory/i.test(message)
+        ? new RouterError(CloseReason.routerMemory, 'router exceeded its memory limit; isolate replaced')
+        : new RouterError(CloseReason.routerUnavailable, 'router isolate was disposed during the call');
+    }
+    if (/timed out/i.test(message)) {
+      return new RouterError(CloseReason.routerTimeout, `router ran past its ${this.#spec.routerTimeoutMs} ms limit`);
+    }
+    // What remains is an unhandled rejection the isolate reported after the call.
+    return new RouterError(CloseReason.routerThrow, `router failed: ${message}`);
+  }
+
+  #drop(instance: Instance): void {
+    void this.#instance?.then((current) => {
+      if (current === instance) this.#instance = undefined;
+    }, () => undefined);
+    release(instance.isolate);
+  }
+
+  /** A call queue that stopped moving well past the time limit: the isolate is stuck, dispose it. */
+  #checkProgress(): void {
+    if (this.#inflight === 0 || this.#instance === undefined) return;
+    if (Date.now() - this.#progressAt < this.#spec.routerTimeoutMs + stuckGraceMs) return;
+    void this.#instance.then((i) => {
+      this.#stuck.add(i.isolate);
+      this.#drop(i);
+    }, () => undefined);
+  }
+
+  #ensure(): Promise<Instance> {
+    if (this.#disposed) return Promise.reject(new Error('router disposed'));
+    if (this.#instance === undefined) {
+      const building = build(this.#spec).then((b) => b.instance);
+      this.#instance = building;
+      building.catch(() => {
+        if (this.#instance === building) this.#instance = undefined;
+      });
+    }
+    return this.#instance;
+  }
+}
+
+function release(isolate: ivm.Isolate): void {
+  if (!isolate.isDisposed) isolate.dispose();
+}
+
+const syntaxPosition = /\[[^\]]*:(\d+):(\d+)\]$/;
+
+/** Builds an isolate: prelude, a compile check of the script, then the script itself. */
+async function build(spec: IsolateSpec): Promise<{ instance: Instance; hooks: RouterHooks; envelope: string }> {
+  const isolate = new ivm.Isolate({ memoryLimit: spec.memoryMb });
+  try {
+    const context = await isolate.createContext();
+    await (await isolate.compileScript(preludeSource, { filename: 'switchyard:prelude' })).run(context);
+    const api = await context.global.get('__switchyard', { reference: true });
+    const get = (name: string) => api.get(name, { reference: true }) as Promise<ivm.Reference<unknown>>;
+    const [setTable, load, route, accept, hook] = await Promise.all(['setTable', 'load', 'route', 'accept', 'hook'].map(get));
+    await context.global.delete('__switchyard');
+    api.release();
+
+    // Compiling alone runs no tenant code; it gives syntax errors their line and column.
+    try {
+      (await isolate.compileScript(spec.source, { filename: spec.filename })).release();
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      const at = syntaxPosition.exec(message);
+      throw new RouterLoadError(
+        'ERR_ROUTER_SYNTAX',
+        message.replace(syntaxPosition, '').trim(),
+        at ? { line: Number(at[1]), column: Number(at[2]) } : undefined,
+      );
+    }
+    if (spec.table !== undefined) await setTable!.apply(undefined, [spec.table], { timeout: scriptLimits.loadTimeoutMs });
+
+    let text: unknown;
+    try {
+      text = await load!.apply(undefined, [spec.source], { timeout: scriptLimits.loadTimeoutMs });
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      if (isolate.isDisposed || /memory/i.test(message)) {
+        throw new RouterLoadError('ERR_ROUTER_MEMORY', 'router exceeded its memory limit while loading');
+      }
+      if (/timed out/i.test(message)) {
+        throw new RouterLoadError('ERR_ROUTER_TIMEOUT', `router ran past ${scriptLimits.loadTimeoutMs} ms while loading`);
+      }
+      throw new RouterLoadError('ERR_ROUTER_THROW', `router failed while loading: ${message}`);
+    }
+    if (typeof text !== 'string') throw new RouterLoadError('ERR_ROUTER_THROW', 'sandbox returned no load result');
+    const hooks = loadedHooks(JSON.parse(text) as Envelope);
+    return { instance: { isolate, entry: { route: route!, accept: accept!, hook: hook! } }, hooks, envelope: text };
+  } catch (err) {
+    release(isolate);
+    throw err;
+  }
+}
