@@ -64,3 +64,26 @@ export const shutdownGraceMs = 10_000;
 
 /** Node's timers overflow past 2^31-1 ms; longer timeouts are clamped to this. */
 export const maxTimerMs = 2_147_483_647;
+
+/** The sandbox worker pool (see sandbox/pool.ts). */
+export const sandboxDefaults = Object.freeze({
+  /** Shared worker processes. */
+  workers: 2,
+  /** Calls one worker runs at once. */
+  concurrency: 4,
+  /** Crashes or hangs blamed on a tenant within the window before it is quarantined. */
+  quarantineStrikes: 3,
+  strikeWindowMs: 10 * 60_000,
+  /** How far past its own limit a call may run before its worker is killed. */
+  stuckGraceMs: 3000,
+  /** A worker over this resident size is replaced once its calls drain. */
+  maxWorkerRssMb: 1024,
+});
+
+/** CPU cool-down of a router that keeps hitting its time limit (see sandbox/process-router.ts). */
+export const cooldownDefaults = Object.freeze({
+  strikes: 5,
+  windowMs: 10_000,
+  initialMs: 5_000,
+  maxMs: 120_000,
+});

@@ -11,6 +11,7 @@ export const CloseReason = {
   routerMemory: 'router_memory',
   routerInvalid: 'router_invalid',
   routerUnavailable: 'router_unavailable',
+  routerCooldown: 'router_cooldown',
   policyDenied: 'policy_denied',
   connectFailed: 'connect_failed',
   connectionLimit: 'connection_limit',
@@ -63,6 +64,7 @@ export type RouterLoadCode =
   | 'ERR_ROUTER_TIMEOUT'
   | 'ERR_ROUTER_MEMORY'
   | 'ERR_ROUTER_NO_PROXY'
+  | 'ERR_ROUTER_CRASH'
   | 'ERR_ROUTER_TOO_LARGE';
 
 /** Every candidate backend of a `remote` decision refused or timed out. */

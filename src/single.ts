@@ -5,7 +5,8 @@ import type { Limits } from './config.js';
 import { TenantListener } from './listener.js';
 import type { Logger } from './log.js';
 import { RouterConsole } from './sandbox/console.js';
-import { IsolateRouter } from './sandbox/isolate-router.js';
+import { SandboxPool } from './sandbox/pool.js';
+import { ProcessRouter } from './sandbox/process-router.js';
 
 export interface SingleRouterOptions {
   readonly file: string;
@@ -28,19 +29,20 @@ export interface Service {
 export async function startSingleRouter(o: SingleRouterOptions): Promise<Service> {
   const source = await readFile(o.file, 'utf8');
   const tenant = basename(o.file, extname(o.file));
-  const router = await IsolateRouter.load({
-    source,
-    filename: basename(o.file),
-    routerTimeoutMs: o.limits.routerTimeoutMs,
-    memoryMb: o.limits.memoryMb,
-    console: new RouterConsole(o.log, tenant),
-  });
-  const listener = new TenantListener({ tenant, router, limits: o.limits, log: o.log });
+  // One tenant: one shared worker, plus a quarantine worker should it keep crashing that one.
+  const pool = new SandboxPool({ log: o.log, workers: 1 });
+  let listener: TenantListener;
   let address: AddressInfo;
   try {
+    const router = await ProcessRouter.load(
+      pool,
+      { tenant, source, filename: basename(o.file), routerTimeoutMs: o.limits.routerTimeoutMs, memoryMb: o.limits.memoryMb },
+      new RouterConsole(o.log, tenant),
+    );
+    listener = new TenantListener({ tenant, router, limits: o.limits, log: o.log });
     address = await listener.listen(o.port, o.host);
   } catch (err) {
-    router.dispose();
+    await pool.close();
     throw err;
   }
   listener.log.info({ host: address.address, port: address.port, router: o.file }, 'listening');
@@ -48,7 +50,7 @@ export async function startSingleRouter(o: SingleRouterOptions): Promise<Service
     address,
     close: async () => {
       await listener.close();
-      router.dispose();
+      await pool.close();
     },
     destroy: () => {
       listener.destroy();

@@ -11,6 +11,9 @@ import { TenantListener } from '../src/listener.js';
 import type { Logger } from '../src/log.js';
 import { RouterConsole } from '../src/sandbox/console.js';
 import { IsolateRouter } from '../src/sandbox/isolate-router.js';
+import { SandboxPool } from '../src/sandbox/pool.js';
+import { ProcessRouter } from '../src/sandbox/process-router.js';
+import type { Router } from '../src/sandbox/router.js';
 
 export type LogRecord = Record<string, unknown> & { msg: string; level: number };
 
@@ -69,26 +72,48 @@ export interface TestProxy {
   readonly port: number;
   readonly log: CapturedLog;
   readonly listener: TenantListener;
-  readonly router: IsolateRouter;
+  readonly router: Router;
+  /** The sandbox worker pool, when the router runs in worker processes. */
+  readonly pool: SandboxPool | undefined;
   close(): Promise<void>;
 }
 
-/** Starts a single-router proxy in this process on 127.0.0.1, port 0. */
-export async function startProxy(
-  source: string,
-  options: { limits?: Partial<Limits>; tenant?: string; table?: unknown } = {},
-): Promise<TestProxy> {
+export interface ProxyOptions {
+  limits?: Partial<Limits>;
+  tenant?: string;
+  table?: unknown;
+  /** Where the router runs: a sandbox worker process (the default, as in service) or this process. */
+  sandbox?: 'process' | 'in-process';
+  /** Options of the worker pool, in process mode. */
+  pool?: Omit<ConstructorParameters<typeof SandboxPool>[0], 'log'>;
+}
+
+/** Starts a single-router proxy on 127.0.0.1, port 0, with its log captured. */
+export async function startProxy(source: string, options: ProxyOptions = {}): Promise<TestProxy> {
   const log = new CapturedLog();
   const limits: Limits = { ...defaultLimits, ...options.limits };
   const tenant = options.tenant ?? 'test';
-  const router = await IsolateRouter.load({
+  const spec = {
     source,
     filename: `${tenant}.js`,
     routerTimeoutMs: limits.routerTimeoutMs,
     memoryMb: limits.memoryMb,
     ...(options.table === undefined ? {} : { table: JSON.stringify(options.table) }),
-    console: new RouterConsole(log.logger, tenant),
-  });
+  };
+  const console = new RouterConsole(log.logger, tenant);
+  let pool: SandboxPool | undefined;
+  let router: Router;
+  if (options.sandbox === 'in-process') {
+    router = await IsolateRouter.load({ ...spec, console });
+  } else {
+    pool = new SandboxPool({ workers: 1, ...options.pool, log: log.logger });
+    try {
+      router = await ProcessRouter.load(pool, { ...spec, tenant }, console);
+    } catch (err) {
+      await pool.close();
+      throw err;
+    }
+  }
   const listener = new TenantListener({ tenant, router, limits, log: log.logger });
   const { port } = await listener.listen(0, '127.0.0.1');
   return {
@@ -96,10 +121,12 @@ export async function startProxy(
     log,
     listener,
     router,
+    pool,
     close: async () => {
       listener.destroy();
       await listener.close();
       router.dispose();
+      await pool?.close();
     },
   };
 }

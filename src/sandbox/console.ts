@@ -38,6 +38,11 @@ export class RouterConsole {
     else this.#log.info({ stream }, line);
   }
 
+  /** A message about the router from the service itself (not rate-limited). */
+  warn(message: string): void {
+    this.#log.warn({ source: 'switchyard' }, message);
+  }
+
   /** Lines the sandbox itself dropped past the per-call cap. */
   droppedInSandbox(count: number): void {
     this.#dropped += count;

@@ -1,0 +1,410 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { setPriority } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { sandboxDefaults, scriptLimits } from '../config.js';
+import { CloseReason, RouterError, RouterLoadError, type RouterLoadCode } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { ConnInfo } from './router.js';
+import type { IsolateSpec } from './tenant-isolate.js';
+import { decodeResponse, encodeRequest, FrameReader, FrameWriter, Op, type Response, Status } from './wire.js';
+
+export interface PoolOptions {
+  readonly log: Logger;
+  /** Shared worker processes (tenants are spread over them). */
+  readonly workers?: number;
+  /** Calls one worker runs at once. */
+  readonly concurrency?: number;
+  /** Worker crashes or hangs blamed on one tenant, within `strikeWindowMs`, before it is quarantined. */
+  readonly quarantineStrikes?: number;
+  readonly strikeWindowMs?: number;
+  /** A call this long past its own time limit means its worker is stuck: it is killed. */
+  readonly stuckGraceMs?: number;
+  /** A worker whose resident memory grows past this is replaced once its calls drain. */
+  readonly maxWorkerRssMb?: number;
+}
+
+/** A tenant's script as the pool keeps it, to load it again into a restarted worker. */
+export interface TenantSpec extends IsolateSpec {
+  readonly tenant: string;
+}
+
+interface Pending {
+  readonly proc: WorkerProcess;
+  readonly slot: number;
+  readonly sentAt: number;
+  /** How long the call may take before its worker counts as stuck. */
+  readonly limitMs: number;
+  readonly promise: Promise<Response>;
+  resolve(r: Response): void;
+  reject(e: Error): void;
+}
+
+const workerPath = fileURLToPath(new URL('./worker.js', import.meta.url));
+const pageSize = 4096;
+
+/** One worker process and the calls in flight on it. */
+class WorkerProcess {
+  readonly name: string;
+  readonly child: ChildProcess;
+  readonly pending = new Map<number, Pending>();
+  /** Slots whose script was sent to this process. */
+  readonly loaded = new Set<number>();
+  readonly exited: Promise<void>;
+  alive = true;
+  /** Replaced by a newer process; killed once its calls drain. */
+  retiring = false;
+  #nextId = 1;
+  readonly #writer: FrameWriter;
+
+  constructor(name: string, concurrency: number, onResponse: (proc: WorkerProcess, r: Response) => void) {
+    this.name = name;
+    this.child = spawn(process.execPath, ['--no-node-snapshot', workerPath], {
+      stdio: ['ignore', 'inherit', 'inherit', 'pipe'],
+      env: { ...process.env, SWITCHYARD_WORKER_CONCURRENCY: String(concurrency) },
+    });
+    const channel = this.child.stdio[3] as Socket;
+    this.#writer = new FrameWriter(channel);
+    const reader = new FrameReader();
+    channel.on('data', (chunk: Buffer) => {
+      try {
+        reader.push(chunk, (body) => onResponse(this, decodeResponse(body)));
+      } catch {
+        this.kill(); // a worker that speaks garbage is not to be trusted further
+      }
+    });
+    channel.on('error', () => undefined);
+    this.exited = new Promise((resolve) => this.child.once('exit', () => resolve()));
+  }
+
+  request(op: (typeof Op)[keyof typeof Op], slot: number, limitMs: number, conn?: ConnInfo, extra?: Parameters<typeof encodeRequest>[4]): Pending {
+    const id = this.#nextId++;
+    if (this.#nextId > 0xffffffff) this.#nextId = 1;
+    let resolve!: (r: Response) => void;
+    let reject!: (e: Error) => void;
+    const promise = new Promise<Response>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    const pending: Pending = { proc: this, slot, sentAt: Date.now(), limitMs, promise, resolve, reject };
+    this.pending.set(id, pending);
+    this.#writer.write(encodeRequest(id, op, slot, conn, extra));
+    return pending;
+  }
+
+  /** A message with no answer (unload). */
+  tell(op: (typeof Op)[keyof typeof Op], slot: number): void {
+    if (this.alive) this.#writer.write(encodeRequest(0, op, slot));
+  }
+
+  kill(): void {
+    if (!this.alive) return;
+    this.alive = false;
+    this.child.kill('SIGKILL');
+  }
+
+  rssMb(): number | undefined {
+    try {
+      const resident = Number(readFileSync(`/proc/${this.child.pid}/statm`, 'latin1').split(' ')[1]);
+      return (resident * pageSize) / 1024 / 1024;
+    } catch {
+      return undefined;
+    }
+  }
+}
+
+/** A worker that is restarted whenever it dies; tenants point at one. */
+class WorkerHost {
+  readonly name: string;
+  current: WorkerProcess;
+  readonly #spawn: (name: string) => WorkerProcess;
+
+  constructor(name: string, spawnProcess: (name: string) => WorkerProcess) {
+    this.name = name;
+    this.#spawn = spawnProcess;
+    this.current = spawnProcess(name);
+  }
+
+  /** Starts a fresh process for new calls; the old one finishes what it has, then goes. */
+  replace(): void {
+    const old = this.current;
+    this.current = this.#spawn(this.name);
+    old.retiring = true;
+    if (old.pending.size === 0) old.kill();
+  }
+}
+
+interface TenantEntry {
+  readonly slot: number;
+  readonly spec: TenantSpec;
+  host: WorkerHost;
+  quarantined: boolean;
+  /** When worker crashes or hangs were blamed on this tenant. */
+  strikes: number[];
+  /** Calls in flight, oldest first, and when the last one was answered. */
+  readonly inflight: Pending[];
+  lastAnswerAt: number;
+}
+
+/**
+ * The supervisor of the sandbox worker processes. Tenants are spread over a few shared
+ * workers; a worker that crashes, aborts or hangs is killed and restarted, the calls pending
+ * on it fail cleanly, and other workers never notice. A tenant blamed for repeated crashes
+ * or hangs moves to a quarantine worker of its own, at a lower CPU priority.
+ */
+export class SandboxPool {
+  readonly #options: Required<PoolOptions>;
+  readonly #log: Logger;
+  readonly #shared: WorkerHost[] = [];
+  readonly #quarantine = new Map<string, WorkerHost>();
+  readonly #tenants = new Map<number, TenantEntry>();
+  readonly #timer: NodeJS.Timeout;
+  #nextSlot = 1;
+  #nextShared = 0;
+  #closed = false;
+  #lastRssCheck = Date.now();
+
+  constructor(options: PoolOptions) {
+    this.#options = { ...sandboxDefaults, ...options } as Required<PoolOptions>;
+    this.#log = options.log.child({ component: 'sandbox' });
+    for (let i = 0; i < this.#options.workers; i++) this.#shared.push(new WorkerHost(`worker-${i + 1}`, this.#spawn));
+    this.#timer = setInterval(() => this.#supervise(), 250).unref();
+  }
+
+  /** Worker processes alive now: name and pid. */
+  get workers(): { name: string; pid: number | undefined; tenants: number }[] {
+    const hosts = [...this.#shared, ...this.#quarantine.values()];
+    return hosts.map((h) => ({
+      name: h.name,
+      pid: h.current.child.pid,
+      tenants: [...this.#tenants.values()].filter((t) => t.host === h).length,
+    }));
+  }
+
+  /** The pid of the worker that serves a tenant now. */
+  pidOf(slot: number): number | undefined {
+    return this.#tenants.get(slot)?.host.current.child.pid;
+  }
+
+  isQuarantined(slot: number): boolean {
+    return this.#tenants.get(slot)?.quarantined ?? false;
+  }
+
+  /**
+   * Loads a script: first in a throwaway process (a script that crashes or hangs the
+   * compiler takes nothing else down), then into a shared worker. Resolves with the slot
+   * the tenant's calls go to and the load's envelope; rejects with RouterLoadError.
+   */
+  async load(spec: TenantSpec): Promise<{ slot: number; envelope: string }> {
+    if (Buffer.byteLength(spec.source) > scriptLimits.maxScriptBytes) {
+      throw new RouterLoadError('ERR_ROUTER_TOO_LARGE', `router script is larger than ${scriptLimits.maxScriptBytes} bytes`);
+    }
+    await this.check(spec);
+    const slot = this.#nextSlot++;
+    const host = this.#shared[this.#nextShared++ % this.#shared.length]!;
+    const entry: TenantEntry = { slot, spec, host, quarantined: false, strikes: [], inflight: [], lastAnswerAt: 0 };
+    this.#tenants.set(slot, entry);
+    try {
+      const response = await this.#send(entry, Op.load);
+      return { slot, envelope: loadResult(response) };
+    } catch (err) {
+      this.unload(slot);
+      throw err;
+    }
+  }
+
+  /** Compiles and loads a script in a throwaway process; resolves with its load envelope. */
+  async check(spec: TenantSpec): Promise<string> {
+    const proc = this.#spawn(`check:${spec.tenant}`);
+    const limitMs = scriptLimits.loadTimeoutMs + this.#options.stuckGraceMs;
+    const timer = setTimeout(() => proc.kill(), limitMs);
+    try {
+      const response = await Promise.race([
+        proc.request(Op.load, 0, limitMs, undefined, { json: JSON.stringify(spec) }).promise,
+        proc.exited.then(() => {
+          throw new RouterLoadError('ERR_ROUTER_CRASH', 'the script crashed or hung the sandbox while loading');
+        }),
+      ]);
+      return loadResult(response);
+    } finally {
+      clearTimeout(timer);
+      proc.kill();
+    }
+  }
+
+  /** One call into a tenant's isolate; resolves with the envelope text, rejects with RouterError. */
+  async call(slot: number, op: typeof Op.route | typeof Op.accept | typeof Op.hook, conn: ConnInfo, extra?: { which?: number; text?: string }): Promise<string> {
+    const entry = this.#tenants.get(slot);
+    if (entry === undefined || this.#closed) throw new RouterError(CloseReason.routerUnavailable, 'router is not loaded');
+    const response = await this.#send(entry, op, conn, extra);
+    switch (response.status) {
+      case Status.ok:
+        return response.payload;
+      case Status.routerError:
+        throw routerError(response.payload);
+      default:
+        throw new RouterError(CloseReason.routerUnavailable, 'sandbox answered out of turn');
+    }
+  }
+
+  unload(slot: number): void {
+    const entry = this.#tenants.get(slot);
+    if (entry === undefined) return;
+    this.#tenants.delete(slot);
+    entry.host.current.tell(Op.unload, slot);
+    entry.host.current.loaded.delete(slot);
+    if (entry.quarantined && ![...this.#tenants.values()].some((t) => t.host === entry.host)) {
+      this.#quarantine.delete(entry.spec.tenant);
+      entry.host.current.kill();
+    }
+  }
+
+  /** Kills every worker. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    const procs = [...this.#shared, ...this.#quarantine.values()].map((h) => h.current);
+    for (const p of procs) p.kill();
+    await Promise.all(procs.map((p) => p.exited));
+  }
+
+  /** Sends a request for a tenant to its worker, loading the script there first if needed. */
+  #send(entry: TenantEntry, op: (typeof Op)[keyof typeof Op], conn?: ConnInfo, extra?: { which?: number; text?: string }): Promise<Response> {
+    const proc = entry.host.current;
+    const grace = this.#options.stuckGraceMs;
+    if (op !== Op.load && !proc.loaded.has(entry.slot)) void this.#send(entry, Op.load).catch(() => undefined);
+    let pending: Pending;
+    if (op === Op.load) {
+      proc.loaded.add(entry.slot);
+      pending = proc.request(op, entry.slot, scriptLimits.loadTimeoutMs + grace, undefined, { json: JSON.stringify(entry.spec) });
+    } else {
+      pending = proc.request(op, entry.slot, entry.spec.routerTimeoutMs + grace, conn, extra);
+    }
+    // The tenant's in-flight list, oldest first, is what the supervisor watches for hangs.
+    entry.inflight.push(pending);
+    const done = (): void => {
+      const i = entry.inflight.indexOf(pending);
+      if (i >= 0) entry.inflight.splice(i, 1);
+      entry.lastAnswerAt = Date.now();
+    };
+    return pending.promise.then(
+      (r) => {
+        done();
+        return r;
+      },
+      (e: unknown) => {
+        done();
+        throw e;
+      },
+    );
+  }
+
+  readonly #spawn = (name: string): WorkerProcess => {
+    const proc = new WorkerProcess(name, this.#options.concurrency, this.#onResponse);
+    this.#log[name.startsWith('check:') ? 'debug' : 'info']({ worker: name, pid: proc.child.pid }, 'sandbox worker started');
+    void proc.exited.then(() => this.#onExit(proc));
+    proc.child.on('error', (err) => this.#log.error({ worker: name, err: err.message }, 'sandbox worker failed to start'));
+    return proc;
+  };
+
+  readonly #onResponse = (proc: WorkerProcess, r: Response): void => {
+    const pending = proc.pending.get(r.id);
+    if (pending === undefined) return;
+    proc.pending.delete(r.id);
+    pending.resolve(r);
+    if (proc.retiring && proc.pending.size === 0) proc.kill();
+  };
+
+  /** A worker died: fail its calls, blame the tenants that had calls running, restart it. */
+  #onExit(proc: WorkerProcess): void {
+    const { exitCode, signalCode } = proc.child;
+    const wasKilled = !proc.alive;
+    proc.alive = false;
+    const blamed = new Set<number>();
+    for (const pending of proc.pending.values()) {
+      blamed.add(pending.slot);
+      pending.reject(new RouterError(CloseReason.routerUnavailable, `sandbox worker ${proc.name} exited while the call was running`));
+    }
+    proc.pending.clear();
+    if (this.#closed || proc.retiring || proc.name.startsWith('check:')) return;
+    this.#log.warn({ worker: proc.name, pid: proc.child.pid, exitCode, signal: signalCode, killed: wasKilled, pendingTenants: blamed.size }, 'sandbox worker exited; restarting');
+    const host = [...this.#shared, ...this.#quarantine.values()].find((h) => h.current === proc);
+    if (host !== undefined) host.replace();
+    // A worker we killed for a stuck call has already been blamed on that call's tenant.
+    if (wasKilled) return;
+    for (const slot of blamed) {
+      const entry = this.#tenants.get(slot);
+      if (entry !== undefined) this.#strike(entry, 'crash');
+    }
+  }
+
+  /** Every 250 ms: kill workers with a call stuck past its limit; replace bloated workers. */
+  #supervise(): void {
+    const now = Date.now();
+    for (const entry of this.#tenants.values()) {
+      const head = entry.inflight[0];
+      if (head === undefined) continue;
+      const startedAt = Math.max(head.sentAt, entry.lastAnswerAt);
+      if (now - startedAt <= head.limitMs) continue;
+      const proc = head.proc;
+      if (!proc.alive) continue;
+      this.#log.warn({ tenant: entry.spec.tenant, worker: proc.name, pid: proc.child.pid, stuckMs: now - startedAt }, 'router call stuck past its limit: killing its worker');
+      entry.lastAnswerAt = now; // one kill per stuck call
+      this.#strike(entry, 'hang');
+      proc.kill();
+    }
+    if (now - this.#lastRssCheck >= 2000) {
+      this.#lastRssCheck = now;
+      for (const host of [...this.#shared, ...this.#quarantine.values()]) {
+        const rss = host.current.rssMb();
+        if (rss !== undefined && rss > this.#options.maxWorkerRssMb) {
+          this.#log.warn({ worker: host.name, rssMb: Math.round(rss) }, 'sandbox worker over its memory budget: replacing it');
+          host.replace();
+        }
+      }
+    }
+  }
+
+  #strike(entry: TenantEntry, why: 'crash' | 'hang'): void {
+    const now = Date.now();
+    entry.strikes = entry.strikes.filter((t) => now - t < this.#options.strikeWindowMs);
+    entry.strikes.push(now);
+    if (entry.quarantined || entry.strikes.length < this.#options.quarantineStrikes) return;
+    const old = entry.host;
+    const host = new WorkerHost(`quarantine:${entry.spec.tenant}`, this.#spawn);
+    try {
+      if (host.current.child.pid !== undefined) setPriority(host.current.child.pid, 10);
+    } catch {
+      // lowering a priority may be refused; the process boundary is what matters
+    }
+    this.#quarantine.set(entry.spec.tenant, host);
+    entry.host = host;
+    entry.quarantined = true;
+    old.current.tell(Op.unload, entry.slot);
+    old.current.loaded.delete(entry.slot);
+    this.#log.warn({ tenant: entry.spec.tenant, strikes: entry.strikes.length, why }, 'tenant quarantined in a worker of its own');
+  }
+}
+
+function routerError(payload: string): RouterError {
+  try {
+    const { reason, message } = JSON.parse(payload) as { reason: unknown; message: unknown };
+    const known = Object.values(CloseReason) as string[];
+    if (typeof reason === 'string' && known.includes(reason) && typeof message === 'string') {
+      return new RouterError(reason as CloseReason, message.slice(0, 1000));
+    }
+  } catch {
+    // fall through
+  }
+  return new RouterError(CloseReason.routerUnavailable, 'sandbox returned a malformed error');
+}
+
+function loadResult(response: Response): string {
+  if (response.status === Status.ok) return response.payload;
+  if (response.status === Status.loadError) {
+    const e = JSON.parse(response.payload) as { code: RouterLoadCode; message: string; line?: number; column?: number };
+    throw new RouterLoadError(e.code, e.message, e.line === undefined || e.column === undefined ? undefined : { line: e.line, column: e.column });
+  }
+  throw routerError(response.payload);
+}

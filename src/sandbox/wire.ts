@@ -1,0 +1,147 @@
+/**
+ * The sandbox wire format between the proxy and its worker processes: length-prefixed binary
+ * frames on one socket pair, written in batches (one write per tick). Small and fixed, so a
+ * decision costs one short frame each way.
+ *
+ *   request:  u32 length | u32 id | u8 op | u32 slot | op fields…
+ *   response: u32 length | u32 id | u8 status | utf-8 payload
+ *
+ * Op fields: load: the IsolateSpec as JSON; route: conn, then the buffer as latin1 bytes;
+ * accept: conn; hook: conn, u8 which, the remote as latin1; unload: nothing.
+ * conn: u16 remotePort | u16 localPort | u8 n | remoteAddress | u8 n | localAddress.
+ */
+import type { ConnInfo } from './router.js';
+
+export const Op = { load: 1, unload: 2, route: 3, accept: 4, hook: 5 } as const;
+export type Op = (typeof Op)[keyof typeof Op];
+
+export const Status = {
+  /** payload: the prelude's envelope text */
+  ok: 0,
+  /** payload: JSON { reason, message } of a RouterError */
+  routerError: 1,
+  /** payload: JSON { code, message, line?, column? } of a RouterLoadError */
+  loadError: 2,
+} as const;
+export type Status = (typeof Status)[keyof typeof Status];
+
+export const Hook = { connect: 0, inactivity: 1 } as const;
+
+const maxFrame = 16 * 1024 * 1024;
+
+export function encodeRequest(id: number, op: Op, slot: number, conn?: ConnInfo, extra?: { which?: number; text?: string; json?: string }): Buffer {
+  const ra = conn?.remoteAddress ?? '';
+  const la = conn?.localAddress ?? '';
+  const connBytes = conn === undefined ? 0 : 6 + ra.length + la.length;
+  const whichBytes = extra?.which === undefined ? 0 : 1;
+  const textBytes = extra?.text?.length ?? 0;
+  const jsonBytes = extra?.json === undefined ? 0 : Buffer.byteLength(extra.json);
+  const body = 9 + connBytes + whichBytes + textBytes + jsonBytes;
+  const frame = Buffer.allocUnsafe(4 + body);
+  frame.writeUInt32LE(body, 0);
+  frame.writeUInt32LE(id, 4);
+  frame[8] = op;
+  frame.writeUInt32LE(slot, 9);
+  let at = 13;
+  if (conn !== undefined) {
+    frame.writeUInt16LE(conn.remotePort, at);
+    frame.writeUInt16LE(conn.localPort, at + 2);
+    frame[at + 4] = ra.length;
+    frame.write(ra, at + 5, 'latin1');
+    at += 5 + ra.length;
+    frame[at] = la.length;
+    frame.write(la, at + 1, 'latin1');
+    at += 1 + la.length;
+  }
+  if (extra?.which !== undefined) frame[at++] = extra.which;
+  if (extra?.text !== undefined) at += frame.write(extra.text, at, 'latin1');
+  if (extra?.json !== undefined) frame.write(extra.json, at, 'utf8');
+  return frame;
+}
+
+export interface Request {
+  readonly id: number;
+  readonly op: number;
+  readonly slot: number;
+  readonly body: Buffer;
+  /** Where the op fields start in `body`. */
+  readonly at: number;
+}
+
+export function decodeRequest(body: Buffer): Request {
+  return { id: body.readUInt32LE(0), op: body[4]!, slot: body.readUInt32LE(5), body, at: 9 };
+}
+
+/** Reads a conn at `at`; returns it with the offset after it. */
+export function decodeConn(body: Buffer, at: number, tenant: string): [ConnInfo, number] {
+  const remotePort = body.readUInt16LE(at);
+  const localPort = body.readUInt16LE(at + 2);
+  const raLen = body[at + 4]!;
+  const remoteAddress = body.toString('latin1', at + 5, at + 5 + raLen);
+  let p = at + 5 + raLen;
+  const laLen = body[p]!;
+  const localAddress = body.toString('latin1', p + 1, p + 1 + laLen);
+  p += 1 + laLen;
+  return [{ tenant, remoteAddress, remotePort, localAddress, localPort }, p];
+}
+
+export function encodeResponse(id: number, status: Status, payload: string): Buffer {
+  const bytes = Buffer.byteLength(payload);
+  const frame = Buffer.allocUnsafe(9 + bytes);
+  frame.writeUInt32LE(5 + bytes, 0);
+  frame.writeUInt32LE(id, 4);
+  frame[8] = status;
+  frame.write(payload, 9, 'utf8');
+  return frame;
+}
+
+export interface Response {
+  readonly id: number;
+  readonly status: number;
+  readonly payload: string;
+}
+
+export function decodeResponse(body: Buffer): Response {
+  return { id: body.readUInt32LE(0), status: body[4]!, payload: body.toString('utf8', 5) };
+}
+
+/** Splits a byte stream into frame bodies. */
+export class FrameReader {
+  #pending: Buffer | undefined;
+
+  push(chunk: Buffer, onFrame: (body: Buffer) => void): void {
+    const buf = this.#pending === undefined ? chunk : Buffer.concat([this.#pending, chunk]);
+    this.#pending = undefined;
+    let at = 0;
+    while (buf.length - at >= 4) {
+      const length = buf.readUInt32LE(at);
+      if (length > maxFrame) throw new Error(`sandbox frame of ${length} bytes is over the limit`);
+      if (buf.length - at - 4 < length) break;
+      onFrame(buf.subarray(at + 4, at + 4 + length));
+      at += 4 + length;
+    }
+    if (at < buf.length) this.#pending = Buffer.from(buf.subarray(at));
+  }
+}
+
+/** Writes frames to a stream in batches: everything written in one tick leaves in one writev. */
+export class FrameWriter {
+  readonly #stream: NodeJS.WritableStream & { cork(): void; uncork(): void };
+  #corked = false;
+
+  constructor(stream: NodeJS.WritableStream & { cork(): void; uncork(): void }) {
+    this.#stream = stream;
+  }
+
+  write(frame: Buffer): void {
+    if (!this.#corked) {
+      this.#corked = true;
+      this.#stream.cork();
+      process.nextTick(() => {
+        this.#corked = false;
+        this.#stream.uncork();
+      });
+    }
+    this.#stream.write(frame);
+  }
+}

@@ -1,0 +1,122 @@
+/**
+ * A sandbox worker process: hosts the isolates of the tenants the pool assigns to it, and
+ * answers calls over the socket pair on fd 3 (see wire.ts). It holds no secrets and no
+ * sockets of clients; if tenant code crashes, aborts or hangs it, the pool kills it and
+ * starts another, and the proxy's relayed connections never notice.
+ *
+ * Scheduling: one call per tenant at a time (an isolate runs one call at a time anyway),
+ * tenants with work taken round-robin, and at most `SWITCHYARD_WORKER_CONCURRENCY` calls
+ * running at once, so a tenant that spins at its time limit holds one slot, not the worker.
+ */
+import { Socket } from 'node:net';
+import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
+import { connArgs } from './isolate-router.js';
+import { type EntryPoint, type IsolateSpec, TenantIsolate } from './tenant-isolate.js';
+import { decodeConn, decodeRequest, encodeResponse, FrameReader, FrameWriter, Hook, Op, type Request, Status } from './wire.js';
+
+interface Job {
+  readonly id: number;
+  readonly fn: EntryPoint;
+  readonly args: (string | number)[];
+}
+
+interface Tenant {
+  readonly name: string;
+  readonly isolate: Promise<TenantIsolate>;
+  readonly queue: Job[];
+  running: boolean;
+}
+
+const concurrency = Number(process.env.SWITCHYARD_WORKER_CONCURRENCY ?? 4);
+const channel = new Socket({ fd: 3, readable: true, writable: true });
+const writer = new FrameWriter(channel);
+const reader = new FrameReader();
+const tenants = new Map<number, Tenant>();
+/** Tenants with queued calls and none running, in turn order. */
+const ready: Tenant[] = [];
+let running = 0;
+
+channel.on('data', (chunk: Buffer) => reader.push(chunk, (body) => handle(decodeRequest(body))));
+// The pool is gone: nothing left to serve.
+channel.on('close', () => process.exit(0));
+channel.on('error', () => process.exit(0));
+
+function handle(r: Request): void {
+  switch (r.op) {
+    case Op.load:
+      load(r.id, r.slot, JSON.parse(r.body.toString('utf8', r.at)) as IsolateSpec & { tenant: string });
+      return;
+    case Op.unload: {
+      const t = tenants.get(r.slot);
+      tenants.delete(r.slot);
+      void t?.isolate.then((i) => i.dispose(), () => undefined);
+      return;
+    }
+    case Op.route:
+    case Op.accept:
+    case Op.hook: {
+      const t = tenants.get(r.slot);
+      if (t === undefined) {
+        respondError(r.id, new RouterError(CloseReason.routerUnavailable, 'router not loaded in this worker'));
+        return;
+      }
+      const [conn, at] = decodeConn(r.body, r.at, t.name);
+      let job: Job;
+      if (r.op === Op.route) job = { id: r.id, fn: 'route', args: [r.body.toString('latin1', at), ...connArgs(conn)] };
+      else if (r.op === Op.accept) job = { id: r.id, fn: 'accept', args: connArgs(conn) };
+      else job = { id: r.id, fn: 'hook', args: [r.body[at] === Hook.connect ? 'connect' : 'inactivity', r.body.toString('latin1', at + 1)] };
+      t.queue.push(job);
+      if (!t.running && t.queue.length === 1) ready.push(t);
+      pump();
+      return;
+    }
+    default:
+      respondError(r.id, new RouterError(CloseReason.routerUnavailable, `unknown sandbox op ${r.op}`));
+  }
+}
+
+function load(id: number, slot: number, spec: IsolateSpec & { tenant: string }): void {
+  const { tenant: name, ...isolateSpec } = spec;
+  const created = TenantIsolate.create(isolateSpec);
+  const tenant: Tenant = { name, isolate: created.then((c) => c.isolate), queue: [], running: false };
+  tenants.set(slot, tenant);
+  created.then(
+    ({ envelope }) => writer.write(encodeResponse(id, Status.ok, envelope)),
+    (err: unknown) => {
+      if (tenants.get(slot) === tenant) tenants.delete(slot);
+      const e = err instanceof RouterLoadError ? err : new RouterLoadError('ERR_ROUTER_THROW', String(err));
+      writer.write(encodeResponse(id, Status.loadError, JSON.stringify({ code: e.code, message: e.message, line: e.line, column: e.column })));
+    },
+  );
+  tenant.isolate.catch(() => undefined);
+}
+
+/** Starts queued calls while there is room, one tenant at a time in turn. */
+function pump(): void {
+  while (running < concurrency && ready.length > 0) {
+    const tenant = ready.shift()!;
+    const job = tenant.queue.shift();
+    if (job === undefined) continue;
+    tenant.running = true;
+    running++;
+    void run(tenant, job);
+  }
+}
+
+async function run(tenant: Tenant, job: Job): Promise<void> {
+  try {
+    const isolate = await tenant.isolate;
+    writer.write(encodeResponse(job.id, Status.ok, await isolate.call(job.fn, job.args)));
+  } catch (err) {
+    respondError(job.id, err instanceof RouterError ? err : new RouterError(CloseReason.routerUnavailable, String(err)));
+  } finally {
+    running--;
+    tenant.running = false;
+    if (tenant.queue.length > 0) ready.push(tenant);
+    pump();
+  }
+}
+
+function respondError(id: number, err: RouterError): void {
+  writer.write(encodeResponse(id, Status.routerError, JSON.stringify({ reason: err.reason, message: err.message })));
+}
