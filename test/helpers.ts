@@ -86,6 +86,8 @@ export interface ProxyOptions {
   sandbox?: 'process' | 'in-process';
   /** Options of the worker pool, in process mode. */
   pool?: Omit<ConstructorParameters<typeof SandboxPool>[0], 'log'>;
+  /** A worker pool to load the router into, shared with other proxies (not closed by this one). */
+  sharedPool?: SandboxPool;
 }
 
 /** Starts a single-router proxy on 127.0.0.1, port 0, with its log captured. */
@@ -105,6 +107,8 @@ export async function startProxy(source: string, options: ProxyOptions = {}): Pr
   let router: Router;
   if (options.sandbox === 'in-process') {
     router = await IsolateRouter.load({ ...spec, console });
+  } else if (options.sharedPool !== undefined) {
+    router = await ProcessRouter.load(options.sharedPool, { ...spec, tenant }, console);
   } else {
     pool = new SandboxPool({ workers: 1, ...options.pool, log: log.logger });
     try {
@@ -121,7 +125,7 @@ export async function startProxy(source: string, options: ProxyOptions = {}): Pr
     log,
     listener,
     router,
-    pool,
+    pool: pool ?? options.sharedPool,
     close: async () => {
       listener.destroy();
       await listener.close();

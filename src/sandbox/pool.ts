@@ -37,6 +37,8 @@ interface Pending {
   /** How long the call may take before its worker counts as stuck. */
   readonly limitMs: number;
   readonly promise: Promise<Response>;
+  /** The supervisor found this call stuck and killed its worker for it. */
+  stuck?: boolean;
   resolve(r: Response): void;
   reject(e: Error): void;
 }
@@ -324,7 +326,14 @@ export class SandboxPool {
     const blamed = new Set<number>();
     for (const pending of proc.pending.values()) {
       blamed.add(pending.slot);
-      pending.reject(new RouterError(CloseReason.routerUnavailable, `sandbox worker ${proc.name} exited while the call was running`));
+      pending.reject(
+        pending.stuck === true
+          ? new RouterError(CloseReason.routerTimeout, 'router hung past its time limit; its sandbox worker was killed')
+          : new RouterError(
+              CloseReason.routerUnavailable,
+              `sandbox worker ${proc.name} ${wasKilled ? 'was stopped' : `crashed (${signalCode ?? `exit ${exitCode}`})`} while the call was pending`,
+            ),
+      );
     }
     proc.pending.clear();
     if (this.#closed || proc.retiring || proc.name.startsWith('check:')) return;
@@ -351,6 +360,7 @@ export class SandboxPool {
       if (!proc.alive) continue;
       this.#log.warn({ tenant: entry.spec.tenant, worker: proc.name, pid: proc.child.pid, stuckMs: now - startedAt }, 'router call stuck past its limit: killing its worker');
       entry.lastAnswerAt = now; // one kill per stuck call
+      head.stuck = true;
       this.#strike(entry, 'hang');
       proc.kill();
     }
