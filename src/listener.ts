@@ -12,6 +12,8 @@ export interface ListenerOptions {
   readonly limits: Limits;
   /** The service log; the listener adds `tenant` to every line. */
   readonly log: Logger;
+  /** Hosting mode's backend policy; absent, any backend is allowed. */
+  readonly gate?: ConnectionHost['gate'];
 }
 
 /** Rejections kept per tenant, newest last. */
@@ -28,6 +30,7 @@ export class TenantListener implements ConnectionHost {
   readonly rejections: Rejection[] = [];
   router: Router;
   limits: Limits;
+  gate: ConnectionHost['gate'];
   readonly #server: Server;
   readonly #connections = new Set<Connection>();
   #drained: (() => void) | undefined;
@@ -36,6 +39,7 @@ export class TenantListener implements ConnectionHost {
     this.tenant = options.tenant;
     this.router = options.router;
     this.limits = options.limits;
+    this.gate = options.gate;
     this.log = options.log.child({ tenant: options.tenant });
     this.#server = createServer({ allowHalfOpen: true, noDelay: true }, this.#accept);
   }

@@ -88,6 +88,8 @@ export interface ProxyOptions {
   pool?: Omit<ConstructorParameters<typeof SandboxPool>[0], 'log'>;
   /** A worker pool to load the router into, shared with other proxies (not closed by this one). */
   sharedPool?: SandboxPool;
+  /** Hosting mode's backend policy; absent, any backend is allowed. */
+  gate?: ConstructorParameters<typeof TenantListener>[0]['gate'];
 }
 
 /** Starts a single-router proxy on 127.0.0.1, port 0, with its log captured. */
@@ -118,7 +120,7 @@ export async function startProxy(source: string, options: ProxyOptions = {}): Pr
       throw err;
     }
   }
-  const listener = new TenantListener({ tenant, router, limits, log: log.logger });
+  const listener = new TenantListener({ tenant, router, limits, log: log.logger, gate: options.gate });
   const { port } = await listener.listen(0, '127.0.0.1');
   return {
     port,

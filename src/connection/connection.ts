@@ -5,6 +5,8 @@ import type { Logger } from '../log.js';
 import type { TenantStats } from '../metrics/stats.js';
 import type { Decision, RemoteDecision } from '../routing/decision.js';
 import { formatEndpoint } from '../routing/endpoint.js';
+import { admit, type BackendPolicy } from '../routing/policy.js';
+import type { CachingResolver } from '../routing/resolver.js';
 import type { ConnInfo, Router } from '../sandbox/router.js';
 import { proxyProtocolHeader } from './proxy-protocol.js';
 import { abortPeer, splice } from './relay.js';
@@ -18,6 +20,8 @@ export interface ConnectionHost {
   /** The tenant's logger (it carries `tenant`). */
   readonly log: Logger;
   readonly stats: TenantStats;
+  /** Hosting mode: backends are resolved and checked before any connect. Absent: any backend. */
+  readonly gate?: { readonly policy: BackendPolicy; readonly resolver: CachingResolver } | undefined;
   /** A connection was closed without being relayed. */
   rejected(rejection: Rejection): void;
   /** Both sides are closed; the connection is done. */
@@ -175,10 +179,22 @@ export class Connection {
     const limits = this.#host.limits;
     this.#abort = new AbortController();
     this.#backend = formatEndpoint(decision.remotes[0]!);
+    let remotes = decision.remotes;
+    const gate = this.#host.gate;
+    if (gate !== undefined) {
+      const { candidates, denied, unresolved } = await admit(remotes, gate.policy, gate.resolver);
+      if (this.#phase !== 'connecting') return;
+      if (candidates.length === 0) {
+        if (denied.length > 0) this.#reject(CloseReason.policyDenied, `backend not allowed: ${denied.join('; ')}`);
+        else await this.#connectFailed(new ConnectError(unresolved.at(-1) ?? this.#backend, `${unresolved.join(', ')} did not resolve`));
+        return;
+      }
+      remotes = candidates;
+    }
     try {
       const { socket, endpoint } = await connectUpstream(
         {
-          remotes: decision.remotes,
+          remotes,
           tries: limits.connectTries,
           retryDelayMs: limits.connectRetryDelayMs,
           timeoutMs: clamp(decision.connectTimeoutMs ?? limits.connectTimeoutMs),
