@@ -12,7 +12,7 @@ import type { Logger } from '../src/log.js';
 import { RouterConsole } from '../src/sandbox/console.js';
 import { IsolateRouter } from '../src/sandbox/isolate-router.js';
 import { SandboxPool } from '../src/sandbox/pool.js';
-import { ProcessRouter } from '../src/sandbox/process-router.js';
+import { type CooldownPolicy, ProcessRouter } from '../src/sandbox/process-router.js';
 import type { Router } from '../src/sandbox/router.js';
 
 export type LogRecord = Record<string, unknown> & { msg: string; level: number };
@@ -90,6 +90,8 @@ export interface ProxyOptions {
   sharedPool?: SandboxPool;
   /** Hosting mode's backend policy; absent, any backend is allowed. */
   gate?: ConstructorParameters<typeof TenantListener>[0]['gate'];
+  /** CPU cool-down policy of a process-sandboxed router. */
+  cooldown?: CooldownPolicy;
 }
 
 /** Starts a single-router proxy on 127.0.0.1, port 0, with its log captured. */
@@ -110,11 +112,11 @@ export async function startProxy(source: string, options: ProxyOptions = {}): Pr
   if (options.sandbox === 'in-process') {
     router = await IsolateRouter.load({ ...spec, console });
   } else if (options.sharedPool !== undefined) {
-    router = await ProcessRouter.load(options.sharedPool, { ...spec, tenant }, console);
+    router = await ProcessRouter.load(options.sharedPool, { ...spec, tenant }, console, options.cooldown);
   } else {
     pool = new SandboxPool({ workers: 1, ...options.pool, log: log.logger });
     try {
-      router = await ProcessRouter.load(pool, { ...spec, tenant }, console);
+      router = await ProcessRouter.load(pool, { ...spec, tenant }, console, options.cooldown);
     } catch (err) {
       await pool.close();
       throw err;
@@ -410,14 +412,21 @@ export function within<T>(promise: Promise<T>, ms: number, what: string): Promis
 }
 
 /**
- * Resolves once the proxy's router has made `count` decisions of `kind` in all (its stats have
- * no event to wait on, so this checks them on every turn of the event loop). Lets a test send a
- * message in pieces and know the router saw each piece on its own.
+ * Resolves once `condition()` holds, checking on every turn of the event loop: for state that
+ * has no event to wait on. Rejects naming `what` after `timeoutMs`.
  */
-export async function waitForDecisions(proxy: TestProxy, kind: 'remote' | 'noop' | 'close', count: number, timeoutMs = 10_000): Promise<void> {
+export async function until(condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (proxy.listener.stats.decisions[kind] < count) {
-    if (Date.now() > deadline) throw new Error(`${proxy.listener.stats.decisions[kind]} ${kind} decisions, expected ${count}, within ${timeoutMs} ms`);
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
     await new Promise((resolve) => setImmediate(resolve));
   }
+}
+
+/**
+ * Resolves once the proxy's router has made `count` decisions of `kind` in all. Lets a test
+ * send a message in pieces and know the router saw each piece on its own.
+ */
+export function waitForDecisions(proxy: TestProxy, kind: 'remote' | 'noop' | 'close', count: number, timeoutMs = 10_000): Promise<void> {
+  return until(() => proxy.listener.stats.decisions[kind] >= count, `${count} ${kind} decisions`, timeoutMs);
 }
