@@ -81,7 +81,7 @@ export const sandboxDefaults = Object.freeze({
 });
 
 /** CPU cool-down of a router that keeps hitting its time limit (see sandbox/process-router.ts). */
-export const cooldownDefaults = Object.freeze({
+export const cooldownDefaults: { readonly strikes: number; readonly windowMs: number; readonly initialMs: number; readonly maxMs: number } = Object.freeze({
   strikes: 5,
   windowMs: 10_000,
   initialMs: 5_000,

@@ -189,6 +189,11 @@ export class SandboxPool {
     return this.#tenants.get(slot)?.host.current.child.pid;
   }
 
+  /** Calls of a tenant sent to its worker and not answered yet. */
+  pendingFor(slot: number): number {
+    return this.#tenants.get(slot)?.inflight.length ?? 0;
+  }
+
   isQuarantined(slot: number): boolean {
     return this.#tenants.get(slot)?.quarantined ?? false;
   }
@@ -304,7 +309,7 @@ export class SandboxPool {
 
   readonly #spawn = (name: string): WorkerProcess => {
     const proc = new WorkerProcess(name, this.#options.concurrency, this.#onResponse);
-    this.#log[name.startsWith('check:') ? 'debug' : 'info']({ worker: name, pid: proc.child.pid }, 'sandbox worker started');
+    this.#log[name.startsWith('check:') ? 'debug' : 'info']({ worker: name, workerPid: proc.child.pid }, 'sandbox worker started');
     void proc.exited.then(() => this.#onExit(proc));
     proc.child.on('error', (err) => this.#log.error({ worker: name, err: err.message }, 'sandbox worker failed to start'));
     return proc;
@@ -337,7 +342,7 @@ export class SandboxPool {
     }
     proc.pending.clear();
     if (this.#closed || proc.retiring || proc.name.startsWith('check:')) return;
-    this.#log.warn({ worker: proc.name, pid: proc.child.pid, exitCode, signal: signalCode, killed: wasKilled, pendingTenants: blamed.size }, 'sandbox worker exited; restarting');
+    this.#log.warn({ worker: proc.name, workerPid: proc.child.pid, exitCode, signal: signalCode, killed: wasKilled, pendingTenants: blamed.size }, 'sandbox worker exited; restarting');
     const host = [...this.#shared, ...this.#quarantine.values()].find((h) => h.current === proc);
     if (host !== undefined) host.replace();
     // A worker we killed for a stuck call has already been blamed on that call's tenant.
@@ -358,7 +363,7 @@ export class SandboxPool {
       if (now - startedAt <= head.limitMs) continue;
       const proc = head.proc;
       if (!proc.alive) continue;
-      this.#log.warn({ tenant: entry.spec.tenant, worker: proc.name, pid: proc.child.pid, stuckMs: now - startedAt }, 'router call stuck past its limit: killing its worker');
+      this.#log.warn({ tenant: entry.spec.tenant, worker: proc.name, workerPid: proc.child.pid, stuckMs: now - startedAt }, 'router call stuck past its limit: killing its worker');
       entry.lastAnswerAt = now; // one kill per stuck call
       head.stuck = true;
       this.#strike(entry, 'hang');

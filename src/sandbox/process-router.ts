@@ -1,4 +1,6 @@
 import { cooldownDefaults } from '../config.js';
+
+export type CooldownPolicy = typeof cooldownDefaults;
 import { CloseReason, RouterError } from '../errors.js';
 import { type Decision, validateDecision } from '../routing/decision.js';
 import type { RouterConsole } from './console.js';
@@ -20,23 +22,25 @@ export class ProcessRouter implements Router {
   readonly #pool: SandboxPool;
   readonly #slot: number;
   readonly #console: RouterConsole;
+  readonly #cooldown: CooldownPolicy;
   #timeouts: number[] = [];
   #coolUntil = 0;
   #coolMs = 0;
 
-  private constructor(pool: SandboxPool, slot: number, hooks: RouterHooks, console: RouterConsole) {
+  private constructor(pool: SandboxPool, slot: number, hooks: RouterHooks, console: RouterConsole, cooldown: CooldownPolicy) {
     this.#pool = pool;
+    this.#cooldown = cooldown;
     this.#slot = slot;
     this.hooks = hooks;
     this.#console = console;
   }
 
   /** Checks the script in a throwaway process, then loads it into a worker. Rejects with RouterLoadError. */
-  static async load(pool: SandboxPool, spec: TenantSpec, console: RouterConsole): Promise<ProcessRouter> {
+  static async load(pool: SandboxPool, spec: TenantSpec, console: RouterConsole, cooldown: CooldownPolicy = cooldownDefaults): Promise<ProcessRouter> {
     const { slot, envelope } = await pool.load(spec);
     try {
       const hooks = loadedHooks(openEnvelope(envelope, console));
-      return new ProcessRouter(pool, slot, hooks, console);
+      return new ProcessRouter(pool, slot, hooks, console, cooldown);
     } catch (err) {
       pool.unload(slot);
       throw err;
@@ -46,6 +50,11 @@ export class ProcessRouter implements Router {
   /** The worker process serving this router now. */
   get pid(): number | undefined {
     return this.#pool.pidOf(this.#slot);
+  }
+
+  /** Calls in flight to the worker. */
+  get pending(): number {
+    return this.#pool.pendingFor(this.#slot);
   }
 
   get quarantined(): boolean {
@@ -91,7 +100,7 @@ export class ProcessRouter implements Router {
   }
 
   #timedOut(now: number): void {
-    const { strikes, windowMs, initialMs, maxMs } = cooldownDefaults;
+    const { strikes, windowMs, initialMs, maxMs } = this.#cooldown;
     this.#timeouts = this.#timeouts.filter((t) => now - t < windowMs);
     this.#timeouts.push(now);
     if (this.#timeouts.length < strikes) return;

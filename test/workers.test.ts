@@ -1,0 +1,158 @@
+/**
+ * Sandbox worker processes: killing one during load leaves relayed connections alone, fails
+ * only the decisions pending on it, and touches no other worker's tenants; a tenant that keeps
+ * crashing its worker is quarantined; a router that keeps timing out cools down.
+ */
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import type { Socket } from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { SandboxPool } from '../src/sandbox/pool.js';
+import type { ProcessRouter } from '../src/sandbox/process-router.js';
+import { CapturedLog, dial, exchange, startEchoBackend, startProxy, startServer, type TestServer, until } from './helpers.js';
+
+/** Sends `text` on an open socket and resolves with the next chunk that comes back. */
+async function roundTrip(socket: Socket, text: string): Promise<string> {
+  socket.write(text);
+  const [chunk] = (await once(socket, 'data')) as [Buffer];
+  return chunk.toString('latin1');
+}
+
+function router(echoPort: number, streamPort: number): string {
+  return `proxy((data) => {
+    if (data === 'hold') return { remote: '127.0.0.1:${streamPort}' };
+    if (data === 'spin') { const end = Date.now() + 1500; while (Date.now() < end) {} return { close: 'spun' }; }
+    if (data === 'crash') { const m = new Map(); for (let i = 0; ; i++) m.set(i, { i }); }
+    return { remote: '127.0.0.1:${echoPort}' };
+  });`;
+}
+
+describe('sandbox workers', () => {
+  let echo: TestServer;
+  let stream: TestServer;
+  before(async () => {
+    echo = await startEchoBackend();
+    stream = await startServer((s) => s.pipe(s)); // echoes everything, for as long as the client stays
+  });
+  after(async () => {
+    await echo.close();
+    await stream.close();
+  });
+
+  it('a killed worker fails only its pending decisions; relayed connections and other workers carry on', async () => {
+    const pool = new SandboxPool({ log: new CapturedLog().logger, workers: 2 });
+    const a = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'a', limits: { routerTimeoutMs: 3000 } });
+    const b = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'b', limits: { routerTimeoutMs: 3000 } });
+    try {
+      const pidA = (a.router as ProcessRouter).pid!;
+      const pidB = (b.router as ProcessRouter).pid!;
+      assert.notEqual(pidA, pidB, 'the two tenants are on different workers');
+
+      const relayed = await Promise.all(Array.from({ length: 5 }, () => dial(a.port)));
+      for (const s of relayed) assert.equal(await roundTrip(s, 'hold'), 'hold');
+
+      // A decision pending on A's worker, and one on B's, when A's worker dies.
+      const pendingA = exchange(a.port, ['spin']);
+      const pendingB = exchange(b.port, ['spin']);
+      await until(() => (a.router as ProcessRouter).pending === 1 && (b.router as ProcessRouter).pending === 1, 'both calls pending');
+      process.kill(pidA, 'SIGKILL');
+
+      const failed = await pendingA;
+      assert.equal(failed.data, '');
+      const rejected = await a.log.waitFor((r) => r.msg === 'connection rejected' && r.client === failed.client);
+      assert.equal(rejected.reason, 'router_unavailable');
+      assert.match(String(rejected.detail), /crashed \(SIGKILL\)/);
+      assert.equal((await pendingB).data, 'spun', "B's worker never noticed");
+
+      for (const [i, s] of relayed.entries()) assert.equal(await roundTrip(s, `still ${i}`), `still ${i}`, 'relayed connections survive');
+      assert.equal((await exchange(a.port, ['next'])).data, `${echo.port}:next`, 'A routes again, on a new worker');
+      const newPidA = (a.router as ProcessRouter).pid;
+      assert.ok(newPidA !== undefined && newPidA !== pidA);
+      assert.equal((b.router as ProcessRouter).pid, pidB);
+      for (const s of relayed) s.destroy();
+    } finally {
+      await a.close();
+      await b.close();
+      await pool.close();
+    }
+  });
+
+  it('quarantines a tenant that keeps crashing its worker, and keeps serving it there', async () => {
+    const log = new CapturedLog();
+    const pool = new SandboxPool({ log: log.logger, workers: 1 });
+    const bad = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'crasher', limits: { routerTimeoutMs: 5000 } });
+    const good = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'bystander' });
+    try {
+      const shared = (bad.router as ProcessRouter).pid;
+      for (let i = 0; i < 3; i++) {
+        const r = await exchange(bad.port, ['crash']);
+        assert.equal(r.data, '');
+        await bad.log.waitFor((rec) => rec.msg === 'connection rejected' && rec.client === r.client);
+      }
+      await log.waitFor((r) => r.msg === 'tenant quarantined in a worker of its own' && r.tenant === 'crasher');
+      assert.equal((bad.router as ProcessRouter).quarantined, true);
+      assert.notEqual((bad.router as ProcessRouter).pid, (good.router as ProcessRouter).pid);
+      assert.equal((good.router as ProcessRouter).quarantined, false);
+      assert.notEqual((good.router as ProcessRouter).pid, shared, 'the shared worker was restarted after the last crash');
+
+      assert.equal((await exchange(bad.port, ['fine'])).data, `${echo.port}:fine`);
+      assert.equal((await exchange(good.port, ['fine'])).data, `${echo.port}:fine`);
+      // Crashing again now only restarts the quarantine worker.
+      const sharedPid = (good.router as ProcessRouter).pid;
+      await exchange(bad.port, ['crash']);
+      assert.equal((await exchange(good.port, ['fine'])).data, `${echo.port}:fine`);
+      assert.equal((good.router as ProcessRouter).pid, sharedPid);
+    } finally {
+      await bad.close();
+      await good.close();
+      await pool.close();
+    }
+  });
+
+  it('cools down a router that keeps hitting its time limit', async () => {
+    const cooldown = { strikes: 3, windowMs: 10_000, initialMs: 300, maxMs: 1000 };
+    const proxy = await startProxy(`proxy((data) => { if (data === 'bad') for (;;) {} return { close: 'ok' }; });`, { cooldown });
+    try {
+      for (let i = 0; i < 3; i++) await exchange(proxy.port, ['bad']);
+      const cooled = await exchange(proxy.port, ['good']);
+      assert.equal(cooled.data, '', 'closed at once while cooling down');
+      const rejected = await proxy.log.waitFor((r) => r.msg === 'connection rejected' && r.client === cooled.client);
+      assert.equal(rejected.reason, 'router_cooldown');
+      await proxy.log.waitFor((r) => typeof r.msg === 'string' && r.msg.includes('cooling down for 300 ms'));
+      await sleep(cooldown.initialMs); // the cool-down is a span of time: let it pass
+      assert.equal((await exchange(proxy.port, ['good'])).data, 'ok');
+      assert.equal(proxy.listener.stats.rejections.get('router_cooldown'), 1);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('serves a good tenant while a hostile one spins at its limit on the same worker', async () => {
+    const pool = new SandboxPool({ log: new CapturedLog().logger, workers: 1 });
+    const hostile = await startProxy('proxy(() => { for (;;) {} });', { sharedPool: pool, tenant: 'hostile', cooldown: { strikes: 1e9, windowMs: 1, initialMs: 1, maxMs: 1 } });
+    const good = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'good' });
+    try {
+      let attacking = true;
+      const attack = (async () => {
+        let n = 0;
+        while (attacking) {
+          await Promise.all(Array.from({ length: 4 }, () => exchange(hostile.port, ['x'])));
+          n += 4;
+        }
+        return n;
+      })();
+      const served = [];
+      for (let i = 0; i < 100; i++) served.push((await exchange(good.port, [`r${i}`])).data);
+      attacking = false;
+      const attacks = await attack;
+      served.forEach((d, i) => assert.equal(d, `${echo.port}:r${i}`));
+      assert.equal(good.log.find('connection rejected').length, 0);
+      assert.ok(attacks >= 4 && hostile.listener.stats.rejections.get('router_timeout') === attacks);
+    } finally {
+      await hostile.close();
+      await good.close();
+      await pool.close();
+    }
+  });
+});
