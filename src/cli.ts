@@ -68,29 +68,48 @@ function limitsFrom(f: LimitFlags): Limits {
  * QUIT: stop accepting and wait for every connection, however long. TERM and INT: stop
  * accepting, wait up to the grace period, then close what is left. A second TERM or INT
  * closes everything at once. Either way the process exits 0.
+ *
+ * The handlers are installed before the service starts, so a signal that arrives while it
+ * starts (or right after it says "listening") is acted on as soon as the service exists.
  */
-function handleSignals(service: Service, log: Logger): void {
+function handleSignals(log: Logger): { attach(service: Service): void } {
+  let service: Service | undefined;
+  let requested: NodeJS.Signals | undefined;
   let stopping = false;
-  const stop = (signal: NodeJS.Signals, graceMs: number | undefined): void => {
+  const stop = (signal: NodeJS.Signals): void => {
+    if (service === undefined) {
+      requested ??= signal;
+      return;
+    }
     if (stopping) {
       if (signal !== 'SIGQUIT') service.destroy();
       return;
     }
     stopping = true;
+    const graceMs = signal === 'SIGQUIT' ? undefined : shutdownGraceMs;
+    const closed = service.close(); // stops accepting before anything is logged
     log.info({ signal, graceMs: graceMs ?? null }, 'shutting down: no longer accepting');
-    const timer = graceMs === undefined ? undefined : setTimeout(() => {
-      log.warn({ signal }, 'grace period over: closing remaining connections');
-      service.destroy();
-    }, graceMs);
-    void service.close().then(() => {
+    const current = service;
+    const timer =
+      graceMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            log.warn({ signal }, 'grace period over: closing remaining connections');
+            current.destroy();
+          }, graceMs);
+    void closed.then(() => {
       if (timer !== undefined) clearTimeout(timer);
       log.info('stopped');
       process.exit(0);
     });
   };
-  process.on('SIGQUIT', () => stop('SIGQUIT', undefined));
-  process.on('SIGTERM', () => stop('SIGTERM', shutdownGraceMs));
-  process.on('SIGINT', () => stop('SIGINT', shutdownGraceMs));
+  for (const signal of ['SIGQUIT', 'SIGTERM', 'SIGINT'] as const) process.on(signal, () => stop(signal));
+  return {
+    attach(s: Service): void {
+      service = s;
+      if (requested !== undefined) stop(requested);
+    },
+  };
 }
 
 function fail(message: string): never {
@@ -115,6 +134,7 @@ program.action(async (opts: LimitFlags & { config?: string; host: string; port: 
     fail('missing -c ROUTER.js');
   }
   const log = createLogger(opts.logLevel);
+  const signals = handleSignals(log);
   let service: Service;
   try {
     service = await startSingleRouter({ file: opts.config, host: opts.host, port: opts.port, limits: limitsFrom(opts), log });
@@ -129,7 +149,7 @@ program.action(async (opts: LimitFlags & { config?: string; host: string; port: 
     if (e.code === 'EACCES') fail(`not allowed to listen on ${opts.host}:${opts.port}`);
     fail(e.message);
   }
-  handleSignals(service, log);
+  signals.attach(service);
 });
 
 await program.parseAsync();

@@ -33,6 +33,7 @@ export class TenantListener implements ConnectionHost {
   gate: ConnectionHost['gate'];
   readonly #server: Server;
   readonly #connections = new Set<Connection>();
+  #draining: Promise<void> | undefined;
   #drained: (() => void) | undefined;
 
   constructor(options: ListenerOptions) {
@@ -108,9 +109,10 @@ export class TenantListener implements ConnectionHost {
   close(): Promise<void> {
     this.#server.close();
     if (this.#connections.size === 0) return Promise.resolve();
-    return new Promise((resolve) => {
+    this.#draining ??= new Promise((resolve) => {
       this.#drained = resolve;
     });
+    return this.#draining;
   }
 
   /** Forced: stop accepting and destroy every open connection now. Resolves with how many were open. */

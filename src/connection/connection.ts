@@ -340,6 +340,8 @@ export class Connection {
   destroy(reason: CloseReason): void {
     if (this.#phase === 'closed') return;
     this.#reason ??= reason;
+    // No phase may carry on (a pending router call or connect attempt sees this and stops).
+    if (this.#phase !== 'relaying') this.#phase = 'closing';
     this.#abort?.abort(new Error('connection destroyed'));
     this.#upstream?.destroy();
     this.#client.destroy();
