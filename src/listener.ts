@@ -61,6 +61,18 @@ export class TenantListener implements ConnectionHost {
     return this.#server.address() as AddressInfo | null;
   }
 
+  /** Bytes from and to clients, finished connections and open ones together. */
+  get bytes(): { in: number; out: number } {
+    let bytesIn = this.stats.bytesIn;
+    let bytesOut = this.stats.bytesOut;
+    for (const c of this.#connections) {
+      const [i, o] = c.bytes;
+      bytesIn += i;
+      bytesOut += o;
+    }
+    return { in: bytesIn, out: bytesOut };
+  }
+
   get connectionCount(): number {
     return this.#connections.size;
   }

@@ -86,6 +86,11 @@ export class Connection {
     return `${this.#info.remoteAddress}:${this.#info.remotePort}`;
   }
 
+  /** Bytes received from and sent to the client so far. */
+  get bytes(): readonly [number, number] {
+    return [this.#client.bytesRead, this.#client.bytesWritten];
+  }
+
   /** accept: called once the listener has taken the client. Starts the decision deadline. */
   accept(): void {
     const client = this.#client;
@@ -121,15 +126,20 @@ export class Connection {
   async #route(accepting: boolean): Promise<void> {
     this.#routing = true;
     const seen = this.#buffer.length;
+    const stats = this.#host.stats;
+    const started = performance.now();
     let decision: Decision | undefined;
     try {
       decision = accepting
         ? await this.#router.accept(this.#info)
         : await this.#router.route(this.#buffer, this.#info);
+      stats.routerCall((performance.now() - started) / 1000);
     } catch (err) {
+      stats.routerCall((performance.now() - started) / 1000);
       this.#routing = false;
-      if (this.#phase !== 'receiving') return;
       const e = err instanceof RouterError ? err : new RouterError(CloseReason.routerUnavailable, String(err));
+      stats.routerFailed(e.reason);
+      if (this.#phase !== 'receiving') return;
       this.#decision = 'error';
       this.#reject(e.reason, e.message);
       return;

@@ -1,5 +1,19 @@
-import type { CloseReason } from '../errors.js';
+import { CloseReason } from '../errors.js';
 import type { DecisionKind } from '../routing/decision.js';
+
+/** Upper bounds (seconds) of the router call duration histogram's buckets. */
+export const routerCallBuckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1] as const;
+
+/** Router failures by kind, as the metrics name them. */
+export const routerErrorKinds = {
+  [CloseReason.routerTimeout]: 'timeout',
+  [CloseReason.routerMemory]: 'memory',
+  [CloseReason.routerInvalid]: 'invalid',
+  [CloseReason.routerThrow]: 'throw',
+  [CloseReason.routerUnavailable]: 'unavailable',
+  [CloseReason.routerCooldown]: 'cooldown',
+} as const satisfies Partial<Record<CloseReason, string>>;
+export type RouterErrorKind = (typeof routerErrorKinds)[keyof typeof routerErrorKinds];
 
 /**
  * A tenant's counters, all declared here (as Envoy declares its TCP proxy stats in one
@@ -10,16 +24,33 @@ export class TenantStats {
   active = 0;
   /** Client connections accepted since start. */
   connections = 0;
-  /** Bytes received from clients and sent to clients. */
+  /** Bytes received from and sent to clients of finished connections (open ones are added when read). */
   bytesIn = 0;
   bytesOut = 0;
   /** Decisions the router made, by kind. */
   readonly decisions: Record<DecisionKind, number> = { remote: 0, noop: 0, close: 0 };
+  /** Router calls that failed, by kind. */
+  readonly routerErrors: Record<RouterErrorKind, number> = { timeout: 0, memory: 0, invalid: 0, throw: 0, unavailable: 0, cooldown: 0 };
+  /** Router call durations: a count per bucket of routerCallBuckets (and one past the last), and their sum. */
+  readonly routerCallBuckets: number[] = new Array<number>(routerCallBuckets.length + 1).fill(0);
+  routerCallSeconds = 0;
   /** Connections closed without being relayed, by reason. */
   readonly rejections = new Map<CloseReason, number>();
 
   decided(kind: DecisionKind): void {
     this.decisions[kind]++;
+  }
+
+  routerCall(seconds: number): void {
+    let i = 0;
+    while (i < routerCallBuckets.length && seconds > routerCallBuckets[i]!) i++;
+    this.routerCallBuckets[i]!++;
+    this.routerCallSeconds += seconds;
+  }
+
+  routerFailed(reason: CloseReason): void {
+    const kind = (routerErrorKinds as Partial<Record<CloseReason, RouterErrorKind>>)[reason];
+    if (kind !== undefined) this.routerErrors[kind]++;
   }
 
   rejected(reason: CloseReason): void {

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { sandboxDefaults, scriptLimits } from '../config.js';
 import { CloseReason, RouterError, RouterLoadError, type RouterLoadCode } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { SandboxFigures } from '../metrics/prometheus.js';
 import type { ConnInfo } from './router.js';
 import type { IsolateSpec } from './tenant-isolate.js';
 import { decodeResponse, encodeRequest, FrameReader, FrameWriter, Op, type Response, Status } from './wire.js';
@@ -166,6 +167,7 @@ export class SandboxPool {
   #nextShared = 0;
   #closed = false;
   #lastRssCheck = Date.now();
+  #restarts = 0;
 
   constructor(options: PoolOptions) {
     this.#options = { ...sandboxDefaults, ...options } as Required<PoolOptions>;
@@ -182,6 +184,28 @@ export class SandboxPool {
       pid: h.current.child.pid,
       tenants: [...this.#tenants.values()].filter((t) => t.host === h).length,
     }));
+  }
+
+  /** Process-wide figures for the metrics: workers, isolates, heap, RSS, restarts, quarantines. */
+  async figures(): Promise<SandboxFigures> {
+    const procs = [...this.#shared, ...this.#quarantine.values()].map((h) => h.current).filter((p) => p.alive);
+    let isolates = 0;
+    let heapBytes = 0;
+    let workerRssBytes = 0;
+    await Promise.all(
+      procs.map(async (p) => {
+        workerRssBytes += (p.rssMb() ?? 0) * 1024 * 1024;
+        const pending = p.request(Op.stats, 0, 1000);
+        const timer = setTimeout(() => pending.resolve({ id: 0, status: Status.routerError, payload: '' }), 1000);
+        const r = await pending.promise.finally(() => clearTimeout(timer));
+        if (r.status !== Status.ok) return;
+        const s = JSON.parse(r.payload) as { isolates: number; heapBytes: number };
+        isolates += s.isolates;
+        heapBytes += s.heapBytes;
+      }),
+    );
+    const quarantined = [...this.#tenants.values()].filter((t) => t.quarantined).length;
+    return { workers: procs.length, isolates, heapBytes, workerRssBytes: Math.round(workerRssBytes), restarts: this.#restarts, quarantined };
   }
 
   /** The pid of the worker that serves a tenant now. */
@@ -344,7 +368,10 @@ export class SandboxPool {
     if (this.#closed || proc.retiring || proc.name.startsWith('check:')) return;
     this.#log.warn({ worker: proc.name, workerPid: proc.child.pid, exitCode, signal: signalCode, killed: wasKilled, pendingTenants: blamed.size }, 'sandbox worker exited; restarting');
     const host = [...this.#shared, ...this.#quarantine.values()].find((h) => h.current === proc);
-    if (host !== undefined) host.replace();
+    if (host !== undefined) {
+      this.#restarts++;
+      host.replace();
+    }
     // A worker we killed for a stuck call has already been blamed on that call's tenant.
     if (wasKilled) return;
     for (const slot of blamed) {

@@ -7,12 +7,13 @@
  *   response: u32 length | u32 id | u8 status | utf-8 payload
  *
  * Op fields: load: the IsolateSpec as JSON; route: conn, then the buffer as latin1 bytes;
- * accept: conn; hook: conn, u8 which, the remote as latin1; unload: nothing.
+ * accept: conn; hook: conn, u8 which, the remote as latin1; unload, stats: nothing (stats
+ * answers JSON { isolates, heapBytes }).
  * conn: u16 remotePort | u16 localPort | u8 n | remoteAddress | u8 n | localAddress.
  */
 import type { ConnInfo } from './router.js';
 
-export const Op = { load: 1, unload: 2, route: 3, accept: 4, hook: 5 } as const;
+export const Op = { load: 1, unload: 2, route: 3, accept: 4, hook: 5, stats: 6 } as const;
 export type Op = (typeof Op)[keyof typeof Op];
 
 export const Status = {

@@ -52,6 +52,9 @@ function handle(r: Request): void {
       void t?.isolate.then((i) => i.dispose(), () => undefined);
       return;
     }
+    case Op.stats:
+      void stats().then((json) => writer.write(encodeResponse(r.id, Status.ok, json)));
+      return;
     case Op.route:
     case Op.accept:
     case Op.hook: {
@@ -115,6 +118,19 @@ async function run(tenant: Tenant, job: Job): Promise<void> {
     if (tenant.queue.length > 0) ready.push(tenant);
     pump();
   }
+}
+
+/** How many isolates this worker holds and how much V8 heap they use. */
+async function stats(): Promise<string> {
+  let isolates = 0;
+  let heapBytes = 0;
+  for (const t of tenants.values()) {
+    const heap = await t.isolate.then((i) => i.heap(), () => undefined);
+    if (heap === undefined) continue;
+    isolates++;
+    heapBytes += heap.used_heap_size + heap.externally_allocated_size;
+  }
+  return JSON.stringify({ isolates, heapBytes });
 }
 
 function respondError(id: number, err: RouterError): void {

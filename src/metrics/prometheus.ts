@@ -1,0 +1,75 @@
+import type { TenantListener } from '../listener.js';
+import { routerCallBuckets } from './stats.js';
+
+/** Process-wide figures of the sandbox. */
+export interface SandboxFigures {
+  readonly workers: number;
+  readonly isolates: number;
+  readonly heapBytes: number;
+  readonly workerRssBytes: number;
+  readonly restarts: number;
+  readonly quarantined: number;
+}
+
+type Labels = Readonly<Record<string, string>>;
+
+/** Prometheus text exposition (format 0.0.4): each family's HELP and TYPE once, then its samples. */
+class Exposition {
+  readonly #out: string[] = [];
+
+  family(name: string, type: 'counter' | 'gauge' | 'histogram', help: string, samples: Iterable<[Labels, number, string?]>): void {
+    this.#out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const [labels, value, suffix = ''] of samples) this.#out.push(`${name}${suffix}${format(labels)} ${value}`);
+  }
+
+  text(): string {
+    return `${this.#out.join('\n')}\n`;
+  }
+}
+
+function format(labels: Labels): string {
+  const parts = Object.entries(labels).map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`);
+  return parts.length === 0 ? '' : `{${parts.join(',')}}`;
+}
+
+/** Every metric of the service, per tenant (labelled `tenant`) and process-wide. */
+export function renderMetrics(listeners: readonly TenantListener[], sandbox: SandboxFigures): string {
+  const e = new Exposition();
+  const per = (f: (l: TenantListener) => Iterable<[Labels, number, string?]> | number): [Labels, number, string?][] =>
+    listeners.flatMap((l): [Labels, number, string?][] => {
+      const r = f(l);
+      return typeof r === 'number' ? [[{ tenant: l.tenant }, r]] : [...r];
+    });
+
+  e.family('switchyard_connections_active', 'gauge', 'Client connections open now.', per((l) => l.stats.active));
+  e.family('switchyard_connections_total', 'counter', 'Client connections accepted.', per((l) => l.stats.connections));
+  e.family('switchyard_decisions_total', 'counter', 'Router decisions, by kind.', per((l) => Object.entries(l.stats.decisions).map(([kind, n]) => [{ tenant: l.tenant, kind }, n])));
+  e.family('switchyard_router_errors_total', 'counter', 'Router calls that failed, by kind.', per((l) => Object.entries(l.stats.routerErrors).map(([kind, n]) => [{ tenant: l.tenant, kind }, n])));
+  e.family(
+    'switchyard_router_call_duration_seconds',
+    'histogram',
+    'Duration of router calls, as the proxy waits for them.',
+    per((l) => {
+      const s = l.stats;
+      let cumulative = 0;
+      const rows: [Labels, number, string][] = routerCallBuckets.map((le, i) => {
+        cumulative += s.routerCallBuckets[i]!;
+        return [{ tenant: l.tenant, le: String(le) }, cumulative, '_bucket'];
+      });
+      const count = cumulative + s.routerCallBuckets[routerCallBuckets.length]!;
+      rows.push([{ tenant: l.tenant, le: '+Inf' }, count, '_bucket'], [{ tenant: l.tenant }, s.routerCallSeconds, '_sum'], [{ tenant: l.tenant }, count, '_count']);
+      return rows;
+    }),
+  );
+  e.family('switchyard_client_bytes_received_total', 'counter', 'Bytes received from clients.', per((l) => l.bytes.in));
+  e.family('switchyard_client_bytes_sent_total', 'counter', 'Bytes sent to clients.', per((l) => l.bytes.out));
+  e.family('switchyard_rejections_total', 'counter', 'Connections closed without being relayed, by reason.', per((l) => [...l.stats.rejections].map(([reason, n]) => [{ tenant: l.tenant, reason }, n])));
+
+  e.family('switchyard_sandbox_workers', 'gauge', 'Sandbox worker processes.', [[{}, sandbox.workers]]);
+  e.family('switchyard_sandbox_isolates', 'gauge', 'Router isolates alive in the sandbox workers.', [[{}, sandbox.isolates]]);
+  e.family('switchyard_sandbox_heap_bytes', 'gauge', 'V8 heap used by router isolates.', [[{}, sandbox.heapBytes]]);
+  e.family('switchyard_sandbox_worker_rss_bytes', 'gauge', 'Resident memory of the sandbox workers.', [[{}, sandbox.workerRssBytes]]);
+  e.family('switchyard_sandbox_worker_restarts_total', 'counter', 'Sandbox workers restarted after a crash or a hang.', [[{}, sandbox.restarts]]);
+  e.family('switchyard_sandbox_quarantined_tenants', 'gauge', 'Tenants moved to a quarantine worker.', [[{}, sandbox.quarantined]]);
+  return e.text();
+}

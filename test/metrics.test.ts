@@ -1,0 +1,56 @@
+/** The Prometheus exposition: per-tenant series labelled tenant="…", and the sandbox's figures. */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { renderMetrics } from '../src/metrics/prometheus.js';
+import { exchange, startEchoBackend, startProxy } from './helpers.js';
+
+function sample(text: string, series: string): number {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  assert.ok(line !== undefined, `no sample ${series} in:\n${text}`);
+  return Number(line.slice(series.length + 1));
+}
+
+describe('metrics', () => {
+  it('counts connections, decisions, router errors, call durations, bytes and rejections', async () => {
+    const echo = await startEchoBackend();
+    const proxy = await startProxy(
+      `proxy((data) => {
+        if (data === 'route') return { remote: '127.0.0.1:${echo.port}' };
+        if (data === 'loop') for (;;) {}
+        if (data === 'bad') return { nope: 1 };
+        if (data === 'throw') throw new Error('x');
+        return { close: 'bye' };
+      });`,
+      { tenant: 'acme' },
+    );
+    try {
+      for (const d of ['route', 'route', 'loop', 'bad', 'throw', 'other']) await exchange(proxy.port, [d]);
+      await proxy.log.closed(6);
+      const text = renderMetrics([proxy.listener], await proxy.pool!.figures());
+      const t = 'tenant="acme"';
+      assert.equal(sample(text, `switchyard_connections_total{${t}}`), 6);
+      assert.equal(sample(text, `switchyard_connections_active{${t}}`), 0);
+      assert.equal(sample(text, `switchyard_decisions_total{${t},kind="remote"}`), 2);
+      assert.equal(sample(text, `switchyard_decisions_total{${t},kind="close"}`), 1);
+      assert.equal(sample(text, `switchyard_router_errors_total{${t},kind="timeout"}`), 1);
+      assert.equal(sample(text, `switchyard_router_errors_total{${t},kind="invalid"}`), 1);
+      assert.equal(sample(text, `switchyard_router_errors_total{${t},kind="throw"}`), 1);
+      assert.equal(sample(text, `switchyard_router_call_duration_seconds_count{${t}}`), 6);
+      assert.equal(sample(text, `switchyard_router_call_duration_seconds_bucket{${t},le="+Inf"}`), 6);
+      assert.ok(sample(text, `switchyard_router_call_duration_seconds_bucket{${t},le="0.025"}`) <= 5, 'the looping call took longer');
+      assert.equal(sample(text, `switchyard_client_bytes_received_total{${t}}`), 5 + 5 + 4 + 3 + 5 + 5);
+      assert.equal(sample(text, `switchyard_client_bytes_sent_total{${t}}`), 2 * `${echo.port}:route`.length + 3);
+      assert.equal(sample(text, `switchyard_rejections_total{${t},reason="router_timeout"}`), 1);
+      assert.equal(sample(text, `switchyard_rejections_total{${t},reason="router_close"}`), 1);
+      assert.equal(sample(text, 'switchyard_sandbox_workers'), 1);
+      assert.ok(sample(text, 'switchyard_sandbox_isolates') >= 1);
+      assert.ok(sample(text, 'switchyard_sandbox_heap_bytes') > 100_000);
+      assert.ok(sample(text, 'switchyard_sandbox_worker_rss_bytes') > 10_000_000);
+      assert.match(text, /^# TYPE switchyard_router_call_duration_seconds histogram$/m);
+      for (const line of text.trim().split('\n')) assert.match(line, /^(# (HELP|TYPE) \w+ .+|\w+(\{[^}]*\})? [\d.e+-]+)$/, line);
+    } finally {
+      await proxy.close();
+      await echo.close();
+    }
+  });
+});
