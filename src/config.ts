@@ -76,8 +76,10 @@ export const sandboxDefaults = Object.freeze({
   strikeWindowMs: 10 * 60_000,
   /** How far past its own limit a call may run before its worker is killed. */
   stuckGraceMs: 3000,
-  /** A worker over this resident size is replaced once its calls drain. */
+  /** A worker over this resident size is replaced once its calls drain (which drops its isolates). */
   maxWorkerRssMb: 1024,
+  /** Tenant isolates kept built; past it the least recently used idle ones are unloaded. */
+  maxWarmIsolates: 1000,
 });
 
 /** CPU cool-down of a router that keeps hitting its time limit (see sandbox/process-router.ts). */

@@ -28,9 +28,11 @@ export class TenantListener implements ConnectionHost {
   readonly log: Logger;
   readonly stats = new TenantStats();
   readonly rejections: Rejection[] = [];
-  router: Router;
   limits: Limits;
   gate: ConnectionHost['gate'];
+  #router: Router;
+  /** Open connections per router: a router swapped out is disposed once its last one finishes. */
+  readonly #routerUse = new Map<Router, number>();
   readonly #server: Server;
   readonly #connections = new Set<Connection>();
   #draining: Promise<void> | undefined;
@@ -38,7 +40,7 @@ export class TenantListener implements ConnectionHost {
 
   constructor(options: ListenerOptions) {
     this.tenant = options.tenant;
-    this.router = options.router;
+    this.#router = options.router;
     this.limits = options.limits;
     this.gate = options.gate;
     this.log = options.log.child({ tenant: options.tenant });
@@ -59,6 +61,21 @@ export class TenantListener implements ConnectionHost {
 
   get address(): AddressInfo | null {
     return this.#server.address() as AddressInfo | null;
+  }
+
+  /** The router new connections get. */
+  get router(): Router {
+    return this.#router;
+  }
+
+  /**
+   * Hot swap: new connections get `router` at once; open ones keep the router they were
+   * accepted with, which is disposed when the last of them finishes.
+   */
+  setRouter(router: Router): void {
+    const old = this.#router;
+    this.#router = router;
+    if (old !== router && !this.#routerUse.has(old)) old.dispose();
   }
 
   /** Bytes from and to clients, finished connections and open ones together. */
@@ -100,7 +117,9 @@ export class TenantListener implements ConnectionHost {
       return;
     }
     const info: ConnInfo = { tenant: this.tenant, remoteAddress, remotePort, localAddress, localPort };
-    const connection = new Connection(this, socket, info);
+    const router = this.#router;
+    this.#routerUse.set(router, (this.#routerUse.get(router) ?? 0) + 1);
+    const connection = new Connection(this, socket, info, router);
     this.#connections.add(connection);
     this.stats.active++;
     connection.accept();
@@ -113,7 +132,15 @@ export class TenantListener implements ConnectionHost {
   }
 
   finished(connection: Connection): void {
-    if (this.#connections.delete(connection)) this.stats.active--;
+    if (!this.#connections.delete(connection)) return;
+    this.stats.active--;
+    const router = connection.router;
+    const left = (this.#routerUse.get(router) ?? 1) - 1;
+    if (left > 0) this.#routerUse.set(router, left);
+    else {
+      this.#routerUse.delete(router);
+      if (router !== this.#router) router.dispose();
+    }
     if (this.#connections.size === 0) this.#drained?.();
   }
 

@@ -7,7 +7,7 @@ import type { Decision, RemoteDecision } from '../routing/decision.js';
 import { formatEndpoint } from '../routing/endpoint.js';
 import { admit, type BackendPolicy } from '../routing/policy.js';
 import type { CachingResolver } from '../routing/resolver.js';
-import type { ConnInfo, Router } from '../sandbox/router.js';
+import type { ConnInfo, Router, RouterHooks } from '../sandbox/router.js';
 import { proxyProtocolHeader } from './proxy-protocol.js';
 import { abortPeer, splice } from './relay.js';
 import { connectUpstream } from './upstream.js';
@@ -15,7 +15,6 @@ import { connectUpstream } from './upstream.js';
 /** What a connection needs from the listener that accepted it. */
 export interface ConnectionHost {
   readonly tenant: string;
-  readonly router: Router;
   readonly limits: Limits;
   /** The tenant's logger (it carries `tenant`). */
   readonly log: Logger;
@@ -55,6 +54,10 @@ export class Connection {
   readonly #host: ConnectionHost;
   /** The router live when the client arrived; a hot swap does not change it mid-connection. */
   readonly #router: Router;
+
+  get router(): Router {
+    return this.#router;
+  }
   readonly #client: Socket;
   readonly #info: ConnInfo;
   readonly #startedAt = Date.now();
@@ -75,9 +78,9 @@ export class Connection {
   #lastActivity = 0;
   #openSockets = 1;
 
-  constructor(host: ConnectionHost, client: Socket, info: ConnInfo) {
+  constructor(host: ConnectionHost, client: Socket, info: ConnInfo, router: Router) {
     this.#host = host;
-    this.#router = host.router;
+    this.#router = router;
     this.#client = client;
     this.#info = info;
   }
@@ -99,7 +102,31 @@ export class Connection {
     client.on('error', this.#clientError);
     client.on('close', this.#socketClosed);
     this.#arm('decision', this.#host.limits.decisionTimeoutMs);
-    if (this.#router.hooks.accept) void this.#route(true);
+    const hooks = this.#router.hooks;
+    if (hooks === undefined) void this.#warm();
+    else if (hooks.accept) void this.#route(true);
+  }
+
+  /**
+   * A cold router (the tenant's first connection since start-up or since its isolate was
+   * unloaded) is built first; what the client sends meanwhile is buffered.
+   */
+  async #warm(): Promise<void> {
+    this.#routing = true;
+    let hooks: RouterHooks;
+    try {
+      hooks = await this.#router.warm();
+    } catch (err) {
+      this.#routing = false;
+      if (this.#phase !== 'receiving') return;
+      this.#decision = 'error';
+      this.#reject(CloseReason.routerUnavailable, `router could not be loaded: ${(err as Error).message}`);
+      return;
+    }
+    this.#routing = false;
+    if (this.#phase !== 'receiving') return;
+    if (hooks.accept) void this.#route(true);
+    else this.#waitForMore(0);
   }
 
   /** receive: a chunk from the client before any decision; buffer it and ask the router again. */
@@ -229,7 +256,7 @@ export class Connection {
   /** Every candidate failed: tell the router's proxyConnectError hook, then close the client. */
   async #connectFailed(err: ConnectError): Promise<void> {
     this.#backend = err.backend;
-    if (this.#router.hooks.connectError) {
+    if (this.#router.hooks?.connectError === true) {
       await this.#router
         .connectError(err.backend, this.#info)
         .catch((e: unknown) => this.#host.log.warn({ client: this.client, err: (e as Error).message }, 'proxyConnectError hook failed'));
@@ -314,7 +341,7 @@ export class Connection {
   async #inactive(): Promise<void> {
     this.#reason = CloseReason.inactivityTimeout;
     this.#host.log.info({ client: this.client, backend: this.#backend, timeoutMs: this.#inactivityMs }, 'inactivity timeout');
-    if (this.#router.hooks.inactivityError) {
+    if (this.#router.hooks?.inactivityError === true) {
       await this.#router
         .inactivityError(this.#backend ?? '', this.#info)
         .catch((e: unknown) => this.#host.log.warn({ client: this.client, err: (e as Error).message }, 'proxyInactivityError hook failed'));

@@ -32,6 +32,10 @@ export class IsolateRouter implements Router {
     return new IsolateRouter(isolate, hooks, console);
   }
 
+  warm(): Promise<RouterHooks> {
+    return Promise.resolve(this.hooks);
+  }
+
   async route(data: string, conn: ConnInfo): Promise<Decision> {
     return validateDecision(await this.#call('route', [data, ...connArgs(conn)]));
   }

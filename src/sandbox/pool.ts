@@ -24,6 +24,8 @@ export interface PoolOptions {
   readonly stuckGraceMs?: number;
   /** A worker whose resident memory grows past this is replaced once its calls drain. */
   readonly maxWorkerRssMb?: number;
+  /** Isolates kept built across all workers; the least recently used idle ones are unloaded past it. */
+  readonly maxWarmIsolates?: number;
 }
 
 /** A tenant's script as the pool keeps it, to load it again into a restarted worker. */
@@ -162,6 +164,8 @@ export class SandboxPool {
   readonly #shared: WorkerHost[] = [];
   readonly #quarantine = new Map<string, WorkerHost>();
   readonly #tenants = new Map<number, TenantEntry>();
+  /** Tenants whose isolate is (or is being) built in a worker, least recently used first. */
+  readonly #warm = new Map<number, TenantEntry>();
   readonly #timer: NodeJS.Timeout;
   #nextSlot = 1;
   #nextShared = 0;
@@ -228,21 +232,35 @@ export class SandboxPool {
    * the tenant's calls go to and the load's envelope; rejects with RouterLoadError.
    */
   async load(spec: TenantSpec): Promise<{ slot: number; envelope: string }> {
-    if (Buffer.byteLength(spec.source) > scriptLimits.maxScriptBytes) {
-      throw new RouterLoadError('ERR_ROUTER_TOO_LARGE', `router script is larger than ${scriptLimits.maxScriptBytes} bytes`);
-    }
     await this.check(spec);
-    const slot = this.#nextSlot++;
-    const host = this.#shared[this.#nextShared++ % this.#shared.length]!;
-    const entry: TenantEntry = { slot, spec, host, quarantined: false, strikes: [], inflight: [], lastAnswerAt: 0 };
-    this.#tenants.set(slot, entry);
+    const slot = this.register(spec);
     try {
-      const response = await this.#send(entry, Op.load);
-      return { slot, envelope: loadResult(response) };
+      return { slot, envelope: await this.warm(slot) };
     } catch (err) {
       this.unload(slot);
       throw err;
     }
+  }
+
+  /**
+   * Registers a script that was checked before (an accepted version, at start-up) without
+   * loading it: its isolate is built on its first call (a cold start).
+   */
+  register(spec: TenantSpec): number {
+    if (Buffer.byteLength(spec.source) > scriptLimits.maxScriptBytes) {
+      throw new RouterLoadError('ERR_ROUTER_TOO_LARGE', `router script is larger than ${scriptLimits.maxScriptBytes} bytes`);
+    }
+    const slot = this.#nextSlot++;
+    const host = this.#shared[this.#nextShared++ % this.#shared.length]!;
+    this.#tenants.set(slot, { slot, spec, host, quarantined: false, strikes: [], inflight: [], lastAnswerAt: 0 });
+    return slot;
+  }
+
+  /** Builds a registered tenant's isolate in its worker now; resolves with the load's envelope. */
+  async warm(slot: number): Promise<string> {
+    const entry = this.#tenants.get(slot);
+    if (entry === undefined) throw new RouterError(CloseReason.routerUnavailable, 'router is not loaded');
+    return loadResult(await this.#send(entry, Op.load));
   }
 
   /** Compiles and loads a script in a throwaway process; resolves with its load envelope. */
@@ -283,6 +301,7 @@ export class SandboxPool {
     const entry = this.#tenants.get(slot);
     if (entry === undefined) return;
     this.#tenants.delete(slot);
+    this.#warm.delete(slot);
     entry.host.current.tell(Op.unload, slot);
     entry.host.current.loaded.delete(slot);
     if (entry.quarantined && ![...this.#tenants.values()].some((t) => t.host === entry.host)) {
@@ -304,6 +323,7 @@ export class SandboxPool {
   #send(entry: TenantEntry, op: (typeof Op)[keyof typeof Op], conn?: ConnInfo, extra?: { which?: number; text?: string }): Promise<Response> {
     const proc = entry.host.current;
     const grace = this.#options.stuckGraceMs;
+    this.#touch(entry);
     if (op !== Op.load && !proc.loaded.has(entry.slot)) void this.#send(entry, Op.load).catch(() => undefined);
     let pending: Pending;
     if (op === Op.load) {
@@ -329,6 +349,23 @@ export class SandboxPool {
         throw e;
       },
     );
+  }
+
+  /**
+   * Marks a tenant's isolate as recently used; past `maxWarmIsolates`, the least recently
+   * used idle ones are unloaded from their workers (their next call is a cold start).
+   */
+  #touch(entry: TenantEntry): void {
+    this.#warm.delete(entry.slot);
+    this.#warm.set(entry.slot, entry);
+    if (this.#warm.size <= this.#options.maxWarmIsolates) return;
+    for (const [slot, cold] of this.#warm) {
+      if (this.#warm.size <= this.#options.maxWarmIsolates) break;
+      if (cold.inflight.length > 0 || cold === entry) continue;
+      this.#warm.delete(slot);
+      const proc = cold.host.current;
+      if (proc.loaded.delete(slot)) proc.tell(Op.unload, slot);
+    }
   }
 
   readonly #spawn = (name: string): WorkerProcess => {

@@ -18,7 +18,8 @@ import { Hook, Op } from './wire.js';
  * cool-down in a row lasts twice the one before, up to `maxMs`.
  */
 export class ProcessRouter implements Router {
-  readonly hooks: RouterHooks;
+  #hooks: RouterHooks | undefined;
+  #warming: Promise<RouterHooks> | undefined;
   readonly #pool: SandboxPool;
   readonly #slot: number;
   readonly #console: RouterConsole;
@@ -27,11 +28,11 @@ export class ProcessRouter implements Router {
   #coolUntil = 0;
   #coolMs = 0;
 
-  private constructor(pool: SandboxPool, slot: number, hooks: RouterHooks, console: RouterConsole, cooldown: CooldownPolicy) {
+  private constructor(pool: SandboxPool, slot: number, hooks: RouterHooks | undefined, console: RouterConsole, cooldown: CooldownPolicy) {
     this.#pool = pool;
     this.#cooldown = cooldown;
     this.#slot = slot;
-    this.hooks = hooks;
+    this.#hooks = hooks;
     this.#console = console;
   }
 
@@ -45,6 +46,33 @@ export class ProcessRouter implements Router {
       pool.unload(slot);
       throw err;
     }
+  }
+
+  /**
+   * A router for a script accepted before (at start-up): registered with the pool, its
+   * isolate built on the first call or warm().
+   */
+  static cold(pool: SandboxPool, spec: TenantSpec, console: RouterConsole, cooldown: CooldownPolicy = cooldownDefaults): ProcessRouter {
+    return new ProcessRouter(pool, pool.register(spec), undefined, console, cooldown);
+  }
+
+  get hooks(): RouterHooks | undefined {
+    return this.#hooks;
+  }
+
+  warm(): Promise<RouterHooks> {
+    if (this.#hooks !== undefined) return Promise.resolve(this.#hooks);
+    this.#warming ??= this.#pool.warm(this.#slot).then(
+      (envelope) => {
+        this.#hooks = loadedHooks(openEnvelope(envelope, this.#console));
+        return this.#hooks;
+      },
+      (err: unknown) => {
+        this.#warming = undefined;
+        throw err instanceof RouterError ? err : new RouterError(CloseReason.routerUnavailable, `router could not be loaded: ${(err as Error).message}`);
+      },
+    );
+    return this.#warming;
   }
 
   /** The worker process serving this router now. */

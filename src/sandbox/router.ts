@@ -23,7 +23,10 @@ export interface RouterHooks {
  * or rejects with a RouterError that says why.
  */
 export interface Router {
-  readonly hooks: RouterHooks;
+  /** Which hooks the script registered; undefined until a cold router is first warmed. */
+  readonly hooks: RouterHooks | undefined;
+  /** Builds the router's isolate if it is cold; resolves with its hooks. Rejects with RouterError. */
+  warm(): Promise<RouterHooks>;
   /** proxyAccept: a decision before any byte, or undefined to wait for data. */
   accept(conn: ConnInfo): Promise<Decision | undefined>;
   /** proxy: the decision for everything received so far (latin1, one character per byte). */
