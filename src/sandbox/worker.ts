@@ -82,7 +82,7 @@ function load(id: number, slot: number, spec: IsolateSpec & { tenant: string }):
   const { tenant: name, ...isolateSpec } = spec;
   // Loading a slot again (after the pool unloaded it, or twice) replaces what was there.
   void tenants.get(slot)?.isolate.then((i) => i.dispose(), () => undefined);
-  const created = TenantIsolate.create(isolateSpec);
+  const created = TenantIsolate.create(isolateSpec, { syncCalls: true });
   const tenant: Tenant = { name, isolate: created.then((c) => c.isolate), queue: [], running: false };
   tenants.set(slot, tenant);
   created.then(

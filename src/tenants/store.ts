@@ -1,0 +1,150 @@
+/**
+ * The persistent state of hosting mode (CONTRACT §4, §5): tenants, their router versions,
+ * routing tables, limits and token hashes.
+ *
+ * Every method returns a Promise so that an implementation over a network database (PostgreSQL)
+ * can sit behind the same interface as the embedded one (./sqlite-store.ts). The guarantees every
+ * implementation gives:
+ *
+ * - Durability: a resolved promise means the change is on stable storage; it survives a crash
+ *   of the process or of the machine.
+ * - Atomicity: each method is one transaction. A crash at any moment leaves the state from
+ *   before the call or the state after it, never a mix.
+ * - Failures are rejections, never synchronous throws.
+ *
+ * The store does not validate what the admin API validates (name syntax, port range, limit keys
+ * and values, that a table is a JSON object, script size): callers do that first. It does not
+ * know about defaults either: `limits` are only the per-tenant values the operator set.
+ */
+import { SwitchyardError } from '../errors.js';
+
+/** A tenant as stored. Fresh objects on every call: mutating one changes nothing. */
+export interface TenantRecord {
+  /** Unique; reusable once the tenant is deleted. */
+  readonly name: string;
+  /** Unique among tenants; reusable once the tenant is deleted. */
+  readonly port: number;
+  /** The per-tenant limits (CONTRACT §5) as last set with setLimits; `{}` until then. */
+  readonly limits: Readonly<Record<string, unknown>>;
+  /** The live router version, or null before the first upload. */
+  readonly liveVersion: number | null;
+  /** ISO 8601, UTC. */
+  readonly createdAt: string;
+}
+
+/** One accepted router script. */
+export interface RouterVersion {
+  /** 1, 2, … per tenant, in upload order. */
+  readonly version: number;
+  readonly source: string;
+  /** ISO 8601, UTC: when it was uploaded (not when it last became live). */
+  readonly createdAt: string;
+}
+
+export interface NewTenant {
+  readonly name: string;
+  readonly port: number;
+  /** A hash of the tenant's token; the token itself is never stored. Unique among tenants. */
+  readonly tokenHash: string;
+}
+
+export interface TenantStore {
+  /** Rejects with StoreConflictError when the name, the port or the token hash is taken. */
+  createTenant(tenant: NewTenant): Promise<TenantRecord>;
+
+  /** undefined when there is no such tenant. */
+  getTenant(name: string): Promise<TenantRecord | undefined>;
+
+  /** Every tenant, ordered by name. */
+  listTenants(): Promise<TenantRecord[]>;
+
+  /** The tenant whose token has this hash, or undefined. */
+  tenantByTokenHash(tokenHash: string): Promise<TenantRecord | undefined>;
+
+  /**
+   * Removes the tenant and everything it owns (router versions, table, limits, token hash).
+   * Its name and port can be used again; a tenant created again under the same name starts
+   * from router version 1. Resolves false when there was no such tenant.
+   */
+  deleteTenant(name: string): Promise<boolean>;
+
+  /**
+   * Stores an accepted router script as the tenant's next version and makes it live, in one
+   * transaction. Resolves the new version: 1 for the first upload, then always one more than
+   * the highest version the tenant ever had, so a number is never reused (not even after
+   * rollbacks). Rejects with TenantNotFoundError.
+   */
+  addRouterVersion(name: string, source: string): Promise<number>;
+
+  /**
+   * Makes the highest version below the live one live again and resolves it. Twice in a row
+   * goes back two versions. Resolves undefined, changing nothing, when there is no earlier
+   * version (no upload yet, or version 1 is live). Rejects with TenantNotFoundError.
+   *
+   * Example: uploads 1, 2, 3; rollback → 2; upload → 4 (live); rollback → 3.
+   */
+  rollbackRouter(name: string): Promise<number | undefined>;
+
+  /** The live router, or undefined when there is no such tenant or nothing was uploaded yet. */
+  liveRouter(name: string): Promise<RouterVersion | undefined>;
+
+  /** Replaces the tenant's routing table, JSON text stored as given. Rejects with TenantNotFoundError. */
+  setTable(name: string, json: string): Promise<void>;
+
+  /** The JSON text last given to setTable; undefined when there is no such tenant or no table yet. */
+  getTable(name: string): Promise<string | undefined>;
+
+  /**
+   * Replaces the tenant's limits with `limits` (already validated and merged by the caller;
+   * stored as JSON). Rejects with TenantNotFoundError, or with StoreError when `limits` is not
+   * a plain JSON-serialisable object.
+   */
+  setLimits(name: string, limits: Readonly<Record<string, unknown>>): Promise<void>;
+
+  /** Releases the store. Idempotent. Every later call but close() rejects with StoreClosedError. */
+  close(): Promise<void>;
+}
+
+/** Any failure of the store. `code` is stable; see the subclasses. */
+export class StoreError extends SwitchyardError {
+  declare readonly code: StoreErrorCode;
+  constructor(code: StoreErrorCode, message: string, options?: ErrorOptions) {
+    super(code, message, options);
+  }
+}
+
+/** Which unique value of a new tenant is already used by another tenant. */
+export type ConflictField = 'name' | 'port' | 'tokenHash';
+
+/** createTenant: the name, port or token hash is already taken (the admin API answers 409). */
+export class StoreConflictError extends StoreError {
+  readonly field: ConflictField;
+  constructor(field: ConflictField, message: string) {
+    super('ERR_STORE_CONFLICT', message);
+    this.field = field;
+  }
+}
+
+/** A write named a tenant that does not exist (the admin API answers 404). */
+export class TenantNotFoundError extends StoreError {
+  readonly tenant: string;
+  constructor(tenant: string) {
+    super('ERR_TENANT_NOT_FOUND', `no tenant named ${JSON.stringify(tenant)}`);
+    this.tenant = tenant;
+  }
+}
+
+/** The store was used after close(). */
+export class StoreClosedError extends StoreError {
+  constructor() {
+    super('ERR_STORE_CLOSED', 'the tenant store is closed');
+  }
+}
+
+/**
+ * Other StoreError codes:
+ * - ERR_STORE_SCHEMA: the data was written by a newer Switchyard (unknown schema version).
+ * - ERR_STORE_INVALID: a value the store cannot keep (limits that are not a plain object).
+ * - ERR_STORE_CORRUPT: a stored value that does not read back (should never happen).
+ */
+export type StoreErrorCode = 'ERR_STORE_CONFLICT' | 'ERR_TENANT_NOT_FOUND' | 'ERR_STORE_CLOSED' | 'ERR_STORE_SCHEMA' | 'ERR_STORE_INVALID' | 'ERR_STORE_CORRUPT';
