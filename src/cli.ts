@@ -8,7 +8,10 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { defaultLimits, shutdownGraceMs, type Limits } from './config.js';
 import { RouterLoadError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
+import { parseAllowRule, type AllowRule } from './routing/policy.js';
+import { startHosting } from './serve.js';
 import { startSingleRouter, type Service } from './single.js';
+import { sandboxDefaults } from './config.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -121,7 +124,8 @@ const program = new Command('switchyard')
   .description('A content-aware TCP routing proxy; routers run sandboxed in isolated-vm isolates.')
   .version(pkg.version, '-V, --version', 'print the version')
   .helpOption('--help', 'show this help')
-  .addHelpText('after', '\nExample:\n  switchyard -c routers/git.js -p 9418')
+  .enablePositionalOptions()
+  .addHelpText('after', '\nExamples:\n  switchyard -c routers/git.js -p 9418\n  switchyard serve')
   .option('-c, --config <file>', 'router script (single-router mode)')
   .option('-h, --host <host>', 'address to listen on', '0.0.0.0')
   .option('-p, --port <port>', 'port to listen on (0: any free port)', integer(0, 65535), 5432)
@@ -151,5 +155,78 @@ program.action(async (opts: LimitFlags & { config?: string; host: string; port: 
   }
   signals.attach(service);
 });
+
+function hostPort(text: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
+  const port = Number(m?.[3]);
+  if (m === null || port > 65535) throw new InvalidArgumentError('expected HOST:PORT, as 127.0.0.1:7070');
+  return { host: m[1] ?? m[2]!, port };
+}
+
+function portRange(text: string): [number, number] {
+  const m = /^(\d{1,5})-(\d{1,5})$/.exec(text);
+  const lo = Number(m?.[1]);
+  const hi = Number(m?.[2]);
+  if (m === null || lo < 1 || hi > 65535 || lo > hi) throw new InvalidArgumentError('expected LO-HI, as 20000-20999');
+  return [lo, hi];
+}
+
+function allowRule(text: string, previous: AllowRule[] = []): AllowRule[] {
+  const rule = parseAllowRule(text);
+  if (typeof rule === 'string') throw new InvalidArgumentError(rule);
+  return [...previous, rule];
+}
+
+const serve = program
+  .command('serve')
+  .description('hosting mode: tenants, each with a port and a router, managed over the admin API')
+  .helpOption('--help', 'show this help')
+  .option('--data <dir>', 'data directory', './switchyard-data')
+  .option('--admin <host:port>', 'admin API address', hostPort, { host: '127.0.0.1', port: 7070 })
+  .option('--ports <lo-hi>', 'tenant ports (inclusive)', portRange, [20000, 20999] as [number, number])
+  .option('--bind <host>', 'address tenant ports are bound on', '0.0.0.0')
+  .option('--allow <rule>', 'allow backends policy denies: CIDR, CIDR:PORT or CIDR:LO-HI ([::1]/128:80); repeatable', allowRule, [])
+  .option('--sandbox-workers <n>', 'sandbox worker processes', integer(1, 64), sandboxDefaults.workers)
+  .option('--max-warm-isolates <n>', 'router isolates kept built; the least recently used idle ones are unloaded past it', integer(1, 1_000_000), sandboxDefaults.maxWarmIsolates)
+  .option('--log-level <level>', 'fatal, error, warn, info, debug or trace', 'info');
+for (const option of limitOptions()) serve.addOption(option);
+
+serve.action(
+  async (
+    opts: LimitFlags & {
+      data: string;
+      admin: { host: string; port: number };
+      ports: [number, number];
+      bind: string;
+      allow: AllowRule[];
+      sandboxWorkers: number;
+      maxWarmIsolates: number;
+      logLevel: string;
+    },
+  ) => {
+    const log = createLogger(opts.logLevel);
+    const signals = handleSignals(log);
+    let service: Service;
+    try {
+      service = await startHosting({
+        dataDir: opts.data,
+        admin: opts.admin,
+        ports: opts.ports,
+        bindHost: opts.bind,
+        allow: opts.allow,
+        defaults: limitsFrom(opts),
+        workers: opts.sandboxWorkers,
+        maxWarmIsolates: opts.maxWarmIsolates,
+        log,
+        announce: (line) => process.stderr.write(`${line}\n`),
+      });
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      if (e.code === 'EADDRINUSE') fail(`the admin address ${opts.admin.host}:${opts.admin.port} is already in use`);
+      fail(e.message);
+    }
+    signals.attach(service);
+  },
+);
 
 await program.parseAsync();

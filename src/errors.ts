@@ -20,6 +20,7 @@ export const CloseReason = {
   clientClosed: 'client_closed',
   inactivityTimeout: 'inactivity_timeout',
   shutdown: 'shutdown',
+  killed: 'killed',
 } as const;
 export type CloseReason = (typeof CloseReason)[keyof typeof CloseReason];
 

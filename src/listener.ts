@@ -154,6 +154,18 @@ export class TenantListener implements ConnectionHost {
     return this.#draining;
   }
 
+  /** The kill switch: destroys every open connection now and keeps accepting. Returns how many were open. */
+  closeConnections(reason: CloseReason = CloseReason.killed): number {
+    const open = this.#connections.size;
+    for (const connection of this.#connections) connection.destroy(reason);
+    return open;
+  }
+
+  /** Whether the port is bound now. */
+  get listening(): boolean {
+    return this.#server.listening;
+  }
+
   /** Forced: stop accepting and destroy every open connection now. Resolves with how many were open. */
   destroy(reason: CloseReason = CloseReason.shutdown): number {
     this.#server.close();

@@ -1,6 +1,6 @@
 import { decisionLimits } from '../config.js';
 import { InvalidDecisionError } from '../errors.js';
-import { type Endpoint, parseEndpoint } from './endpoint.js';
+import { type Endpoint, formatEndpoint, parseEndpoint } from './endpoint.js';
 
 /**
  * What a router decided for one connection (CONTRACT §2), after validation. The three kinds
@@ -149,5 +149,25 @@ function describe(value: unknown): string {
       return String(value);
     default:
       return typeof value;
+  }
+}
+
+/** A decision as a router writes it (CONTRACT §2), for the dry-run answer. */
+export function decisionView(d: Decision): Record<string, unknown> {
+  switch (d.kind) {
+    case 'remote': {
+      const remotes = d.remotes.map(formatEndpoint);
+      const view: Record<string, unknown> = { remote: remotes.length === 1 ? remotes[0] : remotes };
+      if (d.data !== undefined) view.data = d.data;
+      if (d.reply !== undefined) view.reply = d.reply;
+      if (d.connectTimeoutMs !== undefined) view.connectTimeout = d.connectTimeoutMs / 1000;
+      if (d.inactivityTimeoutMs !== undefined) view.inactivityTimeout = d.inactivityTimeoutMs / 1000;
+      if (d.proxyProtocol !== undefined) view.proxyProtocol = d.proxyProtocol;
+      return view;
+    }
+    case 'noop':
+      return d.reply === undefined ? { noop: true } : { noop: true, reply: d.reply };
+    case 'close':
+      return { close: d.reply ?? true };
   }
 }

@@ -100,6 +100,8 @@ export class SqliteTenantStore implements TenantStore {
       const mode = db.pragma('journal_mode = WAL', { simple: true });
       if (mode !== 'wal') throw new StoreError('ERR_STORE_INVALID', `cannot use a WAL journal for ${path} (got ${String(mode)})`);
       db.pragma('synchronous = FULL');
+      // 2 = FULL. Checked because a build's compile-time defaults could otherwise weaken it silently.
+      if (db.pragma('synchronous', { simple: true }) !== 2) throw new StoreError('ERR_STORE_INVALID', `cannot set synchronous=FULL on ${path}`);
       db.pragma('busy_timeout = 5000');
       migrate(db, path);
     } catch (err) {

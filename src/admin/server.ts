@@ -1,0 +1,270 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from '../log.js';
+import { scriptLimits } from '../config.js';
+import { AdminError, type HostingService, validName } from '../tenants/service.js';
+import { hashToken, sameHash } from '../tenants/tokens.js';
+
+/** Body size limits (CONTRACT §4): scripts 256 KiB, tables 4 MiB, anything else 64 KiB. */
+const bodyLimits = { script: scriptLimits.maxScriptBytes, table: 4 * 1024 * 1024, other: 64 * 1024 } as const;
+
+type Who = 'operator' | { readonly tenant: string };
+type Access = 'anyone' | 'operator' | 'tenant';
+type BodyKind = 'none' | 'json' | 'script' | 'table';
+
+interface Request {
+  readonly who: Who | undefined;
+  readonly name: string;
+  readonly body: unknown;
+  readonly http: IncomingMessage;
+}
+
+interface Reply {
+  readonly status: number;
+  readonly json?: unknown;
+  readonly text?: string;
+}
+
+interface Handler {
+  readonly access: Access;
+  readonly body: BodyKind;
+  run(r: Request): Promise<Reply> | Reply;
+}
+
+/**
+ * The admin API (CONTRACT §4): HTTP and JSON on the admin address. Each route names who may
+ * call it and what body it takes; the checks run in a fixed order — path (404), method (405),
+ * token (401), access (403), tenant (404), body (413, 400) — and every error is JSON `{ error }`.
+ */
+export class AdminServer {
+  readonly #server: Server;
+  readonly #service: HostingService;
+  readonly #operatorHash: string;
+  readonly #log: Logger;
+  readonly #routes: [RegExp, Partial<Record<string, Handler>>][];
+
+  constructor(service: HostingService, operatorToken: string, log: Logger) {
+    this.#service = service;
+    this.#operatorHash = hashToken(operatorToken);
+    this.#log = log.child({ component: 'admin' });
+    this.#routes = this.#table();
+    this.#server = createServer({ requestTimeout: 30_000, headersTimeout: 10_000 }, (req, res) => {
+      void this.#handle(req, res);
+    });
+  }
+
+  listen(port: number, host: string): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(port, host, () => {
+        this.#server.off('error', reject);
+        resolve(this.#server.address() as AddressInfo);
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#server.close(() => resolve());
+      this.#server.closeAllConnections();
+    });
+  }
+
+  #table(): [RegExp, Partial<Record<string, Handler>>][] {
+    const s = this.#service;
+    const name = '([^/]+)';
+    return [
+      [/^\/healthz$/, { GET: { access: 'anyone', body: 'none', run: () => (s.healthy ? { status: 200, json: { ok: true } } : { status: 503, json: { error: `tenant ports not listening: ${s.notListening.join(', ')}` } }) } }],
+      [/^\/metrics$/, { GET: { access: 'operator', body: 'none', run: async () => ({ status: 200, text: await s.metrics() }) } }],
+      [
+        /^\/v1\/tenants$/,
+        {
+          GET: { access: 'operator', body: 'none', run: () => ({ status: 200, json: { tenants: s.list() } }) },
+          POST: {
+            access: 'operator',
+            body: 'json',
+            run: async (r) => {
+              const b = object(r.body);
+              for (const k of Object.keys(b)) if (k !== 'name' && k !== 'port') throw new AdminError(400, `unknown field "${k}"`);
+              if (typeof b.name !== 'string') throw new AdminError(400, 'name must be a string');
+              if (b.port !== undefined && (typeof b.port !== 'number' || !Number.isInteger(b.port))) throw new AdminError(400, 'port must be an integer');
+              return { status: 201, json: await s.create(b.name, b.port as number | undefined) };
+            },
+          },
+        },
+      ],
+      [
+        new RegExp(`^/v1/tenants/${name}$`),
+        {
+          GET: { access: 'tenant', body: 'none', run: (r) => ({ status: 200, json: s.show(r.name) }) },
+          DELETE: {
+            access: 'operator',
+            body: 'none',
+            run: async (r) => {
+              await s.remove(r.name);
+              return { status: 204 };
+            },
+          },
+        },
+      ],
+      [new RegExp(`^/v1/tenants/${name}/router$`), { PUT: { access: 'tenant', body: 'script', run: async (r) => ({ status: 200, json: { version: await s.putRouter(r.name, r.body as string) } }) } }],
+      [new RegExp(`^/v1/tenants/${name}/router/rollback$`), { POST: { access: 'tenant', body: 'none', run: async (r) => ({ status: 200, json: { version: await s.rollback(r.name) } }) } }],
+      [
+        new RegExp(`^/v1/tenants/${name}/table$`),
+        {
+          PUT: {
+            access: 'tenant',
+            body: 'table',
+            run: async (r) => {
+              await s.putTable(r.name, JSON.stringify(object(r.body, 'the table must be a JSON object')));
+              return { status: 200, json: { ok: true } };
+            },
+          },
+        },
+      ],
+      [new RegExp(`^/v1/tenants/${name}/limits$`), { PUT: { access: 'operator', body: 'json', run: async (r) => ({ status: 200, json: await s.putLimits(r.name, r.body) }) } }],
+      [
+        new RegExp(`^/v1/tenants/${name}/route$`),
+        {
+          POST: {
+            access: 'tenant',
+            body: 'json',
+            run: async (r) => {
+              const b = object(r.body);
+              const keys = Object.keys(b);
+              if (keys.length !== 1 || (keys[0] !== 'data' && keys[0] !== 'base64')) throw new AdminError(400, 'the body must be { "data": string } or { "base64": string }');
+              let data: string;
+              if (typeof b.data === 'string') {
+                if (/[^\u0000-\u00ff]/.test(b.data)) throw new AdminError(400, 'data has a character above U+00FF; send bytes as base64');
+                data = b.data;
+              } else if (typeof b.base64 === 'string' && /^[A-Za-z0-9+/_-]*={0,2}$/.test(b.base64)) {
+                data = Buffer.from(b.base64, 'base64').toString('latin1');
+              } else {
+                throw new AdminError(400, 'data must be a string, base64 a base64 string');
+              }
+              const client = { address: r.http.socket.remoteAddress ?? '127.0.0.1', port: r.http.socket.remotePort ?? 0 };
+              return { status: 200, json: await s.dryRun(r.name, data, client) };
+            },
+          },
+        },
+      ],
+      [new RegExp(`^/v1/tenants/${name}/rejections$`), { GET: { access: 'tenant', body: 'none', run: (r) => ({ status: 200, json: { rejections: s.rejections(r.name) } }) } }],
+      [new RegExp(`^/v1/tenants/${name}/connections$`), { DELETE: { access: 'tenant', body: 'none', run: (r) => ({ status: 200, json: { closed: s.closeConnections(r.name) } }) } }],
+    ];
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let reply: Reply;
+    try {
+      reply = await this.#dispatch(req);
+    } catch (err) {
+      if (err instanceof AdminError) reply = { status: err.status, json: { error: err.message, ...err.extra } };
+      else {
+        this.#log.error({ err, method: req.method, url: req.url }, 'admin request failed');
+        reply = { status: 500, json: { error: 'internal error' } };
+      }
+    }
+    this.#send(req, res, reply);
+  }
+
+  async #dispatch(req: IncomingMessage): Promise<Reply> {
+    const path = (req.url ?? '/').split('?')[0]!;
+    const route = this.#routes.find(([pattern]) => pattern.test(path));
+    if (route === undefined) throw new AdminError(404, 'not found');
+    const [pattern, methods] = route;
+    const handler = methods[req.method ?? ''];
+    if (handler === undefined) throw new AdminError(405, `method not allowed; allowed: ${Object.keys(methods).join(', ')}`, { allow: Object.keys(methods) });
+    const name = decodeURIComponent(pattern.exec(path)?.[1] ?? '');
+
+    const who = await this.#authenticate(req);
+    if (handler.access !== 'anyone') {
+      if (who === undefined) throw new AdminError(401, 'a valid "Authorization: Bearer TOKEN" header is required');
+      if (who !== 'operator') {
+        if (handler.access === 'operator') throw new AdminError(403, 'this needs the operator token');
+        if (who.tenant !== name) throw new AdminError(403, 'a tenant token reaches only its own tenant');
+      }
+    }
+    if (name !== '' && (!validName(name) || !this.#service.has(name))) throw new AdminError(404, `no tenant named "${name}"`);
+    const body = await readBody(req, handler.body);
+    return handler.run({ who, name, body, http: req });
+  }
+
+  /** The operator, a tenant, or nobody (no token, or one that matches nothing). */
+  async #authenticate(req: IncomingMessage): Promise<Who | undefined> {
+    const m = /^Bearer ([\x21-\x7e]{1,256})$/.exec(req.headers.authorization ?? '');
+    if (m === null) return undefined;
+    const token = m[1]!;
+    if (sameHash(hashToken(token), this.#operatorHash)) return 'operator';
+    const tenant = await this.#service.tenantOf(token);
+    return tenant === undefined ? undefined : { tenant };
+  }
+
+  #send(req: IncomingMessage, res: ServerResponse, reply: Reply): void {
+    if (reply.status === 405 && typeof reply.json === 'object' && reply.json !== null && 'allow' in reply.json) {
+      res.setHeader('allow', (reply.json.allow as string[]).join(', '));
+    }
+    if (reply.text !== undefined) {
+      res.writeHead(reply.status, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
+      res.end(reply.text);
+    } else if (reply.json !== undefined) {
+      res.writeHead(reply.status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(reply.json));
+    } else {
+      res.writeHead(reply.status);
+      res.end();
+    }
+    // Whatever is left of a refused body is read and dropped, so the answer is not lost to a reset.
+    if (!req.complete) req.resume();
+    this.#log.debug({ method: req.method, url: req.url, status: reply.status }, 'admin request');
+  }
+}
+
+function object(value: unknown, message = 'the body must be a JSON object'): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new AdminError(400, message);
+  return value as Record<string, unknown>;
+}
+
+/**
+ * Reads a body within its limit: 413 as soon as it is past it (the rest is drained, so the
+ * answer is not lost to a reset), 400 for JSON that does not parse or text that is not UTF-8.
+ */
+async function readBody(req: IncomingMessage, kind: BodyKind): Promise<unknown> {
+  const limit = kind === 'script' ? bodyLimits.script : kind === 'table' ? bodyLimits.table : bodyLimits.other;
+  const buf = await new Promise<Buffer>((resolve, reject) => {
+    if (Number(req.headers['content-length'] ?? 0) > limit) {
+      req.resume();
+      reject(new AdminError(413, `body larger than ${limit} bytes`));
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size <= limit) {
+        chunks.push(chunk);
+        return;
+      }
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.resume();
+      reject(new AdminError(413, `body larger than ${limit} bytes`));
+    };
+    const onEnd = (): void => resolve(Buffer.concat(chunks));
+    req.on('data', onData);
+    req.once('end', onEnd);
+    req.once('error', reject);
+  });
+  if (kind === 'none') return undefined;
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(buf);
+  } catch {
+    throw new AdminError(400, 'the body is not UTF-8');
+  }
+  if (kind === 'script') return text;
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    throw new AdminError(400, 'the body is not valid JSON');
+  }
+}

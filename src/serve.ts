@@ -1,0 +1,91 @@
+import { mkdir, open, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { AdminServer } from './admin/server.js';
+import type { Limits } from './config.js';
+import type { Logger } from './log.js';
+import type { AllowRule } from './routing/policy.js';
+import { SandboxPool } from './sandbox/pool.js';
+import type { Service } from './single.js';
+import { HostingService } from './tenants/service.js';
+import { SqliteTenantStore } from './tenants/sqlite-store.js';
+import { newToken } from './tenants/tokens.js';
+
+export interface ServeOptions {
+  readonly dataDir: string;
+  readonly admin: { readonly host: string; readonly port: number };
+  readonly ports: readonly [number, number];
+  readonly bindHost: string;
+  readonly allow: readonly AllowRule[];
+  readonly defaults: Limits;
+  readonly workers: number;
+  readonly maxWarmIsolates: number;
+  readonly log: Logger;
+  /** Where the generated operator token is announced, once. */
+  readonly announce: (line: string) => void;
+}
+
+/**
+ * The operator token: SWITCHYARD_ADMIN_TOKEN when set; otherwise the one in the data
+ * directory, generated (mode 0600) and announced on first start.
+ */
+async function operatorToken(o: ServeOptions): Promise<string> {
+  const fromEnv = process.env.SWITCHYARD_ADMIN_TOKEN;
+  if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
+  const file = join(o.dataDir, 'admin-token');
+  try {
+    return (await readFile(file, 'utf8')).trim();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const token = newToken('sy_op');
+  const handle = await open(file, 'wx', 0o600);
+  try {
+    await handle.writeFile(`${token}\n`);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  o.announce(`switchyard: generated the operator token (kept in ${file}): ${token}`);
+  return token;
+}
+
+/** `switchyard serve`: the store, the sandbox pool, every tenant's port, and the admin API. */
+export async function startHosting(o: ServeOptions): Promise<Service & { adminPort: number }> {
+  await mkdir(o.dataDir, { recursive: true, mode: 0o700 });
+  const token = await operatorToken(o);
+  const store = await SqliteTenantStore.open(o.dataDir);
+  const pool = new SandboxPool({ log: o.log, workers: o.workers, maxWarmIsolates: o.maxWarmIsolates });
+  let admin: AdminServer | undefined;
+  try {
+    const service = await HostingService.start({
+      store,
+      pool,
+      log: o.log,
+      ports: o.ports,
+      bindHost: o.bindHost,
+      allow: o.allow,
+      defaults: o.defaults,
+      ownPorts: [o.admin.port],
+    });
+    admin = new AdminServer(service, token, o.log);
+    const address = await admin.listen(o.admin.port, o.admin.host);
+    o.log.info({ admin: `${address.address}:${address.port}`, ports: `${o.ports[0]}-${o.ports[1]}`, bind: o.bindHost, data: o.dataDir }, 'serving');
+    const adminServer = admin;
+    return {
+      address,
+      adminPort: address.port,
+      close: async () => {
+        await service.close();
+        await adminServer.close();
+        await pool.close();
+        await store.close();
+      },
+      destroy: () => service.destroy(),
+    };
+  } catch (err) {
+    await admin?.close();
+    await pool.close();
+    await store.close();
+    throw err;
+  }
+}

@@ -1,0 +1,387 @@
+import type { Limits } from '../config.js';
+import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
+import { TenantListener } from '../listener.js';
+import type { Logger } from '../log.js';
+import { renderMetrics } from '../metrics/prometheus.js';
+import { type Decision, decisionView } from '../routing/decision.js';
+import { admit, type AllowRule, BackendPolicy } from '../routing/policy.js';
+import { CachingResolver } from '../routing/resolver.js';
+import { RouterConsole } from '../sandbox/console.js';
+import type { SandboxPool, TenantSpec } from '../sandbox/pool.js';
+import { ProcessRouter } from '../sandbox/process-router.js';
+import type { Router } from '../sandbox/router.js';
+import { effectiveLimits, type EffectiveLimits, type LimitOverrides, storedOverrides, updateOverrides } from './limits.js';
+import { MissingRouter } from './missing-router.js';
+import { StoreConflictError, type TenantRecord, type TenantStore } from './store.js';
+import { hashToken, newToken } from './tokens.js';
+
+export interface HostingOptions {
+  readonly store: TenantStore;
+  readonly pool: SandboxPool;
+  readonly log: Logger;
+  /** Tenant ports, inclusive. */
+  readonly ports: readonly [number, number];
+  /** Address tenant ports are bound on. */
+  readonly bindHost: string;
+  /** The operator's `--allow` rules. */
+  readonly allow: readonly AllowRule[];
+  /** The service's defaults for every tenant's limits. */
+  readonly defaults: Limits;
+  /** Ports of the service itself besides the tenant range (the admin API): never a backend. */
+  readonly ownPorts: readonly number[];
+}
+
+/** One tenant, live: its port, its router, its table and limits. */
+interface Tenant {
+  readonly name: string;
+  readonly port: number;
+  readonly listener: TenantListener;
+  readonly console: RouterConsole;
+  version: number | null;
+  table: string | undefined;
+  overrides: LimitOverrides;
+  effective: EffectiveLimits;
+}
+
+/** A failure the admin API turns into a status code. */
+export class AdminError extends Error {
+  readonly status: number;
+  readonly extra: Record<string, unknown>;
+  constructor(status: number, message: string, extra: Record<string, unknown> = {}) {
+    super(message);
+    this.status = status;
+    this.extra = extra;
+  }
+}
+
+const namePattern = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
+export function validName(name: string): boolean {
+  return namePattern.test(name);
+}
+
+/**
+ * Hosting mode: every tenant with its own port and router, created, changed and removed live.
+ * Each change is written to the store first and applied second, so a 2xx answer means it is
+ * on disk; new connections see it at once, open ones keep the router they started with.
+ */
+export class HostingService {
+  readonly #o: HostingOptions;
+  readonly #log: Logger;
+  readonly #tenants = new Map<string, Tenant>();
+  readonly #policy: BackendPolicy;
+  readonly #resolver = new CachingResolver();
+
+  private constructor(options: HostingOptions) {
+    this.#o = options;
+    this.#log = options.log;
+    const [lo, hi] = options.ports;
+    this.#policy = new BackendPolicy(options.allow, (p) => (p >= lo && p <= hi) || options.ownPorts.includes(p));
+  }
+
+  /** Opens every stored tenant's port; routers start cold and are built on their first connection. */
+  static async start(options: HostingOptions): Promise<HostingService> {
+    const service = new HostingService(options);
+    for (const record of await options.store.listTenants()) {
+      const tenant = service.#runtime(record, await options.store.getTable(record.name));
+      service.#tenants.set(record.name, tenant);
+      const live = await options.store.liveRouter(record.name);
+      if (live !== undefined) tenant.listener.setRouter(service.#coldRouter(tenant, live.source));
+      try {
+        await tenant.listener.listen(record.port, options.bindHost);
+      } catch (err) {
+        service.#log.error({ tenant: record.name, port: record.port, err: (err as Error).message }, 'tenant port could not be bound');
+      }
+    }
+    service.#log.info({ tenants: service.#tenants.size }, 'tenants loaded');
+    return service;
+  }
+
+  /** Every tenant port is listening. */
+  get healthy(): boolean {
+    return [...this.#tenants.values()].every((t) => t.listener.listening);
+  }
+
+  get notListening(): string[] {
+    return [...this.#tenants.values()].filter((t) => !t.listener.listening).map((t) => t.name);
+  }
+
+  has(name: string): boolean {
+    return this.#tenants.has(name);
+  }
+
+  /** Creates a tenant on `port` or the lowest free port of the range; resolves with its token. */
+  async create(name: string, port: number | undefined): Promise<{ name: string; port: number; token: string }> {
+    if (!validName(name)) throw new AdminError(400, 'name must match [a-z0-9][a-z0-9-]{0,62}');
+    if (this.#tenants.has(name)) throw new AdminError(409, `tenant "${name}" exists`);
+    const [lo, hi] = this.#o.ports;
+    if (port !== undefined && (port < lo || port > hi)) throw new AdminError(400, `port must be within ${lo}-${hi}`);
+    const taken = new Set([...this.#tenants.values()].map((t) => t.port));
+    if (port !== undefined && taken.has(port)) throw new AdminError(409, `port ${port} is taken`);
+
+    const token = newToken('sy_tn');
+    const record: TenantRecord = { name, port: port ?? lo, limits: {}, liveVersion: null, createdAt: new Date().toISOString() };
+    const candidates = port !== undefined ? [port] : range(lo, hi).filter((p) => !taken.has(p));
+    let tenant: Tenant | undefined;
+    for (const candidate of candidates) {
+      const t = this.#runtime({ ...record, port: candidate }, undefined);
+      try {
+        await t.listener.listen(candidate, this.#o.bindHost);
+        tenant = t;
+        break;
+      } catch (err) {
+        if (port !== undefined) throw new AdminError(409, `port ${port} cannot be bound: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      }
+    }
+    if (tenant === undefined) throw new AdminError(409, `no free port left in ${lo}-${hi}`);
+    // Another request may have taken the name while the port was being bound.
+    if (this.#tenants.has(name)) {
+      tenant.listener.destroy();
+      throw new AdminError(409, `tenant "${name}" exists`);
+    }
+    this.#tenants.set(name, tenant);
+    try {
+      await this.#o.store.createTenant({ name, port: tenant.port, tokenHash: hashToken(token) });
+    } catch (err) {
+      this.#tenants.delete(name);
+      tenant.listener.destroy();
+      if (err instanceof StoreConflictError) throw new AdminError(409, err.message);
+      throw err;
+    }
+    this.#log.info({ tenant: name, port: tenant.port }, 'tenant created');
+    return { name, port: tenant.port, token };
+  }
+
+  list(): { name: string; port: number; version: number | null }[] {
+    return [...this.#tenants.values()].sort((a, b) => (a.name < b.name ? -1 : 1)).map((t) => ({ name: t.name, port: t.port, version: t.version }));
+  }
+
+  /** The tenant a token belongs to, if any. */
+  async tenantOf(token: string): Promise<string | undefined> {
+    return (await this.#o.store.tenantByTokenHash(hashToken(token)))?.name;
+  }
+
+  show(name: string): Record<string, unknown> {
+    const t = this.#get(name);
+    const s = t.listener.stats;
+    const bytes = t.listener.bytes;
+    return {
+      name: t.name,
+      port: t.port,
+      version: t.version,
+      limits: t.effective.view,
+      stats: {
+        connections: { active: s.active, total: s.connections },
+        decisions: { ...s.decisions },
+        routerErrors: { ...s.routerErrors },
+        bytesIn: bytes.in,
+        bytesOut: bytes.out,
+        rejections: Object.fromEntries(s.rejections),
+      },
+    };
+  }
+
+  /** Deletes a tenant: its port closes at once, its connections are closed, the name is free. */
+  async remove(name: string): Promise<void> {
+    const t = this.#get(name);
+    this.#tenants.delete(name);
+    t.listener.destroy(CloseReason.killed);
+    t.listener.router.dispose();
+    await this.#o.store.deleteTenant(name);
+    this.#log.info({ tenant: name }, 'tenant deleted');
+  }
+
+  /** Checks a script in a throwaway process, stores it as the next version, makes it live. */
+  async putRouter(name: string, source: string): Promise<number> {
+    const t = this.#get(name);
+    let router: ProcessRouter;
+    try {
+      router = await ProcessRouter.load(this.#o.pool, this.#spec(t, source), t.console);
+    } catch (err) {
+      if (err instanceof RouterLoadError) {
+        const extra: Record<string, unknown> = {};
+        if (err.line !== undefined) extra.line = err.line;
+        if (err.column !== undefined) extra.column = err.column;
+        throw new AdminError(422, err.message, { code: err.code, ...extra });
+      }
+      throw err;
+    }
+    let version: number;
+    try {
+      version = await this.#o.store.addRouterVersion(name, source);
+    } catch (err) {
+      router.dispose();
+      throw err;
+    }
+    this.#swap(t, router, version);
+    return version;
+  }
+
+  /** The previous accepted version is live again. */
+  async rollback(name: string): Promise<number> {
+    const t = this.#get(name);
+    const version = await this.#o.store.rollbackRouter(name);
+    if (version === undefined) throw new AdminError(409, 'there is no earlier router version to roll back to');
+    const live = await this.#o.store.liveRouter(name);
+    if (live === undefined) throw new AdminError(500, 'the rolled-back version could not be read');
+    this.#swap(t, this.#coldRouter(t, live.source), version);
+    return version;
+  }
+
+  /** Stores a new routing table; new connections see it at once. */
+  async putTable(name: string, json: string): Promise<void> {
+    const t = this.#get(name);
+    const live = await this.#o.store.liveRouter(name);
+    let router: ProcessRouter | undefined;
+    if (live !== undefined) {
+      // The script must still load with the new table (it reads it at load, in a heap of its own).
+      try {
+        router = await ProcessRouter.load(this.#o.pool, { ...this.#spec(t, live.source), table: json }, t.console);
+      } catch (err) {
+        if (err instanceof RouterLoadError) throw new AdminError(400, `the router does not load with this table: ${err.message}`);
+        throw err;
+      }
+    }
+    try {
+      await this.#o.store.setTable(name, json);
+    } catch (err) {
+      router?.dispose();
+      throw err;
+    }
+    t.table = json;
+    if (router !== undefined) this.#swap(t, router, t.version);
+  }
+
+  /** Sets a tenant's limits (merged into what was set before); resolves with the limits now in force. */
+  async putLimits(name: string, body: unknown): Promise<EffectiveLimits['view']> {
+    const t = this.#get(name);
+    const next = updateOverrides(t.overrides, body);
+    if (typeof next === 'string') throw new AdminError(400, next);
+    await this.#o.store.setLimits(name, next);
+    const before = t.effective.limits;
+    t.overrides = next;
+    t.effective = effectiveLimits(this.#o.defaults, next);
+    t.listener.limits = t.effective.limits;
+    t.listener.gate = { policy: this.#policy.with(t.effective.allow), resolver: this.#resolver };
+    const sandbox = before.routerTimeoutMs !== t.effective.limits.routerTimeoutMs || before.memoryMb !== t.effective.limits.memoryMb;
+    if (sandbox && t.version !== null) {
+      const live = await this.#o.store.liveRouter(name);
+      if (live !== undefined) this.#swap(t, this.#coldRouter(t, live.source), t.version);
+    }
+    return t.effective.view;
+  }
+
+  /** A dry run: what the live router decides for `data`, and whether policy allows it. No backend is contacted. */
+  async dryRun(name: string, data: string, client: { address: string; port: number }): Promise<Record<string, unknown>> {
+    const t = this.#get(name);
+    const started = performance.now();
+    const ms = (): number => Math.round((performance.now() - started) * 1000) / 1000;
+    let decision: Decision;
+    try {
+      decision = await t.listener.router.route(data, {
+        tenant: name,
+        remoteAddress: client.address,
+        remotePort: client.port,
+        localAddress: this.#o.bindHost,
+        localPort: t.port,
+      });
+    } catch (err) {
+      const e = err instanceof RouterError ? err : new RouterError(CloseReason.routerUnavailable, String(err));
+      return { error: e.message, reason: e.reason, durationMs: ms() };
+    }
+    const durationMs = ms();
+    if (decision.kind !== 'remote') return { decision: decisionView(decision), allowed: true, durationMs };
+    const gate = t.listener.gate!;
+    const { candidates, denied, unresolved } = await admit(decision.remotes, gate.policy, gate.resolver);
+    if (candidates.length > 0) return { decision: decisionView(decision), allowed: true, durationMs };
+    const reason = denied.length > 0 ? `backend not allowed: ${denied.join('; ')}` : `${unresolved.join(', ')} did not resolve`;
+    return { decision: decisionView(decision), allowed: false, reason, durationMs };
+  }
+
+  rejections(name: string): { time: string; client: string; reason: string; detail: string; firstBytes: string }[] {
+    return [...this.#get(name).listener.rejections].reverse().map((r) => ({
+      time: r.time.toISOString(),
+      client: r.client,
+      reason: r.reason,
+      detail: r.message,
+      firstBytes: r.firstBytes.toString('base64'),
+    }));
+  }
+
+  /** The kill switch: closes every open connection of the tenant; its port stays open. */
+  closeConnections(name: string): number {
+    return this.#get(name).listener.closeConnections(CloseReason.killed);
+  }
+
+  async metrics(): Promise<string> {
+    return renderMetrics(
+      [...this.#tenants.values()].map((t) => t.listener),
+      await this.#o.pool.figures(),
+    );
+  }
+
+  /** Stops accepting on every port; resolves once every connection has finished. */
+  async close(): Promise<void> {
+    await Promise.all([...this.#tenants.values()].map((t) => t.listener.close()));
+  }
+
+  /** Closes every connection now. */
+  destroy(): void {
+    for (const t of this.#tenants.values()) t.listener.destroy();
+  }
+
+  #get(name: string): Tenant {
+    const t = this.#tenants.get(name);
+    if (t === undefined) throw new AdminError(404, `no tenant named "${name}"`);
+    return t;
+  }
+
+  #runtime(record: TenantRecord, table: string | undefined): Tenant {
+    const overrides = storedOverrides(record.limits);
+    const effective = effectiveLimits(this.#o.defaults, overrides);
+    const listener = new TenantListener({
+      tenant: record.name,
+      router: new MissingRouter(),
+      limits: effective.limits,
+      log: this.#log,
+      gate: { policy: this.#policy.with(effective.allow), resolver: this.#resolver },
+    });
+    return {
+      name: record.name,
+      port: record.port,
+      listener,
+      console: new RouterConsole(this.#log, record.name),
+      version: record.liveVersion,
+      table,
+      overrides,
+      effective,
+    };
+  }
+
+  #spec(t: Tenant, source: string): TenantSpec {
+    const spec = {
+      tenant: t.name,
+      source,
+      filename: `${t.name}.js`,
+      routerTimeoutMs: t.effective.limits.routerTimeoutMs,
+      memoryMb: t.effective.limits.memoryMb,
+    };
+    return t.table === undefined ? spec : { ...spec, table: t.table };
+  }
+
+  /** A router for an accepted version: its isolate is built on first use. */
+  #coldRouter(t: Tenant, source: string): Router {
+    return ProcessRouter.cold(this.#o.pool, this.#spec(t, source), t.console);
+  }
+
+  #swap(t: Tenant, router: Router, version: number | null): void {
+    t.listener.setRouter(router);
+    t.version = version;
+    this.#log.info({ tenant: t.name, version }, 'router live');
+  }
+}
+
+function range(lo: number, hi: number): number[] {
+  return Array.from({ length: hi - lo + 1 }, (_, i) => lo + i);
+}
+
