@@ -56,6 +56,7 @@ export async function startHosting(o: ServeOptions): Promise<Service & { adminPo
   const store = await SqliteTenantStore.open(o.dataDir);
   const pool = new SandboxPool({ log: o.log, workers: o.workers, maxWarmIsolates: o.maxWarmIsolates });
   let admin: AdminServer | undefined;
+  let adminPort = o.admin.port;
   try {
     const service = await HostingService.start({
       store,
@@ -65,10 +66,11 @@ export async function startHosting(o: ServeOptions): Promise<Service & { adminPo
       bindHost: o.bindHost,
       allow: o.allow,
       defaults: o.defaults,
-      ownPorts: [o.admin.port],
+      ownPorts: () => [adminPort],
     });
     admin = new AdminServer(service, token, o.log);
     const address = await admin.listen(o.admin.port, o.admin.host);
+    adminPort = address.port;
     o.log.info({ admin: `${address.address}:${address.port}`, ports: `${o.ports[0]}-${o.ports[1]}`, bind: o.bindHost, data: o.dataDir }, 'serving');
     const adminServer = admin;
     return {

@@ -28,7 +28,7 @@ export interface HostingOptions {
   /** The service's defaults for every tenant's limits. */
   readonly defaults: Limits;
   /** Ports of the service itself besides the tenant range (the admin API): never a backend. */
-  readonly ownPorts: readonly number[];
+  readonly ownPorts: () => readonly number[];
 }
 
 /** One tenant, live: its port, its router, its table and limits. */
@@ -76,7 +76,7 @@ export class HostingService {
     this.#o = options;
     this.#log = options.log;
     const [lo, hi] = options.ports;
-    this.#policy = new BackendPolicy(options.allow, (p) => (p >= lo && p <= hi) || options.ownPorts.includes(p));
+    this.#policy = new BackendPolicy(options.allow, (p) => (p >= lo && p <= hi) || options.ownPorts().includes(p));
   }
 
   /** Opens every stored tenant's port; routers start cold and are built on their first connection. */
