@@ -9,6 +9,7 @@ import { defaultLimits, shutdownGraceMs, type Limits } from './config.js';
 import { RouterLoadError } from './errors.js';
 import { createLogger, type Logger } from './log.js';
 import { parseAllowRule, type AllowRule } from './routing/policy.js';
+import { addClientCommands } from './client/admin-client.js';
 import { startHosting } from './serve.js';
 import { startSingleRouter, type Service } from './single.js';
 import { sandboxDefaults } from './config.js';
@@ -228,5 +229,7 @@ serve.action(
     signals.attach(service);
   },
 );
+
+addClientCommands(program);
 
 await program.parseAsync();
