@@ -140,7 +140,10 @@ export class Connection {
     if (!this.#routing) void this.#route(false);
   };
 
-  /** The client sent FIN. Before a decision, the router gets one last look at what is there. */
+  /**
+   * The client sent FIN (after its last chunk). A router call in flight still decides on what
+   * is there; if the router has seen everything and waits for more, none can come: close.
+   */
   readonly #clientEnd = (): void => {
     this.#clientEnded = true;
     if (this.#phase === 'receiving' && !this.#routing) this.#noMoreData();
