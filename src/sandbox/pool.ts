@@ -328,7 +328,8 @@ export class SandboxPool {
     let pending: Pending;
     if (op === Op.load) {
       proc.loaded.add(entry.slot);
-      pending = proc.request(op, entry.slot, scriptLimits.loadTimeoutMs + grace, undefined, { json: JSON.stringify(entry.spec) });
+      // Every script the pool keeps has passed a check process: workers need not compile it twice.
+      pending = proc.request(op, entry.slot, scriptLimits.loadTimeoutMs + grace, undefined, { json: JSON.stringify({ ...entry.spec, checked: true }) });
     } else {
       pending = proc.request(op, entry.slot, entry.spec.routerTimeoutMs + grace, conn, extra);
     }

@@ -14,6 +14,11 @@ export interface IsolateSpec {
   readonly memoryMb: number;
   /** The tenant's routing table as JSON text; `{}` when absent. */
   readonly table?: string;
+  /**
+   * The script was compiled successfully before (in a throwaway check process): skip the
+   * compile that only serves to locate syntax errors.
+   */
+  readonly checked?: boolean;
 }
 
 export interface TenantIsolateOptions {
@@ -184,32 +189,40 @@ function release(isolate: ivm.Isolate): void {
   if (!isolate.isDisposed) isolate.dispose();
 }
 
+/** V8's code cache for the prelude, made by the first isolate and reused by every later one. */
+let preludeCache: ivm.ExternalCopy<ArrayBuffer> | undefined;
+
 const syntaxPosition = /\[[^\]]*:(\d+):(\d+)\]$/;
 
-/** Builds an isolate: prelude, a compile check of the script, then the script itself. */
+/** Compiles the script without running it: no tenant code runs, and a syntax error gets its line and column. */
+async function compileCheck(isolate: ivm.Isolate, spec: IsolateSpec): Promise<void> {
+  try {
+    (await isolate.compileScript(spec.source, { filename: spec.filename })).release();
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    const at = syntaxPosition.exec(message);
+    throw new RouterLoadError('ERR_ROUTER_SYNTAX', message.replace(syntaxPosition, '').trim(), at ? { line: Number(at[1]), column: Number(at[2]) } : undefined);
+  }
+}
+
+/** Builds an isolate: prelude, a compile check of the script (unless checked before), then the script itself. */
 async function build(spec: IsolateSpec): Promise<{ instance: Instance; hooks: RouterHooks; envelope: string }> {
   const isolate = new ivm.Isolate({ memoryLimit: spec.memoryMb });
   try {
     const context = await isolate.createContext();
-    await (await isolate.compileScript(preludeSource, { filename: 'switchyard:prelude' })).run(context);
+    const prelude = await isolate.compileScript(preludeSource, {
+      filename: 'switchyard:prelude',
+      ...(preludeCache === undefined ? { produceCachedData: true } : { cachedData: preludeCache }),
+    });
+    preludeCache ??= (prelude as ivm.Script & ivm.CachedDataResult).cachedData;
+    await prelude.run(context);
     const api = await context.global.get('__switchyard', { reference: true });
     const get = (name: string) => api.get(name, { reference: true }) as Promise<ivm.Reference<unknown>>;
     const [setTable, load, route, accept, hook] = await Promise.all(['setTable', 'load', 'route', 'accept', 'hook'].map(get));
     await context.global.delete('__switchyard');
     api.release();
 
-    // Compiling alone runs no tenant code; it gives syntax errors their line and column.
-    try {
-      (await isolate.compileScript(spec.source, { filename: spec.filename })).release();
-    } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
-      const at = syntaxPosition.exec(message);
-      throw new RouterLoadError(
-        'ERR_ROUTER_SYNTAX',
-        message.replace(syntaxPosition, '').trim(),
-        at ? { line: Number(at[1]), column: Number(at[2]) } : undefined,
-      );
-    }
+    if (spec.checked !== true) await compileCheck(isolate, spec);
     if (spec.table !== undefined) await setTable!.apply(undefined, [spec.table], { timeout: scriptLimits.loadTimeoutMs });
 
     let text: unknown;
