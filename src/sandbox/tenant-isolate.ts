@@ -42,10 +42,12 @@ const stuckGraceMs = 1000;
 /**
  * Synchronous calls: a router whose calls stay under this budget is called with applySync,
  * which costs a few µs where an asynchronous call costs a thread hand-off both ways (~30 µs).
- * A call over budget, or one that fails, sends the router to asynchronous calls (on an
- * isolated-vm thread, beside the others) for a while.
+ * A call that fails (a time-out above all), or three over budget within ten seconds, send the
+ * router to asynchronous calls (on an isolated-vm thread, beside the others) for a minute.
  */
 const syncBudgetMs = 2;
+const slowCallsToDemote = 3;
+const slowWindowMs = 10_000;
 const asyncSpellMs = 60_000;
 
 /**
@@ -60,6 +62,7 @@ export class TenantIsolate {
   /** Until when calls go asynchronously (after a slow or failed one). */
   #asyncUntil = 0;
   #calls = 0;
+  #slowCalls: number[] = [];
   #instance: Promise<Instance> | undefined;
   #disposed = false;
   #inflight = 0;
@@ -112,7 +115,7 @@ export class TenantIsolate {
         : await instance.entry[fn].apply(undefined, args as (string | number)[], options);
       if (typeof text !== 'string') throw new RouterError(CloseReason.routerInvalid, 'sandbox returned no result');
       // The first calls of an isolate compile and optimise the router: only later ones count.
-      if (++this.#calls > 10 && performance.now() - started > syncBudgetMs) this.#asyncUntil = Date.now() + asyncSpellMs;
+      if (++this.#calls > 10 && performance.now() - started > syncBudgetMs) this.#slow();
       return text;
     } catch (err) {
       this.#asyncUntil = Date.now() + asyncSpellMs;
@@ -120,6 +123,20 @@ export class TenantIsolate {
     } finally {
       this.#inflight--;
       this.#progressAt = Date.now();
+    }
+  }
+
+  /**
+   * A call over the sync budget: one may be a GC pause or a busy machine, so it takes
+   * `slowCallsToDemote` within `slowWindowMs` to send the router to asynchronous calls.
+   */
+  #slow(): void {
+    const now = Date.now();
+    this.#slowCalls = this.#slowCalls.filter((t) => now - t < slowWindowMs);
+    this.#slowCalls.push(now);
+    if (this.#slowCalls.length >= slowCallsToDemote) {
+      this.#asyncUntil = now + asyncSpellMs;
+      this.#slowCalls = [];
     }
   }
 
