@@ -7,9 +7,9 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { accessSync, constants, readFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { cliPath, dial, exchange, spawnCli, startCliProxy, startServer, within, writeRouterFile, type CliProcess, type TestServer } from './helpers.js';
+import { cliPath, dial, exchange, spawnCli, startCliProxy, startServer, within, writeRouterFile, type CliProcess, type TestServer, tryConnect } from './helpers.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -18,19 +18,6 @@ async function run(args: string[]): Promise<{ code: number | null; stdout: strin
   const proc = spawnCli(args, { executable: true });
   const { code } = await within(proc.exited, 20_000, `switchyard ${args.join(' ')}`);
   return { code, stdout: proc.log.text, stderr: proc.stderr() };
-}
-
-/** Resolves with the error code of a connection attempt, or 'connected'. */
-async function tryConnect(port: number): Promise<string> {
-  const socket = connect({ port, host: '127.0.0.1' });
-  try {
-    await once(socket, 'connect');
-    return 'connected';
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code ?? String(err);
-  } finally {
-    socket.destroy();
-  }
 }
 
 /** Sends `line` and resolves once it has come back (the backend echoes). */

@@ -362,11 +362,12 @@ export interface CliProcess {
  * Starts `switchyard args…`: by default as `node --no-node-snapshot dist/src/cli.js`, or with
  * `executable: true` as the file itself, so its shebang line is what starts Node.
  */
-export function spawnCli(args: readonly string[], options: { executable?: boolean } = {}): CliProcess {
+export function spawnCli(args: readonly string[], options: { executable?: boolean; env?: NodeJS.ProcessEnv } = {}): CliProcess {
+  const spawnOptions = { stdio: ['ignore', 'pipe', 'pipe'] as ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } };
   const child =
     options.executable === true
-      ? spawnProcess(cliPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
-      : spawnProcess(process.execPath, ['--no-node-snapshot', cliPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      ? spawnProcess(cliPath, args, spawnOptions)
+      : spawnProcess(process.execPath, ['--no-node-snapshot', cliPath, ...args], spawnOptions);
   const log = new ProcessLog();
   let stderr = '';
   child.stdout!.setEncoding('utf8').on('data', (s: string) => log.push(s));
@@ -429,4 +430,288 @@ export async function until(condition: () => boolean, what: string, timeoutMs = 
  */
 export function waitForDecisions(proxy: TestProxy, kind: 'remote' | 'noop' | 'close', count: number, timeoutMs = 10_000): Promise<void> {
   return until(() => proxy.listener.stats.decisions[kind] >= count, `${count} ${kind} decisions`, timeoutMs);
+}
+
+// Helpers for the hosting-mode tests (admin.test.ts, hosting.test.ts): a free range of tenant
+// ports, the admin API over real HTTP, and `switchyard serve` in-process or as a process.
+import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
+import { readdirSync as readDirNow, readFileSync as readFileNow, rmSync as removeNow, statSync as statNow } from 'node:fs';
+
+/**
+ * A range of `count` consecutive ports free on 127.0.0.1 right now: a random base is tried by
+ * binding every port of the range, and another base is tried when one is taken. The range is
+ * kept below the kernel's ephemeral ports (32768+ on Linux) so that outgoing connections of
+ * other tests cannot land in it. The only exception to "port 0" in the tests.
+ */
+export async function freePortRange(count: number, attempts = 100): Promise<[number, number]> {
+  const lo = 21000;
+  const hi = 32700;
+  for (let attempt = 0; attempt < attempts; attempt++) {
+    const base = lo + Math.floor(Math.random() * (hi - lo - count));
+    const servers: Server[] = [];
+    let free = true;
+    for (let port = base; port < base + count && free; port++) {
+      const server = createServer();
+      try {
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', reject);
+          server.listen(port, '127.0.0.1', () => resolve());
+        });
+        servers.push(server);
+      } catch {
+        free = false;
+      }
+    }
+    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    if (free) return [base, base + count - 1];
+  }
+  throw new Error(`no ${count} consecutive free ports found`);
+}
+
+/** Binds a plain TCP server on 127.0.0.1:`port` (something else holding a port of the range). */
+export async function occupyPort(port: number): Promise<Server> {
+  const server = createServer((s) => s.destroy());
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve());
+  });
+  return server;
+}
+
+export interface HttpReply {
+  readonly status: number;
+  readonly headers: IncomingHttpHeaders;
+  readonly text: string;
+  /** The body parsed, when it is JSON; undefined otherwise. */
+  readonly json: any;
+}
+
+export interface HttpCall {
+  /** A bearer token (sent as `Authorization: Bearer TOKEN`). */
+  readonly token?: string;
+  /** The raw Authorization header, instead of `token`. */
+  readonly authorization?: string;
+  /** A string or Buffer is sent as is; anything else as JSON. */
+  readonly body?: unknown;
+  /** Send the body with chunked transfer encoding (no Content-Length), in pieces of this size. */
+  readonly chunkSize?: number;
+  readonly headers?: Record<string, string>;
+}
+
+/**
+ * One HTTP request to 127.0.0.1:`port` on a fresh connection (no keep-alive pool). Rejects on a
+ * socket error before the response (a reset), so a refused body must be answered to pass.
+ */
+export function httpCall(port: number, method: string, path: string, call: HttpCall = {}): Promise<HttpReply> {
+  const body =
+    call.body === undefined ? undefined : typeof call.body === 'string' || Buffer.isBuffer(call.body) ? Buffer.from(call.body as string | Buffer) : Buffer.from(JSON.stringify(call.body));
+  const headers: Record<string, string> = { ...call.headers };
+  if (call.authorization !== undefined) headers.authorization = call.authorization;
+  else if (call.token !== undefined) headers.authorization = `Bearer ${call.token}`;
+  if (body !== undefined && call.chunkSize === undefined) headers['content-length'] = String(body.length);
+  // Node's client frames a body as chunked by default only for some methods (not GET or DELETE).
+  if (body !== undefined && call.chunkSize !== undefined) headers['transfer-encoding'] = 'chunked';
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, method, path, headers, agent: false });
+    let answered = false;
+    req.on('error', (err) => {
+      if (!answered) reject(err);
+    });
+    req.on('response', (res) => {
+      answered = true;
+      const chunks: Buffer[] = [];
+      res.on('data', (b: Buffer) => chunks.push(b));
+      res.on('error', reject);
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let json: unknown;
+        if (/json/.test(res.headers['content-type'] ?? '')) {
+          try {
+            json = JSON.parse(text);
+          } catch {
+            json = undefined;
+          }
+        }
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
+      });
+    });
+    if (body === undefined) {
+      req.end();
+    } else if (call.chunkSize === undefined) {
+      req.end(body);
+    } else {
+      const size = call.chunkSize;
+      let offset = 0;
+      const pump = (): void => {
+        while (offset < body.length) {
+          const piece = body.subarray(offset, offset + size);
+          offset += piece.length;
+          if (!req.write(piece)) {
+            req.once('drain', pump);
+            return;
+          }
+        }
+        req.end();
+      };
+      pump();
+    }
+  });
+}
+
+/** The admin API of one service, called with the operator token unless told otherwise. */
+export class AdminApi {
+  constructor(
+    readonly port: number,
+    readonly token: string,
+  ) {}
+
+  call(method: string, path: string, call: HttpCall = {}): Promise<HttpReply> {
+    return httpCall(this.port, method, path, { token: this.token, ...call });
+  }
+
+  /** POST /v1/tenants; asserts 201 and resolves with { name, port, token }. */
+  async createTenant(name: string, port?: number): Promise<{ name: string; port: number; token: string }> {
+    const r = await this.call('POST', '/v1/tenants', { body: port === undefined ? { name } : { name, port } });
+    if (r.status !== 201) throw new Error(`creating ${name}: ${r.status} ${r.text}`);
+    return r.json as { name: string; port: number; token: string };
+  }
+
+  /** PUT …/router; asserts 200 and resolves with the version. */
+  async putRouter(name: string, source: string, token = this.token): Promise<number> {
+    const r = await this.call('PUT', `/v1/tenants/${name}/router`, { body: source, token });
+    if (r.status !== 200) throw new Error(`uploading ${name}'s router: ${r.status} ${r.text}`);
+    return (r.json as { version: number }).version;
+  }
+
+  async show(name: string): Promise<any> {
+    const r = await this.call('GET', `/v1/tenants/${name}`);
+    if (r.status !== 200) throw new Error(`GET ${name}: ${r.status} ${r.text}`);
+    return r.json;
+  }
+
+  async rejections(name: string): Promise<any[]> {
+    const r = await this.call('GET', `/v1/tenants/${name}/rejections`);
+    if (r.status !== 200) throw new Error(`GET ${name}/rejections: ${r.status} ${r.text}`);
+    return (r.json as { rejections: unknown[] }).rejections;
+  }
+}
+
+/** Resolves once the async `condition()` holds, polling every `everyMs`; rejects naming `what` after `timeoutMs`. */
+export async function eventually(condition: () => Promise<boolean> | boolean, what: string, timeoutMs = 10_000, everyMs = 10): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
+  }
+}
+
+export interface TestHosting {
+  readonly adminPort: number;
+  readonly dataDir: string;
+  readonly ports: readonly [number, number];
+  readonly operatorToken: string;
+  readonly api: AdminApi;
+  readonly log: CapturedLog;
+  /** Lines passed to `announce` (the generated operator token, on first start). */
+  readonly announced: string[];
+  /** Closes every connection and the service (the data directory is kept). */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts `switchyard serve` in this process (startHosting) on 127.0.0.1: a fresh temporary data
+ * directory unless one is given, the admin API on port 0, one sandbox worker, the log captured.
+ * `allow` is a list of `--allow` rules.
+ */
+export async function startTestHosting(
+  options: { dataDir?: string; ports?: readonly [number, number]; portCount?: number; allow?: readonly string[]; limits?: Partial<Limits> } = {},
+): Promise<TestHosting> {
+  const { startHosting } = await import('../src/serve.js');
+  const { parseAllowRule } = await import('../src/routing/policy.js');
+  const dataDir = options.dataDir ?? makeTempDir(joinPath(osTmpdir(), 'switchyard-hosting-'));
+  const ports = options.ports ?? (await freePortRange(options.portCount ?? 8));
+  const allow = (options.allow ?? []).map((text) => {
+    const rule = parseAllowRule(text);
+    if (typeof rule === 'string') throw new Error(rule);
+    return rule;
+  });
+  const log = new CapturedLog();
+  const announced: string[] = [];
+  const service = await startHosting({
+    dataDir,
+    admin: { host: '127.0.0.1', port: 0 },
+    ports,
+    bindHost: '127.0.0.1',
+    allow,
+    defaults: { ...defaultLimits, ...options.limits },
+    workers: 1,
+    maxWarmIsolates: 1000,
+    log: log.logger,
+    announce: (line) => announced.push(line),
+  });
+  const fromEnv = process.env.SWITCHYARD_ADMIN_TOKEN;
+  const operatorToken = fromEnv !== undefined && fromEnv !== '' ? fromEnv : readFileNow(joinPath(dataDir, 'admin-token'), 'utf8').trim();
+  return {
+    adminPort: service.adminPort,
+    dataDir,
+    ports,
+    operatorToken,
+    api: new AdminApi(service.adminPort, operatorToken),
+    log,
+    announced,
+    close: async () => {
+      service.destroy();
+      await service.close();
+    },
+  };
+}
+
+/** Every regular file under `dir`, recursively, with its contents. */
+export function filesUnder(dir: string): { path: string; content: Buffer }[] {
+  const out: { path: string; content: Buffer }[] = [];
+  for (const entry of readDirNow(dir, { withFileTypes: true })) {
+    const path = joinPath(dir, entry.name);
+    if (entry.isDirectory()) out.push(...filesUnder(path));
+    else if (entry.isFile()) out.push({ path, content: readFileNow(path) });
+  }
+  return out;
+}
+
+/** The permission bits of a file. */
+export function fileMode(path: string): number {
+  return statNow(path).mode & 0o777;
+}
+
+/** Removes a directory tree (a test's data directory). */
+export function removeDir(dir: string): void {
+  removeNow(dir, { recursive: true, force: true });
+}
+
+
+/**
+ * Starts `switchyard serve args…` as a process and waits for its "serving" line; resolves with
+ * the process and the admin port it bound (from the line's `admin`, "127.0.0.1:PORT").
+ */
+export async function startCliServe(args: readonly string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 20_000): Promise<CliProcess & { adminPort: number }> {
+  const proc = spawnCli(['serve', ...args], { env });
+  const exitedEarly = proc.exited.then(({ code, signal }): never => {
+    throw new Error(`switchyard serve exited (${code ?? signal}) before serving:\n${proc.stderr()}\n${proc.log.text}`);
+  });
+  exitedEarly.catch(() => undefined);
+  const serving = await Promise.race([proc.log.waitFor((r) => r.msg === 'serving', timeoutMs), exitedEarly]);
+  const admin = String(serving.admin);
+  return { ...proc, adminPort: Number(admin.slice(admin.lastIndexOf(':') + 1)) };
+}
+
+/** Resolves with the error code of a connection attempt to 127.0.0.1:port, or 'connected'. */
+export async function tryConnect(port: number): Promise<string> {
+  const socket = connect({ port, host: '127.0.0.1' });
+  try {
+    await once(socket, 'connect');
+    return 'connected';
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code ?? String(err);
+  } finally {
+    socket.destroy();
+  }
 }

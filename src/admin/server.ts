@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from '../log.js';
 import { scriptLimits } from '../config.js';
 import { AdminError, type HostingService, validName } from '../tenants/service.js';
+import { TenantNotFoundError } from '../tenants/store.js';
 import { hashToken, sameHash } from '../tenants/tokens.js';
 
 /** Body size limits (CONTRACT §4): scripts 256 KiB, tables 4 MiB, anything else 64 KiB. */
@@ -159,6 +160,7 @@ export class AdminServer {
       reply = await this.#dispatch(req);
     } catch (err) {
       if (err instanceof AdminError) reply = { status: err.status, json: { error: err.message, ...err.extra } };
+      else if (err instanceof TenantNotFoundError) reply = { status: 404, json: { error: err.message } };
       else {
         this.#log.error({ err, method: req.method, url: req.url }, 'admin request failed');
         reply = { status: 500, json: { error: 'internal error' } };
@@ -172,9 +174,9 @@ export class AdminServer {
     const route = this.#routes.find(([pattern]) => pattern.test(path));
     if (route === undefined) throw new AdminError(404, 'not found');
     const [pattern, methods] = route;
-    const handler = methods[req.method ?? ''];
+    const handler = methods[req.method ?? ''] ?? (req.method === 'HEAD' ? methods.GET : undefined);
     if (handler === undefined) throw new AdminError(405, `method not allowed; allowed: ${Object.keys(methods).join(', ')}`, { allow: Object.keys(methods) });
-    const name = decodeURIComponent(pattern.exec(path)?.[1] ?? '');
+    const name = decodeName(pattern.exec(path)?.[1] ?? '');
 
     const who = await this.#authenticate(req);
     if (handler.access !== 'anyone') {
@@ -191,7 +193,7 @@ export class AdminServer {
 
   /** The operator, a tenant, or nobody (no token, or one that matches nothing). */
   async #authenticate(req: IncomingMessage): Promise<Who | undefined> {
-    const m = /^Bearer ([\x21-\x7e]{1,256})$/.exec(req.headers.authorization ?? '');
+    const m = /^Bearer ([\x21-\x7e]{1,256})$/i.exec(req.headers.authorization ?? '');
     if (m === null) return undefined;
     const token = m[1]!;
     if (sameHash(hashToken(token), this.#operatorHash)) return 'operator';
@@ -200,6 +202,7 @@ export class AdminServer {
   }
 
   #send(req: IncomingMessage, res: ServerResponse, reply: Reply): void {
+    if (reply.status === 401) res.setHeader('www-authenticate', 'Bearer');
     if (reply.status === 405 && typeof reply.json === 'object' && reply.json !== null && 'allow' in reply.json) {
       res.setHeader('allow', (reply.json.allow as string[]).join(', '));
     }
@@ -216,6 +219,15 @@ export class AdminServer {
     // Whatever is left of a refused body is read and dropped, so the answer is not lost to a reset.
     if (!req.complete) req.resume();
     this.#log.debug({ method: req.method, url: req.url, status: reply.status }, 'admin request');
+  }
+}
+
+/** A tenant name from a path; one that is not even valid percent-encoding names no tenant. */
+function decodeName(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return '\u0000';
   }
 }
 

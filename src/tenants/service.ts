@@ -71,6 +71,8 @@ export class HostingService {
   readonly #tenants = new Map<string, Tenant>();
   readonly #policy: BackendPolicy;
   readonly #resolver = new CachingResolver();
+  /** Each tenant's changes, one after another (see #exclusive). */
+  readonly #queues = new Map<string, Promise<unknown>>();
 
   private constructor(options: HostingOptions) {
     this.#o = options;
@@ -87,14 +89,22 @@ export class HostingService {
       service.#tenants.set(record.name, tenant);
       const live = await options.store.liveRouter(record.name);
       if (live !== undefined) tenant.listener.setRouter(service.#coldRouter(tenant, live.source));
-      try {
-        await tenant.listener.listen(record.port, options.bindHost);
-      } catch (err) {
-        service.#log.error({ tenant: record.name, port: record.port, err: (err as Error).message }, 'tenant port could not be bound');
-      }
+      await service.#bind(tenant);
     }
     service.#log.info({ tenants: service.#tenants.size }, 'tenants loaded');
     return service;
+  }
+
+  /** Binds a stored tenant's port; one that cannot be bound now is tried again every few seconds. */
+  async #bind(t: Tenant): Promise<void> {
+    try {
+      await t.listener.listen(t.port, this.#o.bindHost);
+    } catch (err) {
+      this.#log.error({ tenant: t.name, port: t.port, err: (err as Error).message }, 'tenant port could not be bound; trying again in 5 s');
+      setTimeout(() => {
+        if (this.#tenants.get(t.name) === t && !t.listener.listening) void this.#bind(t);
+      }, 5000).unref();
+    }
   }
 
   /** Every tenant port is listening. */
@@ -182,8 +192,12 @@ export class HostingService {
   }
 
   /** Deletes a tenant: its port closes at once, its connections are closed, the name is free. */
-  async remove(name: string): Promise<void> {
-    const t = this.#get(name);
+  remove(name: string): Promise<void> {
+    return this.#exclusive(name, (t) => this.#remove(t));
+  }
+
+  async #remove(t: Tenant): Promise<void> {
+    const name = t.name;
     this.#tenants.delete(name);
     t.listener.destroy(CloseReason.killed);
     t.listener.router.dispose();
@@ -192,8 +206,12 @@ export class HostingService {
   }
 
   /** Checks a script in a throwaway process, stores it as the next version, makes it live. */
-  async putRouter(name: string, source: string): Promise<number> {
-    const t = this.#get(name);
+  putRouter(name: string, source: string): Promise<number> {
+    return this.#exclusive(name, (t) => this.#putRouter(t, source));
+  }
+
+  async #putRouter(t: Tenant, source: string): Promise<number> {
+    const name = t.name;
     let router: ProcessRouter;
     try {
       router = await ProcessRouter.load(this.#o.pool, this.#spec(t, source), t.console);
@@ -218,8 +236,12 @@ export class HostingService {
   }
 
   /** The previous accepted version is live again. */
-  async rollback(name: string): Promise<number> {
-    const t = this.#get(name);
+  rollback(name: string): Promise<number> {
+    return this.#exclusive(name, (t) => this.#rollback(t));
+  }
+
+  async #rollback(t: Tenant): Promise<number> {
+    const name = t.name;
     const version = await this.#o.store.rollbackRouter(name);
     if (version === undefined) throw new AdminError(409, 'there is no earlier router version to roll back to');
     const live = await this.#o.store.liveRouter(name);
@@ -229,8 +251,12 @@ export class HostingService {
   }
 
   /** Stores a new routing table; new connections see it at once. */
-  async putTable(name: string, json: string): Promise<void> {
-    const t = this.#get(name);
+  putTable(name: string, json: string): Promise<void> {
+    return this.#exclusive(name, (t) => this.#putTable(t, json));
+  }
+
+  async #putTable(t: Tenant, json: string): Promise<void> {
+    const name = t.name;
     const live = await this.#o.store.liveRouter(name);
     let router: ProcessRouter | undefined;
     if (live !== undefined) {
@@ -253,8 +279,12 @@ export class HostingService {
   }
 
   /** Sets a tenant's limits (merged into what was set before); resolves with the limits now in force. */
-  async putLimits(name: string, body: unknown): Promise<EffectiveLimits['view']> {
-    const t = this.#get(name);
+  putLimits(name: string, body: unknown): Promise<EffectiveLimits['view']> {
+    return this.#exclusive(name, (t) => this.#putLimits(t, body));
+  }
+
+  async #putLimits(t: Tenant, body: unknown): Promise<EffectiveLimits['view']> {
+    const name = t.name;
     const next = updateOverrides(t.overrides, body);
     if (typeof next === 'string') throw new AdminError(400, next);
     await this.#o.store.setLimits(name, next);
@@ -328,6 +358,22 @@ export class HostingService {
   /** Closes every connection now. */
   destroy(): void {
     for (const t of this.#tenants.values()) t.listener.destroy();
+  }
+
+  /**
+   * Runs a change of one tenant after the changes before it have finished, so that each one
+   * builds on what the last one stored (a table upload never swaps an older script back in).
+   * A tenant deleted meanwhile is a 404.
+   */
+  #exclusive<T>(name: string, change: (t: Tenant) => Promise<T>): Promise<T> {
+    const before = this.#queues.get(name) ?? Promise.resolve();
+    const run = before.then(() => change(this.#get(name)));
+    const tail = run.catch(() => undefined);
+    this.#queues.set(name, tail);
+    void tail.then(() => {
+      if (this.#queues.get(name) === tail) this.#queues.delete(name);
+    });
+    return run;
   }
 
   #get(name: string): Tenant {
