@@ -188,7 +188,8 @@ const serve = program
   .option('--bind <host>', 'address tenant ports are bound on', '0.0.0.0')
   .option('--allow <rule>', 'allow backends policy denies: CIDR, CIDR:PORT or CIDR:LO-HI ([::1]/128:80); repeatable', allowRule, [])
   .option('--sandbox-workers <n>', 'sandbox worker processes', integer(1, 64), sandboxDefaults.workers)
-  .option('--max-warm-isolates <n>', 'router isolates kept built; the least recently used idle ones are unloaded past it', integer(1, 1_000_000), sandboxDefaults.maxWarmIsolates)
+  .option('--max-warm-isolates <n>', 'router isolates kept built; past it the least recently used are unloaded', integer(1, 1_000_000), sandboxDefaults.maxWarmIsolates)
+  .option('--max-warm-mb <mb>', 'V8 heap of the isolates kept built; past it the least recently used are unloaded', integer(16, 1_000_000), sandboxDefaults.maxWarmMb)
   .option('--log-level <level>', 'fatal, error, warn, info, debug or trace', 'info');
 for (const option of limitOptions()) serve.addOption(option);
 
@@ -202,6 +203,7 @@ serve.action(
       allow: AllowRule[];
       sandboxWorkers: number;
       maxWarmIsolates: number;
+      maxWarmMb: number;
       logLevel: string;
     },
   ) => {
@@ -218,6 +220,7 @@ serve.action(
         defaults: limitsFrom(opts),
         workers: opts.sandboxWorkers,
         maxWarmIsolates: opts.maxWarmIsolates,
+        maxWarmMb: opts.maxWarmMb,
         log,
         announce: (line) => process.stderr.write(`${line}\n`),
       });

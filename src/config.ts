@@ -78,8 +78,9 @@ export const sandboxDefaults = Object.freeze({
   stuckGraceMs: 3000,
   /** A worker over this resident size is replaced once its calls drain (which drops its isolates). */
   maxWorkerRssMb: 1024,
-  /** Tenant isolates kept built; past it the least recently used idle ones are unloaded. */
+  /** Tenant isolates kept built, and their heap in MiB; past either the least recently used are unloaded. */
   maxWarmIsolates: 1000,
+  maxWarmMb: 2048,
 });
 
 /** CPU cool-down of a router that keeps hitting its time limit (see sandbox/process-router.ts). */

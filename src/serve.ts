@@ -19,6 +19,7 @@ export interface ServeOptions {
   readonly defaults: Limits;
   readonly workers: number;
   readonly maxWarmIsolates: number;
+  readonly maxWarmMb?: number;
   readonly log: Logger;
   /** Where the generated operator token is announced, once. */
   readonly announce: (line: string) => void;
@@ -54,7 +55,12 @@ export async function startHosting(o: ServeOptions): Promise<Service & { adminPo
   await mkdir(o.dataDir, { recursive: true, mode: 0o700 });
   const token = await operatorToken(o);
   const store = await SqliteTenantStore.open(o.dataDir);
-  const pool = new SandboxPool({ log: o.log, workers: o.workers, maxWarmIsolates: o.maxWarmIsolates });
+  const pool = new SandboxPool({
+    log: o.log,
+    workers: o.workers,
+    maxWarmIsolates: o.maxWarmIsolates,
+    ...(o.maxWarmMb === undefined ? {} : { maxWarmMb: o.maxWarmMb }),
+  });
   let admin: AdminServer | undefined;
   let adminPort = o.admin.port;
   try {

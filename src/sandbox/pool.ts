@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { setPriority } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { LRUCache } from 'lru-cache';
 import { sandboxDefaults, scriptLimits } from '../config.js';
 import { CloseReason, RouterError, RouterLoadError, type RouterLoadCode } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -24,8 +25,9 @@ export interface PoolOptions {
   readonly stuckGraceMs?: number;
   /** A worker whose resident memory grows past this is replaced once its calls drain. */
   readonly maxWorkerRssMb?: number;
-  /** Isolates kept built across all workers; the least recently used idle ones are unloaded past it. */
+  /** Isolates kept built across all workers, and their heap in MiB: past either, the least recently used are unloaded. */
   readonly maxWarmIsolates?: number;
+  readonly maxWarmMb?: number;
 }
 
 /** A tenant's script as the pool keeps it, to load it again into a restarted worker. */
@@ -45,6 +47,9 @@ interface Pending {
   resolve(r: Response): void;
   reject(e: Error): void;
 }
+
+/** What an isolate is taken to weigh until its worker says (a small router's is about 1 MiB). */
+const estimatedHeapBytes = 2 * 1024 * 1024;
 
 const workerPath = fileURLToPath(new URL('./worker.js', import.meta.url));
 const pageSize = 4096;
@@ -150,6 +155,8 @@ interface TenantEntry {
   /** Calls in flight, oldest first, and when the last one was answered. */
   readonly inflight: Pending[];
   lastAnswerAt: number;
+  /** The isolate's heap once loaded, as its worker reported it. */
+  heapBytes?: number;
 }
 
 /**
@@ -164,8 +171,12 @@ export class SandboxPool {
   readonly #shared: WorkerHost[] = [];
   readonly #quarantine = new Map<string, WorkerHost>();
   readonly #tenants = new Map<number, TenantEntry>();
-  /** Tenants whose isolate is (or is being) built in a worker, least recently used first. */
-  readonly #warm = new Map<number, TenantEntry>();
+  /**
+   * Tenants whose isolate is (or is being) built in a worker, bounded by count and by the
+   * isolates' heap: past either bound the least recently used is unloaded from its worker
+   * (after any call it still has) and built again on its next call.
+   */
+  readonly #warm: LRUCache<number, TenantEntry>;
   readonly #timer: NodeJS.Timeout;
   #nextSlot = 1;
   #nextShared = 0;
@@ -176,6 +187,16 @@ export class SandboxPool {
   constructor(options: PoolOptions) {
     this.#options = { ...sandboxDefaults, ...options } as Required<PoolOptions>;
     this.#log = options.log.child({ component: 'sandbox' });
+    this.#warm = new LRUCache<number, TenantEntry>({
+      max: this.#options.maxWarmIsolates,
+      maxSize: this.#options.maxWarmMb * 1024 * 1024,
+      sizeCalculation: (entry) => Math.max(1, entry.heapBytes ?? estimatedHeapBytes),
+      dispose: (entry, slot, reason) => {
+        if (reason !== 'evict') return;
+        const proc = entry.host.current;
+        if (proc.loaded.delete(slot)) proc.tell(Op.unload, slot);
+      },
+    });
     for (let i = 0; i < this.#options.workers; i++) this.#shared.push(new WorkerHost(`worker-${i + 1}`, this.#spawn));
     this.#timer = setInterval(() => this.#supervise(), 250).unref();
   }
@@ -343,6 +364,7 @@ export class SandboxPool {
     return pending.promise.then(
       (r) => {
         done();
+        if (op === Op.load) this.#loaded(entry, r);
         return r;
       },
       (e: unknown) => {
@@ -352,21 +374,18 @@ export class SandboxPool {
     );
   }
 
-  /**
-   * Marks a tenant's isolate as recently used; past `maxWarmIsolates`, the least recently
-   * used idle ones are unloaded from their workers (their next call is a cold start).
-   */
+  /** Marks a tenant's isolate as recently used (see #warm). */
   #touch(entry: TenantEntry): void {
-    this.#warm.delete(entry.slot);
-    this.#warm.set(entry.slot, entry);
-    if (this.#warm.size <= this.#options.maxWarmIsolates) return;
-    for (const [slot, cold] of this.#warm) {
-      if (this.#warm.size <= this.#options.maxWarmIsolates) break;
-      if (cold.inflight.length > 0 || cold === entry) continue;
-      this.#warm.delete(slot);
-      const proc = cold.host.current;
-      if (proc.loaded.delete(slot)) proc.tell(Op.unload, slot);
-    }
+    if (this.#warm.get(entry.slot) === undefined) this.#warm.set(entry.slot, entry);
+  }
+
+  /** A load answered: the isolate's heap is its weight in #warm from now on. */
+  #loaded(entry: TenantEntry, r: Response): void {
+    if (r.status !== Status.loaded) return;
+    const { heapBytes } = JSON.parse(r.payload) as { heapBytes: number };
+    entry.heapBytes = heapBytes;
+    // lru-cache keeps the old size when the same value is set again: take it out first.
+    if (this.#warm.delete(entry.slot)) this.#warm.set(entry.slot, entry);
   }
 
   readonly #spawn = (name: string): WorkerProcess => {
@@ -481,6 +500,7 @@ function routerError(payload: string): RouterError {
 }
 
 function loadResult(response: Response): string {
+  if (response.status === Status.loaded) return (JSON.parse(response.payload) as { envelope: string }).envelope;
   if (response.status === Status.ok) return response.payload;
   if (response.status === Status.loadError) {
     const e = JSON.parse(response.payload) as { code: RouterLoadCode; message: string; line?: number; column?: number };

@@ -23,6 +23,8 @@ export const Status = {
   routerError: 1,
   /** payload: JSON { code, message, line?, column? } of a RouterLoadError */
   loadError: 2,
+  /** answer to a load: JSON { envelope, heapBytes } (the isolate's heap once loaded) */
+  loaded: 3,
 } as const;
 export type Status = (typeof Status)[keyof typeof Status];
 

@@ -25,6 +25,8 @@ interface Tenant {
   readonly isolate: Promise<TenantIsolate>;
   readonly queue: Job[];
   running: boolean;
+  /** Unloaded by the pool: disposed once its calls have finished. */
+  retired: boolean;
 }
 
 const concurrency = Number(process.env.SWITCHYARD_WORKER_CONCURRENCY ?? 4);
@@ -49,7 +51,7 @@ function handle(r: Request): void {
     case Op.unload: {
       const t = tenants.get(r.slot);
       tenants.delete(r.slot);
-      void t?.isolate.then((i) => i.dispose(), () => undefined);
+      if (t !== undefined) retire(t);
       return;
     }
     case Op.stats:
@@ -81,12 +83,17 @@ function handle(r: Request): void {
 function load(id: number, slot: number, spec: IsolateSpec & { tenant: string }): void {
   const { tenant: name, ...isolateSpec } = spec;
   // Loading a slot again (after the pool unloaded it, or twice) replaces what was there.
-  void tenants.get(slot)?.isolate.then((i) => i.dispose(), () => undefined);
+  const previous = tenants.get(slot);
+  if (previous !== undefined) retire(previous);
   const created = TenantIsolate.create(isolateSpec, { syncCalls: true });
-  const tenant: Tenant = { name, isolate: created.then((c) => c.isolate), queue: [], running: false };
+  const tenant: Tenant = { name, isolate: created.then((c) => c.isolate), queue: [], running: false, retired: false };
   tenants.set(slot, tenant);
   created.then(
-    ({ envelope }) => writer.write(encodeResponse(id, Status.ok, envelope)),
+    async ({ isolate, envelope }) => {
+      const heap = await isolate.heap();
+      const heapBytes = heap === undefined ? 0 : heap.used_heap_size + heap.externally_allocated_size;
+      writer.write(encodeResponse(id, Status.loaded, JSON.stringify({ envelope, heapBytes })));
+    },
     (err: unknown) => {
       if (tenants.get(slot) === tenant) tenants.delete(slot);
       const e = err instanceof RouterLoadError ? err : new RouterLoadError('ERR_ROUTER_THROW', String(err));
@@ -118,8 +125,16 @@ async function run(tenant: Tenant, job: Job): Promise<void> {
     running--;
     tenant.running = false;
     if (tenant.queue.length > 0) ready.push(tenant);
+    else if (tenant.retired) retire(tenant);
     pump();
   }
+}
+
+/** Disposes an unloaded tenant's isolate now, or after the calls it still has. */
+function retire(tenant: Tenant): void {
+  tenant.retired = true;
+  if (tenant.running || tenant.queue.length > 0) return;
+  void tenant.isolate.then((i) => i.dispose(), () => undefined);
 }
 
 /** How many isolates this worker holds and how much V8 heap they use. */
