@@ -347,6 +347,15 @@ describe('SqliteTenantStore: router versions', () => {
 });
 
 describe('SqliteTenantStore: lifecycle', () => {
+  it('refuses a second opener of the same data directory until the first closes', async () => {
+    const first = await open();
+    await first.createTenant({ name: 'acme', port: 7001, tokenHash: 'h1' });
+    await rejectsWith(() => SqliteTenantStore.open(dir), StoreError, 'ERR_STORE_LOCKED');
+    await first.close();
+    const second = await open();
+    assert.equal((await second.listTenants()).length, 1);
+  });
+
   it('everything survives close and reopen', async () => {
     const store = await open();
     await store.createTenant({ name: 'acme', port: 7001, tokenHash: 'h1' });

@@ -97,6 +97,16 @@ export class SqliteTenantStore implements TenantStore {
     const db = new Database(path);
     try {
       db.pragma('foreign_keys = ON');
+      // One Switchyard per data directory: the first write takes an exclusive lock it keeps.
+      db.pragma('locking_mode = EXCLUSIVE');
+      try {
+        db.exec('BEGIN IMMEDIATE; COMMIT');
+      } catch (err) {
+        if ((err as { code?: string }).code?.startsWith('SQLITE_BUSY') === true) {
+          throw new StoreError('ERR_STORE_LOCKED', `${dir} is in use by another Switchyard process`);
+        }
+        throw err;
+      }
       const mode = db.pragma('journal_mode = WAL', { simple: true });
       if (mode !== 'wal') throw new StoreError('ERR_STORE_INVALID', `cannot use a WAL journal for ${path} (got ${String(mode)})`);
       db.pragma('synchronous = FULL');

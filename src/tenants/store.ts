@@ -146,5 +146,13 @@ export class StoreClosedError extends StoreError {
  * - ERR_STORE_SCHEMA: the data was written by a newer Switchyard (unknown schema version).
  * - ERR_STORE_INVALID: a value the store cannot keep (limits that are not a plain object).
  * - ERR_STORE_CORRUPT: a stored value that does not read back (should never happen).
+ * - ERR_STORE_LOCKED: another process has the data directory open.
  */
-export type StoreErrorCode = 'ERR_STORE_CONFLICT' | 'ERR_TENANT_NOT_FOUND' | 'ERR_STORE_CLOSED' | 'ERR_STORE_SCHEMA' | 'ERR_STORE_INVALID' | 'ERR_STORE_CORRUPT';
+export type StoreErrorCode =
+  | 'ERR_STORE_CONFLICT'
+  | 'ERR_TENANT_NOT_FOUND'
+  | 'ERR_STORE_CLOSED'
+  | 'ERR_STORE_SCHEMA'
+  | 'ERR_STORE_INVALID'
+  | 'ERR_STORE_CORRUPT'
+  | 'ERR_STORE_LOCKED';
