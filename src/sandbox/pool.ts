@@ -364,7 +364,7 @@ export class SandboxPool {
     return pending.promise.then(
       (r) => {
         done();
-        if (op === Op.load) this.#loaded(entry, r);
+        if (op === Op.load) this.#loaded(entry, proc, r);
         return r;
       },
       (e: unknown) => {
@@ -379,8 +379,12 @@ export class SandboxPool {
     if (this.#warm.get(entry.slot) === undefined) this.#warm.set(entry.slot, entry);
   }
 
-  /** A load answered: the isolate's heap is its weight in #warm from now on. */
-  #loaded(entry: TenantEntry, r: Response): void {
+  /**
+   * A load answered: the isolate's heap is its weight in #warm from now on; a load that failed
+   * is tried again on the tenant's next call.
+   */
+  #loaded(entry: TenantEntry, proc: WorkerProcess, r: Response): void {
+    if (r.status === Status.loadError) proc.loaded.delete(entry.slot);
     if (r.status !== Status.loaded) return;
     const { heapBytes } = JSON.parse(r.payload) as { heapBytes: number };
     entry.heapBytes = heapBytes;
