@@ -204,8 +204,10 @@ export class Connection {
     else if (this.#clientEnded) this.#noMoreData();
   }
 
+  /** The client gave up before a decision: closed, but not a rejection (nothing refused it). */
   #noMoreData(): void {
-    this.#reject(CloseReason.clientClosed, 'client closed its side before a decision');
+    this.#reason = CloseReason.clientClosed;
+    this.#endClient();
   }
 
   /**
