@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { basename, extname } from 'node:path';
+import { basename } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { Limits } from './config.js';
 import { TenantListener } from './listener.js';
@@ -25,10 +25,11 @@ export interface Service {
   destroy(): void;
 }
 
-/** `switchyard -c ROUTER.js`: loads the router (its base name is the tenant) and listens. */
+/** `switchyard -c ROUTER.js`: loads the router (its file's base name is the tenant) and listens. */
 export async function startSingleRouter(o: SingleRouterOptions): Promise<Service> {
   const source = await readFile(o.file, 'utf8');
-  const tenant = basename(o.file, extname(o.file));
+  // CONTRACT §2: in single-router mode the tenant is the router file's base name (git.js).
+  const tenant = basename(o.file);
   // One tenant: one shared worker, plus a quarantine worker should it keep crashing that one.
   const pool = new SandboxPool({ log: o.log, workers: 1 });
   let listener: TenantListener;

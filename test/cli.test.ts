@@ -93,6 +93,22 @@ describe('command line', () => {
   });
 });
 
+describe('single-router mode', () => {
+  it("names the tenant after the router file's base name, in conn and in the log", async () => {
+    const proc = await startCliProxy('proxy((data, conn) => ({ close: conn.tenant }));');
+    try {
+      const r = await exchange(proc.port, ['hi']);
+      assert.equal(r.data, 'router.js');
+      const line = await proc.log.waitFor((rec) => rec.msg === 'connection closed');
+      assert.equal(line.tenant, 'router.js');
+      assert.equal(line.decision, 'close');
+    } finally {
+      proc.child.kill('SIGKILL');
+      await proc.exited;
+    }
+  });
+});
+
 describe('signals', { concurrency: true }, () => {
   let echo: TestServer;
   let router: string;
