@@ -14,28 +14,35 @@ import { IsolateRouter } from '../src/sandbox/isolate-router.js';
 import { SandboxPool } from '../src/sandbox/pool.js';
 import { type CooldownPolicy, ProcessRouter } from '../src/sandbox/process-router.js';
 import type { Router } from '../src/sandbox/router.js';
+import { execFile, spawn as spawnProcess, type ChildProcess } from 'node:child_process';
+import {
+  mkdtempSync as makeTempDir,
+  readdirSync as readDirNow,
+  readFileSync,
+  readFileSync as readFileNow,
+  rmSync as removeNow,
+  statSync as statNow,
+  writeFileSync as writeFileNow,
+} from 'node:fs';
+import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
+import { tmpdir as osTmpdir } from 'node:os';
+import { join as joinPath } from 'node:path';
 
 export type LogRecord = Record<string, unknown> & { msg: string; level: number };
 
-/** A pino logger whose records are kept, parsed, and can be waited for. */
-export class CapturedLog {
+/** Parsed log records that can be waited for: what a test reads of a log. */
+export class LogRecords {
   readonly records: LogRecord[] = [];
   readonly #events = new EventEmitter();
-  readonly logger: Logger;
 
-  constructor(level = 'debug') {
-    const stream = new Writable({
-      write: (chunk: Buffer, _enc, done) => {
-        for (const line of chunk.toString('utf8').split('\n')) {
-          if (line === '') continue;
-          const record = JSON.parse(line) as LogRecord;
-          this.records.push(record);
-          this.#events.emit('record', record);
-        }
-        done();
-      },
-    });
-    this.logger = pino({ level }, stream);
+  protected add(record: LogRecord): void {
+    this.records.push(record);
+    this.#events.emit('record', record);
+  }
+
+  /** What a failed wait shows of the log. */
+  protected describe(): string {
+    return this.records.map((r) => JSON.stringify(r)).join('\n');
   }
 
   /** Resolves with the first record (already logged or still to come) that matches. */
@@ -45,7 +52,7 @@ export class CapturedLog {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#events.off('record', onRecord);
-        reject(new Error(`no matching log record within ${timeoutMs} ms; have:\n${this.records.map((r) => JSON.stringify(r)).join('\n')}`));
+        reject(new Error(`no matching log record within ${timeoutMs} ms; the log so far:\n${this.describe()}`));
       }, timeoutMs);
       const onRecord = (r: LogRecord): void => {
         if (!match(r)) return;
@@ -55,6 +62,24 @@ export class CapturedLog {
       };
       this.#events.on('record', onRecord);
     });
+  }
+}
+
+/** A pino logger whose records are kept, parsed, and can be waited for. */
+export class CapturedLog extends LogRecords {
+  readonly logger: Logger;
+
+  constructor(level = 'debug') {
+    super();
+    const stream = new Writable({
+      write: (chunk: Buffer, _enc, done) => {
+        for (const line of chunk.toString('utf8').split('\n')) {
+          if (line !== '') this.add(JSON.parse(line) as LogRecord);
+        }
+        done();
+      },
+    });
+    this.logger = pino({ level }, stream);
   }
 
   /** The "connection closed" record of the n-th finished connection (1-based). */
@@ -243,8 +268,6 @@ export function deferred<T = void>(): { promise: Promise<T>; resolve: (v: T) => 
 }
 
 // Helpers for the example routers' tests (routers/*.js driven by real clients).
-import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 
 /**
  * The source of routers/`file`, with its hardcoded backend addresses replaced by the test's
@@ -290,18 +313,11 @@ export function runCommand(
 }
 
 // Helpers for the transport and CLI tests: `switchyard` run as a separate process.
-import { spawn as spawnProcess, type ChildProcess } from 'node:child_process';
-import { mkdtempSync as makeTempDir, writeFileSync as writeFileNow } from 'node:fs';
-import { tmpdir as osTmpdir } from 'node:os';
-import { join as joinPath } from 'node:path';
-
 /** dist/src/cli.js, the `switchyard` executable. */
 export const cliPath = new URL('../src/cli.js', import.meta.url).pathname;
 
 /** Lines a process printed: JSON lines parsed as records, everything else kept as text. */
-export class ProcessLog {
-  readonly records: LogRecord[] = [];
-  readonly #events = new EventEmitter();
+export class ProcessLog extends LogRecords {
   #text = '';
   #partial = '';
 
@@ -312,14 +328,11 @@ export class ProcessLog {
     this.#partial = lines.pop() ?? '';
     for (const line of lines) {
       if (!line.startsWith('{')) continue;
-      let record: LogRecord;
       try {
-        record = JSON.parse(line) as LogRecord;
+        this.add(JSON.parse(line) as LogRecord);
       } catch {
-        continue;
+        // not a log line
       }
-      this.records.push(record);
-      this.#events.emit('record', record);
     }
   }
 
@@ -327,23 +340,8 @@ export class ProcessLog {
     return this.#text;
   }
 
-  /** Resolves with the first record (already printed or still to come) that matches. */
-  waitFor(match: (r: LogRecord) => boolean, timeoutMs = 10_000): Promise<LogRecord> {
-    const found = this.records.find(match);
-    if (found) return Promise.resolve(found);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#events.off('record', onRecord);
-        reject(new Error(`no matching log line within ${timeoutMs} ms; output so far:\n${this.#text}`));
-      }, timeoutMs);
-      const onRecord = (r: LogRecord): void => {
-        if (!match(r)) return;
-        clearTimeout(timer);
-        this.#events.off('record', onRecord);
-        resolve(r);
-      };
-      this.#events.on('record', onRecord);
-    });
+  protected override describe(): string {
+    return this.#text;
   }
 }
 
@@ -434,8 +432,6 @@ export function waitForDecisions(proxy: TestProxy, kind: 'remote' | 'noop' | 'cl
 
 // Helpers for the hosting-mode tests (admin.test.ts, hosting.test.ts): a free range of tenant
 // ports, the admin API over real HTTP, and `switchyard serve` in-process or as a process.
-import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
-import { readdirSync as readDirNow, readFileSync as readFileNow, rmSync as removeNow, statSync as statNow } from 'node:fs';
 
 /**
  * A range of `count` consecutive ports free on 127.0.0.1 right now: a random base is tried by
