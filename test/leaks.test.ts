@@ -12,7 +12,7 @@ import { describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { ProcessRouter } from '../src/sandbox/process-router.js';
-import { startProxy, startServer, until } from './helpers.js';
+import { dial, startProxy, startServer, until } from './helpers.js';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -42,7 +42,7 @@ async function exchangeAndEnd(s: Socket, ending: Ending): Promise<void> {
   switch (ending) {
     case 'clean':
       s.write('echo');
-      await once(s, 'data');
+      await firstChunk(s);
       s.end();
       s.on('end', () => s.destroy());
       s.resume();
@@ -53,7 +53,7 @@ async function exchangeAndEnd(s: Socket, ending: Ending): Promise<void> {
       break;
     case 'client-reset':
       s.write('echo');
-      await once(s, 'data');
+      await firstChunk(s);
       s.resetAndDestroy();
       break;
     case 'backend-reset':
@@ -74,6 +74,25 @@ async function exchangeAndEnd(s: Socket, ending: Ending): Promise<void> {
       s.resume();
       break;
   }
+}
+
+/** Resolves with the first chunk; rejects when the proxy closes first (over the connection limit). */
+function firstChunk(s: Socket): Promise<unknown> {
+  return Promise.race([
+    once(s, 'data'),
+    once(s, 'end').then(() => {
+      throw new Error('closed before any data');
+    }),
+  ]);
+}
+
+/** A client over the connection limit: accepted and closed by the proxy before it says anything. */
+async function refusedAtOnce(port: number): Promise<void> {
+  const s = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  s.on('error', () => undefined);
+  s.on('end', () => s.end());
+  s.resume();
+  await once(s, 'close');
 }
 
 describe('leaks', () => {
@@ -105,11 +124,17 @@ describe('leaks', () => {
       const worker = (proxy.router as ProcessRouter).pid!;
       const workerRss = rssMb(worker);
 
+      // Fill the connection limit with clients that wait, so the next ones are refused at once.
+      const held = await Promise.all(Array.from({ length: 40 }, () => dial(proxy.port)));
+      for (const h of held) h.write('wait');
+      await until(() => proxy.listener.connectionCount === 40, '40 connections open');
+      await Promise.all(Array.from({ length: 20 }, () => refusedAtOnce(proxy.port)));
+      for (const h of held) h.destroy();
       await round(3000);
       gc();
       const stats = proxy.listener.stats;
       assert.ok(stats.connections >= 3200, `${stats.connections} connections`);
-      assert.ok((stats.rejections.get('connection_limit') ?? 0) > 0, 'some connections hit the limit of 40');
+      assert.ok((stats.rejections.get('connection_limit') ?? 0) >= 20, 'clients over the limit of 40 were refused');
       assert.equal(stats.active, 0);
       assert.ok(openFds() <= fds + 2, `file descriptors: ${fds} before, ${openFds()} after`);
       const grown = (process.memoryUsage().heapUsed - heap) / 1024 / 1024;
