@@ -5,13 +5,19 @@
  *   - a sink: after the request line it answers "ACK", counts every byte until the client's FIN,
  *     then answers the count and closes (bulk up);
  *   - a source: the request names a byte count as the repository ("/bulkdown/1048576.git"); it
- *     streams that many bytes and closes (bulk down).
+ *     streams that many bytes and closes (bulk down);
+ *   - an idle server: after the request line it answers "ACK" and holds the connection, silent,
+ *     until the client closes it (idle routed connections);
+ *   - two HTTP/1.1 keep-alive servers answering every request with the same small response
+ *     (HTTP through the proxy, with wrk): node:http, and a raw net server that only counts the
+ *     requests' header ends (much cheaper, so that the backend is not the bottleneck).
  *
- *   node dist/bench/backends.js      -> first stdout line: {"git":[p1,p2],"sink":p3,"source":p4}
+ *   node dist/bench/backends.js      -> first stdout line: {"git":[p1,p2],"sink":p3,"source":p4,"idle":p5,"http":p6,"httpRaw":p7}
  *
  * It exits with its parent (unless --standalone, for runs by hand) and after --max-lifetime-ms
  * (default 30 min) in any case.
  */
+import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { exitWithParent, gitAnswer, host, numberArg, parseArgs, pktLength, sinkReady, type Backends } from './common.js';
 
@@ -84,14 +90,58 @@ function sourceServer(): Server {
   });
 }
 
-function listen(server: Server): Promise<number> {
+function idleServer(): Server {
+  return createServer({ noDelay: true }, (socket) => {
+    onFirstLine(socket, () => {
+      socket.write(sinkReady);
+      socket.resume(); // discard anything more; the client's FIN closes the socket
+    });
+  });
+}
+
+const httpBody = 'hello from the switchyard bench\n';
+
+/** node:http, keep-alive, the same 200 response to every request. */
+function httpServer(): ReturnType<typeof createHttpServer> {
+  const server = createHttpServer((_req, res) => {
+    res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': String(httpBody.length) });
+    res.end(httpBody);
+  });
+  server.keepAliveTimeout = 60_000;
+  server.headersTimeout = 65_000;
+  return server;
+}
+
+/**
+ * A raw HTTP/1.1 responder: one fixed keep-alive response per "\r\n\r\n" seen (GET requests
+ * have no body). Not a real HTTP server: a cheap backend for wrk.
+ */
+const rawResponse = Buffer.from(`HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${httpBody.length}\r\nConnection: keep-alive\r\n\r\n${httpBody}`, 'latin1');
+function rawHttpServer(): Server {
+  return createServer({ noDelay: true }, (socket) => {
+    let tail = ''; // the last 3 bytes of the previous chunk: a header end may straddle two chunks
+    socket.on('data', (chunk: Buffer) => {
+      const text = tail + chunk.toString('latin1');
+      let n = 0;
+      for (let i = text.indexOf('\r\n\r\n'); i >= 0; i = text.indexOf('\r\n\r\n', i + 4)) n++;
+      tail = text.slice(-3);
+      if (n === 1) socket.write(rawResponse);
+      else if (n > 1) socket.write(Buffer.concat(Array.from({ length: n }, () => rawResponse)));
+    });
+    socket.on('error', ignore);
+  });
+}
+
+function listen(server: Server | ReturnType<typeof createHttpServer>): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen({ host, port: 0, backlog: 1024 }, () => resolve((server.address() as AddressInfo).port));
   });
 }
 
-const [g1, g2, sink, source] = await Promise.all([gitServer(), gitServer(), sinkServer(), sourceServer()].map(listen));
-const ports: Backends = { git: [g1!, g2!], sink: sink!, source: source! };
+const [g1, g2, sink, source, idle, http, httpRaw] = await Promise.all(
+  [gitServer(), gitServer(), sinkServer(), sourceServer(), idleServer(), httpServer(), rawHttpServer()].map(listen),
+);
+const ports: Backends = { git: [g1!, g2!], sink: sink!, source: source!, idle: idle!, http: http!, httpRaw: httpRaw! };
 process.stdout.write(JSON.stringify(ports) + '\n');
 process.on('SIGTERM', () => process.exit(0));

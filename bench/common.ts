@@ -11,6 +11,11 @@ export interface Backends {
   readonly git: readonly [number, number];
   readonly sink: number;
   readonly source: number;
+  /** reads the request line, answers ACK, then holds the connection idle (the idle scenario) */
+  readonly idle: number;
+  /** HTTP/1.1 keep-alive servers answering a small fixed response: node:http, and a raw net one */
+  readonly http: number;
+  readonly httpRaw: number;
 }
 
 /** user -> 'host:port', the same table for Switchyard's bench router and the plain proxy. */
@@ -20,6 +25,7 @@ export function usersTable(b: Backends): Record<string, string> {
     defunkt: `${host}:${b.git[1]}`,
     bulkup: `${host}:${b.sink}`,
     bulkdown: `${host}:${b.source}`,
+    idle: `${host}:${b.idle}`,
   };
 }
 
@@ -271,4 +277,28 @@ export function percentile(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return Number.NaN;
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
   return sorted[i]!;
+}
+
+/** Resident memory (VmRSS, KiB) of a process and its descendants, summed; undefined once the root is gone. */
+export function treeRssKiB(pid: number): number | undefined {
+  let total = 0;
+  for (const p of processTree(pid)) {
+    try {
+      const m = /^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${p}/status`, 'latin1'));
+      if (m) total += Number(m[1]);
+    } catch {
+      if (p === pid) return undefined;
+    }
+  }
+  return total;
+}
+
+/** The hard limit on open files of this process (children inherit it), from /proc. */
+export function openFilesHardLimit(): number {
+  try {
+    const m = /^Max open files\s+\S+\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'latin1'));
+    return m?.[1] === 'unlimited' ? 1 << 20 : Number(m?.[1] ?? 1024);
+  } catch {
+    return 1024;
+  }
 }

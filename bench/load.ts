@@ -7,6 +7,11 @@
  *         window count; their latency (connect start to the end of the answer) is recorded.
  *   up:   --port P --bytes N    one connection pushes N bytes to the sink (after its ACK)
  *   down: --port P --bytes N    one connection pulls N bytes from the source
+ *   idle: --port P --count N [--parallel K] [--settle-ms S] --watch-pid PID
+ *         opens N connections (at most K connecting at once), each sends the request line of the
+ *         user "idle" and waits for the idle backend's ACK (so it is routed end to end), then
+ *         stays silent. RSS of the watched process tree (VmRSS of it and its descendants) is
+ *         sampled before, at N/2 and at N (each after S ms of quiet); then all are closed.
  *
  * --watch-pid PID (comma-separated): CPU time of those processes and per-core busy time are
  * sampled at the exact edges of the measured window. Every phase is bounded in time
@@ -18,6 +23,7 @@ import {
   gitAnswer,
   gitRequest,
   host,
+  treeRssKiB,
   numberArg,
   parseArgs,
   percentile,
@@ -239,6 +245,92 @@ function bulk(direction: 'up' | 'down'): void {
   });
 }
 
+// ---------------------------------------------------------------- idle connections
+
+function idle(): void {
+  const count = Math.floor(numberArg(args, 'count', 10_000));
+  const parallel = Math.max(1, Math.floor(numberArg(args, 'parallel', 200)));
+  const settleMs = numberArg(args, 'settle-ms', 2000);
+  const timeoutMs = numberArg(args, 'timeout-ms', 120_000);
+  const pid = watch[0];
+  if (pid === undefined) throw new Error('--watch-pid is required');
+  const request = Buffer.from(gitRequest('idle', 'hold'), 'latin1');
+  const sockets: Socket[] = [];
+  const samples: { connections: number; rssKiB: number | undefined; atMs: number }[] = [];
+  const t0 = performance.now();
+  let ready = 0;
+  let errors = 0;
+  let started = 0;
+  let done = false;
+
+  const sample = (): void => void samples.push({ connections: ready, rssKiB: treeRssKiB(pid), atMs: performance.now() - t0 });
+  const finish = (error?: string): void => {
+    if (done) return;
+    done = true;
+    sample();
+    for (const s of sockets) s.destroy();
+    const first = samples[0]?.rssKiB;
+    const full = samples.find((x) => x.connections === count && x.rssKiB !== undefined);
+    const result = {
+      mode: 'idle',
+      count,
+      ready,
+      errors,
+      ok: error === undefined && ready === count && errors === 0,
+      ...(error === undefined ? {} : { error }),
+      samples,
+      rssGrowthKiB: first === undefined || full?.rssKiB === undefined ? null : full.rssKiB - first,
+      kibPerConnection: first === undefined || full?.rssKiB === undefined || count === 0 ? null : (full.rssKiB - first) / count,
+      openMs: samples.find((x) => x.connections === count)?.atMs ?? null,
+    };
+    emit(result);
+  };
+  setTimeout(() => finish(`timed out after ${timeoutMs} ms with ${ready} of ${count} connections ready`), timeoutMs).unref();
+
+  // Phases: open the first half, settle, sample; the second half, settle, sample; close.
+  const targets = [Math.floor(count / 2), count];
+  let phase = 0;
+  const settleThenSample = (): void => {
+    setTimeout(() => {
+      sample();
+      phase++;
+      if (phase < targets.length) {
+        for (let i = 0; i < parallel; i++) openOne();
+      } else finish();
+    }, settleMs);
+  };
+  const openOne = (): void => {
+    if (done || started >= targets[phase]!) return;
+    started++;
+    const socket = connect({ host, port, noDelay: true });
+    sockets.push(socket);
+    let acked = false;
+    socket.setTimeout(10_000, () => socket.destroy(new Error('no ACK within 10 s')));
+    socket.on('connect', () => socket.write(request));
+    socket.on('data', (chunk: Buffer) => {
+      if (acked) return;
+      acked = true;
+      socket.setTimeout(0);
+      if (!chunk.equals(sinkReady)) errors++;
+      ready++;
+      if (ready === targets[phase]) settleThenSample();
+      else openOne();
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      if (done) return;
+      // Closed before its ACK, or while idle: either way not an idle routed connection.
+      errors++;
+      finish(`a connection closed (${acked ? 'while idle' : 'before its ACK'}); ${ready} ready`);
+    });
+  };
+  setTimeout(() => {
+    sample();
+    for (let i = 0; i < parallel; i++) openOne();
+  }, settleMs);
+}
+
 if (mode === 'rate') rate();
+else if (mode === 'idle') idle();
 else if (mode === 'up' || mode === 'down') bulk(mode);
 else throw new Error(`unknown --mode ${mode}`);

@@ -20,6 +20,14 @@
  *   --profile           afterwards, run Switchyard and the plain proxy once more under --cpu-prof
  *                       at concurrency C and print their hottest functions (not mixed into the
  *                       figures above); the profiles are kept next to the JSON output
+ *   --no-haproxy        leave HAProxy out even when `haproxy` is on PATH (it is a target of the
+ *                       rate, bulk, HTTP and idle scenarios when it is there)
+ *   --skip-http         no HTTP keep-alive scenario (wrk through each proxy; needs `wrk` on PATH)
+ *   --http-duration S   seconds per wrk run (default 5; quick 2); --http-rounds N (default 2; quick 1)
+ *   --skip-idle         no idle-connections scenario; --idle-conns N (default 10000; quick 2000,
+ *                       capped by the open-files hard limit: each proxied connection is two fds)
+ *   --skip-tenants      no cold start / warm tenants (bench/tenants.ts); --tenants N (default 500; quick 100)
+ *   --skip-sandbox      no fairness run (bench/sandbox.ts); --sandbox-calls N (default 3000; quick 500)
  *   --no-pin            do not pin processes with taskset
  *   --out FILE          JSON output (default bench/results/latest.json)
  *
@@ -27,6 +35,9 @@
  * harness on CPU 0. CPU time of the proxy process is read from /proc/PID/stat at the edges of
  * each measured window (by the load generator), and per-core busy time from /proc/stat.
  * Every child is killed when the run ends, fails or is interrupted.
+ *
+ * Last, a "targets" table: each measure of issue 5's target table, measured in this run, beside
+ * its target (met / missed).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -35,7 +46,8 @@ import { cpus, release, tmpdir, totalmem, type as osType } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { coreTimes, numberArg, parseArgs, usersTable, type Backends, type CpuDelta } from './common.js';
+import { coreTimes, delta, numberArg, openFilesHardLimit, parseArgs, snapshot, usersTable, type Backends, type CpuDelta } from './common.js';
+import { haproxyConfig, haproxyVersion } from './haproxy.js';
 import { formatHot, summarise, type HotFunction } from './cpuprofile.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -55,10 +67,20 @@ const cfg = {
   diagnose: args.has('diagnose'),
   profile: args.has('profile'),
   pin: !args.has('no-pin'),
+  haproxy: !args.has('no-haproxy'),
+  http: !args.has('skip-http'),
+  httpDurationS: Math.max(1, Math.floor(numberArg(args, 'http-duration', quick ? 2 : 5))),
+  httpRounds: Math.max(1, Math.floor(numberArg(args, 'http-rounds', quick ? 1 : 2))),
+  idle: !args.has('skip-idle'),
+  idleConns: Math.max(10, Math.floor(numberArg(args, 'idle-conns', quick ? 2000 : 10_000))),
+  tenants: args.has('skip-tenants') ? 0 : Math.max(10, Math.floor(numberArg(args, 'tenants', quick ? 100 : 500))),
+  sandboxCalls: args.has('skip-sandbox') ? 0 : Math.max(100, Math.floor(numberArg(args, 'sandbox-calls', quick ? 500 : 3000))),
 };
 const outFile = args.get('out') ?? join(root, 'bench', 'results', 'latest.json');
-if (cfg.durationMs > 120_000 || cfg.warmupMs > 60_000 || cfg.rounds > 20 || cfg.concurrency > 4096 || cfg.bulkBytes > 8 * 1024 ** 3 || cfg.routerCalls > 2_000_000) {
-  throw new Error('refusing an unbounded run: --duration ≤ 120, --warmup ≤ 60, --rounds ≤ 20, --concurrency ≤ 4096, --bulk-mib ≤ 8192, --calls ≤ 2000000');
+if (cfg.durationMs > 120_000 || cfg.warmupMs > 60_000 || cfg.rounds > 20 || cfg.concurrency > 4096 || cfg.bulkBytes > 8 * 1024 ** 3 || cfg.routerCalls > 2_000_000
+  || cfg.httpDurationS > 120 || cfg.httpRounds > 20 || cfg.idleConns > 100_000 || cfg.tenants > 5000 || cfg.sandboxCalls > 100_000) {
+  throw new Error('refusing an unbounded run: --duration ≤ 120, --warmup ≤ 60, --rounds ≤ 20, --concurrency ≤ 4096, --bulk-mib ≤ 8192, --calls ≤ 2000000, '
+    + '--http-duration ≤ 120, --http-rounds ≤ 20, --idle-conns ≤ 100000, --tenants ≤ 5000, --sandbox-calls ≤ 100000');
 }
 
 // ---------------------------------------------------------------- processes
@@ -98,11 +120,11 @@ interface Started {
  * Starts a node child (pinned to `cpu` with taskset, which execs node: the pid is node's).
  * Its stdout goes to a file, never a pipe: a pipe we read late would hold up the proxy's log writes.
  */
-function start(name: string, cpu: 0 | 1, nodeArgs: readonly string[], stdoutFile: string): Started {
+function start(name: string, cpu: 0 | 1, nodeArgs: readonly string[], stdoutFile: string, program: string = process.execPath): Started {
   const stderrFile = join(tmp, `${name}.stderr`);
   const out = openSync(stdoutFile, 'w');
   const err = openSync(stderrFile, 'w');
-  const [cmd, cmdArgs] = pinned ? ['taskset', ['-c', String(cpu), process.execPath, ...nodeArgs]] : [process.execPath, [...nodeArgs]];
+  const [cmd, cmdArgs] = pinned ? ['taskset', ['-c', String(cpu), program, ...nodeArgs]] : [program, [...nodeArgs]];
   const child = spawn(cmd, cmdArgs, { cwd: root, stdio: ['ignore', out, err] });
   closeSync(out);
   closeSync(err);
@@ -268,7 +290,7 @@ interface MicroResult {
 
 const mainTargets = ['direct', 'plain', 'switchyard'] as const;
 const diagTargets = ['core-off', 'core-sync', 'core-async', 'switchyard-nolog'] as const;
-type TargetName = (typeof mainTargets)[number] | (typeof diagTargets)[number];
+type TargetName = (typeof mainTargets)[number] | (typeof diagTargets)[number] | 'haproxy';
 
 const describeTarget: Record<TargetName, string> = {
   direct: 'direct (no proxy)',
@@ -278,6 +300,7 @@ const describeTarget: Record<TargetName, string> = {
   'core-off': 'Switchyard core + JS router, no line',
   'core-sync': 'Switchyard core + JS router, sync pino',
   'core-async': 'Switchyard core + JS router, src/log.ts',
+  haproxy: 'HAProxy, tcp mode, content inspection, tcplog',
 };
 
 interface Target {
@@ -360,6 +383,104 @@ function row(target: Target, runs: readonly (RateResult | BulkResult)[]): Row {
 
 type Scenario = Partial<Record<TargetName, Row>>;
 
+interface WrkRun {
+  backgroundBusy?: number;
+  requestsPerSec: number;
+  requests: number;
+  seconds: number;
+  latencyUs: { p50: number | null; p99: number | null };
+  /** socket errors (connect, read, write, timeout) and non-2xx/3xx answers */
+  errors: number;
+  non2xx: number;
+  /** CPU of the proxy process tree per request, µs (null for direct) */
+  cpuUsPerRequest: number | null;
+  proxyUtil: number | null;
+  coreBusy: number[];
+}
+interface HttpScenario {
+  durationS: number;
+  connections: number;
+  /** 'raw/switchyard', 'node/plain', ...: backend kind / target, the fastest run (runs: req/s of each) */
+  rows: Record<string, WrkRun & { runs: number[] }>;
+}
+interface IdleResult {
+  mode: 'idle';
+  count: number;
+  ready: number;
+  errors: number;
+  ok: boolean;
+  error?: string;
+  samples: { connections: number; rssKiB: number | undefined; atMs: number }[];
+  rssGrowthKiB: number | null;
+  kibPerConnection: number | null;
+  openMs: number | null;
+}
+interface IdleScenario {
+  requested: number;
+  count: number;
+  fdHardLimit: number;
+  rows: Partial<Record<TargetName, IdleResult>>;
+}
+interface TenantsResult {
+  tenants: number;
+  coldStartMs: { p50: number; p99: number };
+  warmCallMs: { p50: number; p99: number };
+  workerRssMb: { before: number; after: number };
+  rssPerWarmTenantMb: number;
+  heapPerIsolateMb: number;
+  warmTenantsPer2GiB: number;
+}
+interface Fairness {
+  p50: number;
+  p99: number;
+  attacks: number;
+}
+interface SandboxResult {
+  fairness: { alone: Fairness; otherWorker: Fairness; sameWorker: Fairness; sameWorkerCooldown: Fairness };
+  bombs: { before: number; peak: number; after: number; reasons: Record<string, number>; sameWorker: boolean };
+}
+
+/** "601.00us", "1.20ms", "2.00s" -> µs */
+function wrkTime(text: string | undefined): number | null {
+  const m = text === undefined ? null : /^([\d.]+)(us|ms|s|m)$/.exec(text);
+  if (!m) return null;
+  const scale = { us: 1, ms: 1e3, s: 1e6, m: 60e6 }[m[2] as 'us' | 'ms' | 's' | 'm'];
+  return Number(m[1]) * scale;
+}
+
+/** One wrk run (pinned with the load generator, CPU 0); the proxy tree's CPU is sampled around it. */
+async function wrkRun(name: string, pid: number | undefined, port: number, hostHeader: string): Promise<WrkRun> {
+  const file = join(tmp, `wrk-${name}.stdout`);
+  const watch = pid === undefined ? [] : [pid];
+  const before = snapshot(watch);
+  const s = start(`wrk-${name}`, 0, ['-t1', '-c64', `-d${cfg.httpDurationS}s`, '--timeout', '5s', '--latency', '-H', `Host: ${hostHeader}`, `http://127.0.0.1:${port}/`], file, 'wrk');
+  const exited = new Promise<void>((resolve) => s.child.once('exit', () => resolve()));
+  const timer = setTimeout(() => s.child.kill('SIGKILL'), cfg.httpDurationS * 1000 + 20_000);
+  await exited;
+  clearTimeout(timer);
+  const cpu = delta(before, snapshot(watch));
+  const text = readFileSync(file, 'utf8');
+  const rps = /Requests\/sec:\s+([\d.]+)/.exec(text);
+  if (s.child.exitCode !== 0 || !rps) throw new Error(`wrk ${name} failed (${s.child.exitCode ?? s.child.signalCode}): ${text.slice(-1000)} ${stderrOf(s)}`);
+  const done = /(\d+) requests in ([\d.]+)(us|ms|s|m),/.exec(text);
+  const requests = done ? Number(done[1]) : 0;
+  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text);
+  const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(text)?.[1] ?? 0);
+  const tree = pid === undefined ? undefined : cpu.trees[String(pid)];
+  const cpuMs = tree?.totalMs ?? null;
+  return {
+    requestsPerSec: Number(rps[1]),
+    requests,
+    seconds: done ? (wrkTime(`${done[2]}${done[3]}`) ?? 0) / 1e6 : 0,
+    latencyUs: { p50: wrkTime(/^\s+50%\s+(\S+)/m.exec(text)?.[1]), p99: wrkTime(/^\s+99%\s+(\S+)/m.exec(text)?.[1]) },
+    errors: sock ? Number(sock[1]) + Number(sock[2]) + Number(sock[3]) + Number(sock[4]) : 0,
+    non2xx,
+    cpuUsPerRequest: cpuMs === null || requests === 0 ? null : (cpuMs * 1000) / requests,
+    proxyUtil: cpuMs === null ? null : cpuMs / cpu.wallMs,
+    coreBusy: cpu.coreBusy,
+  };
+}
+
 // ---------------------------------------------------------------- main
 
 async function main(): Promise<void> {
@@ -394,8 +515,8 @@ async function main(): Promise<void> {
     const s = start(name, 1, nodeArgs, file);
     return { s, file, port: await waitForLine(s, file, name, listeningPort) };
   };
-  const switchyardArgs = (level: string, extra: readonly string[] = [], port = 0): string[] =>
-    ['--no-node-snapshot', ...extra, cliJs, '-c', routerFile, '-h', '127.0.0.1', '-p', String(port), '--log-level', level];
+  const switchyardArgs = (level: string, extra: readonly string[] = [], port = 0, cliExtra: readonly string[] = []): string[] =>
+    ['--no-node-snapshot', ...extra, cliJs, '-c', routerFile, '-h', '127.0.0.1', '-p', String(port), '--log-level', level, ...cliExtra];
   const plainArgs = (extra: readonly string[] = []): string[] => [...extra, join(here, 'plain-proxy.js'), '--host', '127.0.0.1', '--port', '0', ...userArgs];
   const coreArgs = (mode: string): string[] => [join(here, 'core-proxy.js'), '--log', mode, ...userArgs];
 
@@ -403,6 +524,39 @@ async function main(): Promise<void> {
     switchyard: await startProxy('switchyard', switchyardArgs('info')),
     plain: await startProxy('plain', plainArgs()),
   };
+
+  // HTTP: routers/http-host.js with its hosts pointed at the two HTTP backends (node:http, raw).
+  const httpHosts: Record<string, string> = { 'alpha.example': `127.0.0.1:${ports.http}`, 'beta.example': `127.0.0.1:${ports.httpRaw}` };
+  const httpJs = readFileSync(join(root, 'routers', 'http-host.js'), 'utf8');
+  const hostsLine = /const hosts = \{[^}]*\};/;
+  if (!hostsLine.test(httpJs)) throw new Error('routers/http-host.js no longer has a `const hosts = {…};` table');
+  const httpRouterFile = join(tmp, 'http-host.js');
+  writeFileSync(httpRouterFile, httpJs.replace(hostsLine, `const hosts = ${JSON.stringify(httpHosts)};`));
+
+  // HAProxy (when installed), one process on CPU 1: a git frontend and an HTTP frontend.
+  const haproxyAt = cfg.haproxy ? haproxyVersion() : undefined;
+  if (haproxyAt === undefined) log(`bench: HAProxy ${cfg.haproxy ? 'not found on PATH (apt-get install haproxy)' : 'left out (--no-haproxy)'}: no HAProxy column`);
+  const fdHard = openFilesHardLimit();
+  // Each proxied connection holds two fds in the proxy; keep some for everything else.
+  const idleConns = Math.min(cfg.idleConns, Math.floor((fdHard - 256) / 2));
+  interface Haproxy extends Proxy {
+    readonly httpPort: number;
+  }
+  const startHaproxy = async (name: string): Promise<Haproxy> => {
+    const [gitPort, httpPort] = [await freePort(), await freePort()];
+    const cfgFile = join(tmp, `${name}.cfg`);
+    writeFileSync(cfgFile, haproxyConfig({ gitUsers: users, gitPort, httpHosts, httpPort, maxconn: Math.max(1000, idleConns + 50) }));
+    const file = join(tmp, `${name}.stdout`);
+    const s = start(name, 1, ['-db', '-f', cfgFile], file, 'haproxy');
+    await waitForPort(s, gitPort, name);
+    return { s, file, port: gitPort, httpPort };
+  };
+  let haproxy: Haproxy | undefined;
+  if (haproxyAt !== undefined) {
+    haproxy = await startHaproxy('haproxy');
+    proxies.haproxy = haproxy;
+  }
+  const rateTargets: readonly TargetName[] = haproxy === undefined ? mainTargets : [...mainTargets, 'haproxy'];
   if (cfg.diagnose) {
     // At --log-level warn there is no "listening" line: give it a free port and wait for it to accept.
     const port = await freePort();
@@ -438,7 +592,7 @@ async function main(): Promise<void> {
     );
 
   // Smoke check: connections through every target get the git answer.
-  const everyTarget: TargetName[] = [...mainTargets, ...(cfg.diagnose ? diagTargets : [])];
+  const everyTarget: TargetName[] = [...rateTargets, ...(cfg.diagnose ? diagTargets : [])];
   for (const name of everyTarget) {
     const r = await rateRun(target(name), 1, 0, 200, 20);
     if (r.errors > 0 || r.connections === 0) throw new Error(`smoke check through ${name} failed: ${JSON.stringify(r)}`);
@@ -465,12 +619,12 @@ async function main(): Promise<void> {
 
   const sat = `rate_c${cfg.concurrency}`;
   const scenarios: Record<string, Scenario> = {};
-  scenarios.rate_c1 = await measure('rate_c1', mainTargets, (t) => rateRun(t, 1));
-  scenarios[sat] = await measure(sat, mainTargets, (t) => rateRun(t, cfg.concurrency));
+  scenarios.rate_c1 = await measure('rate_c1', rateTargets, (t) => rateRun(t, 1));
+  scenarios[sat] = await measure(sat, rateTargets, (t) => rateRun(t, cfg.concurrency));
   // Bulk runs are short (a second or less): more rounds, so that one falls in a quiet moment.
   const bulkRounds = quick ? cfg.rounds : Math.max(cfg.rounds, 5);
-  scenarios.bulk_up = await measure(`bulk_up ${cfg.bulkBytes / 1024 ** 2} MiB`, mainTargets, (t) => bulkRun(t, 'up'), bulkRounds);
-  scenarios.bulk_down = await measure(`bulk_down ${cfg.bulkBytes / 1024 ** 2} MiB`, mainTargets, (t) => bulkRun(t, 'down'), bulkRounds);
+  scenarios.bulk_up = await measure(`bulk_up ${cfg.bulkBytes / 1024 ** 2} MiB`, rateTargets, (t) => bulkRun(t, 'up'), bulkRounds);
+  scenarios.bulk_down = await measure(`bulk_down ${cfg.bulkBytes / 1024 ** 2} MiB`, rateTargets, (t) => bulkRun(t, 'down'), bulkRounds);
   let diagnosis: Scenario | undefined;
   if (cfg.diagnose) {
     diagnosis = await measure(`diagnose ${sat}`, ['plain', 'core-off', 'core-sync', 'core-async', 'switchyard-nolog', 'switchyard'], (t) => rateRun(t, cfg.concurrency));
@@ -492,6 +646,92 @@ async function main(): Promise<void> {
     };
   };
   const checks = { switchyard: logCheck(proxies.switchyard!.file), plain: logCheck(proxies.plain!.file) };
+
+  // ------------------------------------------------ HTTP keep-alive through each proxy (wrk)
+  let http: HttpScenario | undefined;
+  const wrkFound = spawnSync('wrk', ['-v']).error === undefined;
+  if (!cfg.http) log('bench: HTTP keep-alive scenario skipped (--skip-http)');
+  else if (!wrkFound) log('bench: wrk not found on PATH (apt-get install wrk): HTTP keep-alive scenario skipped');
+  else {
+    const httpProxies: Partial<Record<TargetName, { pid: number; port: number; s: Started }>> = {};
+    const sw = await startProxy('switchyard-http', ['--no-node-snapshot', cliJs, '-c', httpRouterFile, '-h', '127.0.0.1', '-p', '0', '--log-level', 'info']);
+    httpProxies.switchyard = { pid: sw.s.pid, port: sw.port, s: sw.s };
+    const pl = await startProxy('plain-http', [join(here, 'plain-proxy.js'), '--host', '127.0.0.1', '--port', '0', '--rule', 'http', ...Object.entries(httpHosts).map(([h, r]) => `${h}=${r}`)]);
+    httpProxies.plain = { pid: pl.s.pid, port: pl.port, s: pl.s };
+    if (haproxyAt !== undefined) {
+      const hp = await startHaproxy('haproxy-http');
+      httpProxies.haproxy = { pid: hp.s.pid, port: hp.httpPort, s: hp.s };
+    }
+    const backendsOf = { node: { host: 'alpha.example', port: ports.http }, raw: { host: 'beta.example', port: ports.httpRaw } } as const;
+    const names: TargetName[] = ['direct', ...(['plain', 'switchyard', 'haproxy'] as const).filter((n) => httpProxies[n] !== undefined)];
+    const runs = new Map<string, WrkRun[]>();
+    for (let round = 0; round < cfg.httpRounds; round++) {
+      for (const kind of ['raw', 'node'] as const) {
+        for (let i = 0; i < names.length; i++) {
+          const name = names[(i + round) % names.length]!;
+          const b = backendsOf[kind];
+          const p = httpProxies[name];
+          const busy = await waitForQuiet();
+          log(`bench: http (wrk -t1 -c64 -d${cfg.httpDurationS}s, ${kind} backend) ${name} (round ${round + 1}/${cfg.httpRounds})`);
+          const r = await wrkRun(`${kind}-${name}`, p?.pid, p?.port ?? b.port, b.host);
+          r.backgroundBusy = busy;
+          const key = `${kind}/${name}`;
+          runs.set(key, [...(runs.get(key) ?? []), r]);
+        }
+      }
+    }
+    for (const p of Object.values(httpProxies)) await stop(p.s);
+    http = { durationS: cfg.httpDurationS, connections: 64, rows: {} };
+    for (const [key, rs] of runs) {
+      const best = fastest(rs, (r) => r.requestsPerSec);
+      http.rows[key] = { ...best, runs: rs.map((r) => r.requestsPerSec) };
+    }
+  }
+
+  // ------------------------------------------------ idle routed connections (RSS per connection)
+  let idle: IdleScenario | undefined;
+  if (!cfg.idle) log('bench: idle-connections scenario skipped (--skip-idle)');
+  else {
+    if (idleConns < cfg.idleConns) log(`bench: idle connections capped at ${idleConns} (the open-files hard limit is ${fdHard}; each proxied connection is two fds in the proxy)`);
+    idle = { requested: cfg.idleConns, count: idleConns, fdHardLimit: fdHard, rows: {} };
+    const idleNames: TargetName[] = ['plain', 'switchyard', ...(haproxyAt === undefined ? [] : (['haproxy'] as const))];
+    for (const name of idleNames) {
+      // A fresh proxy each (none has served the rate scenarios), warmed up by a few hundred connections.
+      let p: Proxy;
+      if (name === 'switchyard') p = await startProxy('switchyard-idle', switchyardArgs('info', [], 0, ['--max-connections', String(idleConns + 1000)]));
+      else if (name === 'plain') p = await startProxy('plain-idle', plainArgs());
+      else p = await startHaproxy('haproxy-idle');
+      await rateRun({ name, pid: p.s.pid, port: () => p.port }, 8, 0, 300);
+      await waitForQuiet();
+      log(`bench: idle ${idleConns} routed connections through ${name}`);
+      const r = await runTool<IdleResult>(
+        `load-idle-${name}`,
+        0,
+        [join(here, 'load.js'), '--mode', 'idle', '--port', String(p.port), '--count', String(idleConns), '--parallel', '200',
+          '--settle-ms', quick ? '1000' : '2000', '--timeout-ms', '150000', '--watch-pid', String(p.s.pid)],
+        180_000,
+      );
+      await stop(p.s);
+      if (!r.ok) log(`bench: idle through ${name}: ${r.error ?? 'failed'} (${r.ready} of ${r.count} ready, ${r.errors} errors)`);
+      idle.rows[name] = r;
+    }
+  }
+
+  // ------------------------------------------------ tenants: cold start, warm tenants per 2 GiB
+  let tenants: TenantsResult | undefined;
+  if (cfg.tenants === 0) log('bench: tenants skipped (--skip-tenants)');
+  else {
+    log(`bench: tenants (${cfg.tenants} tenants in one worker, bench/tenants.ts)`);
+    tenants = await runTool<TenantsResult>('tenants', 1, ['--no-node-snapshot', join(here, 'tenants.js'), '--tenants', String(cfg.tenants)], 300_000);
+  }
+
+  // ------------------------------------------------ a good tenant beside a hostile one
+  let sandbox: SandboxResult | undefined;
+  if (cfg.sandboxCalls === 0) log('bench: sandbox fairness skipped (--skip-sandbox)');
+  else {
+    log(`bench: sandbox fairness (${cfg.sandboxCalls} calls per case, bench/sandbox.ts)`);
+    sandbox = await runTool<SandboxResult>('sandbox', 1, ['--no-node-snapshot', join(here, 'sandbox.js'), '--calls', String(cfg.sandboxCalls), '--bombs', quick ? '8' : '40'], 300_000);
+  }
 
   type Hot = { scenario: string; file: string; totalMs: number; functions: HotFunction[] };
   const profiles: Partial<Record<'switchyard' | 'plain', Hot>> = {};
@@ -532,14 +772,23 @@ async function main(): Promise<void> {
     scenarios,
     ratios: ratios(scenarios),
     micro,
+    ...(http === undefined ? {} : { http }),
+    ...(idle === undefined ? {} : { idle }),
+    ...(tenants === undefined ? {} : { tenants }),
+    ...(sandbox === undefined ? {} : { sandbox }),
     ...(diagnosis === undefined ? {} : { diagnosis }),
     checks,
     ...(cfg.profile ? { profiles } : {}),
+    haproxy: haproxyAt ?? null,
+    targets: targets(scenarios, http, idle, tenants, sandbox),
     seconds: (Date.now() - t0) / 1000,
   };
+  const targetRows = result.targets;
   mkdirSync(dirname(outFile), { recursive: true });
   writeFileSync(outFile, JSON.stringify(result, null, 2) + '\n');
   process.stdout.write(table(result.machine, scenarios, micro, diagnosis, checks) + '\n');
+  process.stdout.write(extraTables(http, idle, tenants, sandbox, haproxyAt) + '\n');
+  process.stdout.write(targetsTable(targetRows, haproxyAt !== undefined) + '\n');
   for (const [name, p] of Object.entries(profiles)) {
     process.stdout.write(`\n${name}: CPU profile of the main thread, ${p.scenario}, self time, top ${p.functions.length} (${p.file}):\n${formatHot(p.functions)}\n`);
   }
@@ -549,10 +798,13 @@ async function main(): Promise<void> {
 function ratios(scenarios: Record<string, Scenario>): Record<string, Record<string, number | null>> {
   const out: Record<string, Record<string, number | null>> = {};
   for (const [key, rows] of Object.entries(scenarios)) {
-    const { plain: p, switchyard: s, direct: d } = rows;
+    const { plain: p, switchyard: s, direct: d, haproxy: h } = rows;
     if (p === undefined || s === undefined) continue;
     if (p.raw.mode === 'rate' && s.raw.mode === 'rate') {
       out[key] = {
+        ...(h?.raw.mode === 'rate'
+          ? { connPerSec_haproxy_vs_plain: ratio(h.raw.perSecond, p.raw.perSecond), cpuPerConn_haproxy_vs_plain: ratio(h.cpuUsPerConn, p.cpuUsPerConn) }
+          : {}),
         connPerSec_switchyard_vs_plain: ratio(s.raw.perSecond, p.raw.perSecond),
         p50_switchyard_vs_plain: ratio(s.raw.latencyUs.p50, p.raw.latencyUs.p50),
         p99_switchyard_vs_plain: ratio(s.raw.latencyUs.p99, p.raw.latencyUs.p99),
@@ -562,6 +814,7 @@ function ratios(scenarios: Record<string, Scenario>): Record<string, Record<stri
       };
     } else if (p.raw.mode !== 'rate' && s.raw.mode !== 'rate') {
       out[key] = {
+        ...(h !== undefined && h.raw.mode !== 'rate' ? { throughput_haproxy_vs_plain: ratio(h.raw.mbPerSecond, p.raw.mbPerSecond) } : {}),
         throughput_switchyard_vs_plain: ratio(s.raw.mbPerSecond, p.raw.mbPerSecond),
         cpuPerGiB_switchyard_vs_plain: ratio(s.cpuMsPerGiB, p.cpuMsPerGiB),
         throughput_plain_vs_direct: d !== undefined && d.raw.mode !== 'rate' ? ratio(p.raw.mbPerSecond, d.raw.mbPerSecond) : null,
@@ -569,6 +822,143 @@ function ratios(scenarios: Record<string, Scenario>): Record<string, Record<stri
     }
   }
   return out;
+}
+
+// ---------------------------------------------------------------- targets (issue 5)
+
+interface TargetRow {
+  measure: string;
+  /** the target, as text, and as a bound on `value` */
+  target: string;
+  bound: { op: '>=' | '<='; limit: number };
+  /** the measured ratio (Switchyard / plain) or value */
+  value: number | null;
+  /** what the value is made of */
+  detail: string;
+  met: boolean | null;
+  /** the same ratio for HAProxy / plain, for reference */
+  haproxy: number | null;
+}
+
+function targets(
+  scenarios: Record<string, Scenario>,
+  http: HttpScenario | undefined,
+  idle: IdleScenario | undefined,
+  tenants: TenantsResult | undefined,
+  sandbox: SandboxResult | undefined,
+): TargetRow[] {
+  const rows: TargetRow[] = [];
+  const add = (measure: string, op: '>=' | '<=', limit: number, target: string, value: number | null, detail: string, haproxy: number | null = null): void => {
+    const met = value === null ? null : op === '>=' ? value >= limit : value <= limit;
+    rows.push({ measure, target, bound: { op, limit }, value, detail, met, haproxy });
+  };
+  const sat = scenarios[`rate_c${cfg.concurrency}`];
+  const rate = (r: Row | undefined): RateResult | undefined => (r?.raw.mode === 'rate' ? r.raw : undefined);
+  const bulk = (r: Row | undefined): BulkResult | undefined => (r !== undefined && r.raw.mode !== 'rate' ? r.raw : undefined);
+  const [sp, ss, sh] = [rate(sat?.plain), rate(sat?.switchyard), rate(sat?.haproxy)];
+  add(`routed connections/s at concurrency ${cfg.concurrency}`, '>=', 1.45, '>= 1.45x plain', ratio(ss?.perSecond, sp?.perSecond),
+    `${fmt(ss?.perSecond)} vs ${fmt(sp?.perSecond)} /s`, ratio(sh?.perSecond, sp?.perSecond));
+  add('proxy CPU per routed connection', '<=', 0.75, '<= 0.75x plain', ratio(sat?.switchyard?.cpuUsPerConn, sat?.plain?.cpuUsPerConn),
+    `${fmt(sat?.switchyard?.cpuUsPerConn, 1)} vs ${fmt(sat?.plain?.cpuUsPerConn, 1)} µs`, ratio(sat?.haproxy?.cpuUsPerConn, sat?.plain?.cpuUsPerConn));
+  for (const dir of ['up', 'down'] as const) {
+    const sc = scenarios[`bulk_${dir}`];
+    const [bp, bs, bh] = [bulk(sc?.plain), bulk(sc?.switchyard), bulk(sc?.haproxy)];
+    add(`bulk throughput ${dir} (${fmt(cfg.bulkBytes / 1024 ** 2)} MiB)`, '>=', 1.2, '>= 1.2x plain', ratio(bs?.mbPerSecond, bp?.mbPerSecond),
+      `${fmt(bs?.mbPerSecond)} vs ${fmt(bp?.mbPerSecond)} MB/s`, ratio(bh?.mbPerSecond, bp?.mbPerSecond));
+  }
+  const [ip, is, ih] = [idle?.rows.plain, idle?.rows.switchyard, idle?.rows.haproxy].map((r) => (r?.ok === true ? r.kibPerConnection : null));
+  add(`memory per idle connection (${fmt(idle?.count)} conns, RSS)`, '<=', 0.7, '<= 0.7x plain', ratio(is, ip),
+    idle === undefined ? 'skipped' : `${fmt(is, 1)} vs ${fmt(ip, 1)} KiB`, ratio(ih, ip));
+  add(`p99 latency at concurrency ${cfg.concurrency}`, '<=', 1, '<= 1x plain', ratio(ss?.latencyUs.p99, sp?.latencyUs.p99),
+    `${fmt(ss?.latencyUs.p99)} vs ${fmt(sp?.latencyUs.p99)} µs`, ratio(sh?.latencyUs.p99, sp?.latencyUs.p99));
+  for (const kind of ['raw', 'node'] as const) {
+    const [hp, hs, hh] = (['plain', 'switchyard', 'haproxy'] as const).map((n) => http?.rows[`${kind}/${n}`]?.requestsPerSec);
+    add(`HTTP keep-alive req/s, wrk c=64 (${kind === 'raw' ? 'raw' : 'node:http'} backend)`, '>=', 1.4, '>= 1.4x plain', ratio(hs, hp),
+      http === undefined ? 'skipped' : `${fmt(hs)} vs ${fmt(hp)} req/s`, ratio(hh, hp));
+  }
+  add('cold start of a tenant (p50)', '<=', 5, '<= 5 ms', tenants?.coldStartMs.p50 ?? null,
+    tenants === undefined ? 'skipped' : `p50 ${fmt(tenants.coldStartMs.p50, 2)} ms, p99 ${fmt(tenants.coldStartMs.p99, 2)} ms`);
+  add('warm tenants within 2 GiB', '>=', 1000, '>= 1,000', tenants?.warmTenantsPer2GiB ?? null,
+    tenants === undefined ? 'skipped' : `${fmt(tenants.rssPerWarmTenantMb, 2)} MiB RSS per warm tenant`);
+  const f = sandbox?.fairness;
+  const fair = (label: string, r: Fairness | undefined): void =>
+    add(`good tenant's p99 beside a hostile: ${label}`, '<=', 2, '<= 2x alone', f === undefined || r === undefined ? null : r.p99 / f.alone.p99,
+      f === undefined || r === undefined ? 'skipped' : `${fmt(r.p99)} vs ${fmt(f.alone.p99)} µs alone`);
+  fair('other worker', f?.otherWorker);
+  fair('same worker', f?.sameWorker);
+  fair('same worker + cool-down', f?.sameWorkerCooldown);
+  return rows;
+}
+
+function targetsTable(rows: readonly TargetRow[], withHaproxy: boolean): string {
+  const out: string[] = [];
+  out.push(`targets (issue 5), measured in this run; ratios are Switchyard / plain Node.js proxy${withHaproxy ? ' (HAProxy / plain beside them, for reference)' : ''}`);
+  const w = [60, 9, 16, 8, 34];
+  const line = (c: readonly string[]): void =>
+    void out.push(c.map((x, i) => (i === 0 || i === 4 ? x.padEnd(w[i]!) : x.padStart(w[i]!))).join('  ').trimEnd());
+  line(['measure', 'measured', 'target', 'result', '  detail', ...(withHaproxy ? ['haproxy'] : [])]);
+  out.push('-'.repeat(w.reduce((a, b) => a + b + 2, 0) + (withHaproxy ? 9 : 0)));
+  for (const r of rows) {
+    const isRatio = r.target.includes('x ');
+    const v = r.value === null ? '-' : isRatio ? `${r.value.toFixed(2)}x` : fmt(r.value, r.value < 100 ? 2 : 0);
+    line([r.measure, v, r.target, r.met === null ? 'n/a' : r.met ? 'met' : 'MISSED', `  ${r.detail}`, ...(withHaproxy ? [r.haproxy === null ? '' : `${r.haproxy.toFixed(2)}x`] : [])]);
+  }
+  const met = rows.filter((r) => r.met === true).length;
+  const missed = rows.filter((r) => r.met === false).length;
+  out.push(`${met} met, ${missed} missed, ${rows.length - met - missed} not measured`);
+  return out.join('\n');
+}
+
+/** HTTP, idle connections, tenants and the sandbox, each as a small table. */
+function extraTables(http: HttpScenario | undefined, idle: IdleScenario | undefined, tenants: TenantsResult | undefined, sandbox: SandboxResult | undefined, haproxyAt: string | undefined): string {
+  const out: string[] = [''];
+  if (haproxyAt !== undefined) out.push(`HAProxy ${haproxyAt}: tcp mode, tcp-request content inspection of the payload (git: regex + user prefix; HTTP: Host), nbthread 1, tcplog to a file`);
+  if (http !== undefined) {
+    out.push(`HTTP keep-alive through the proxy: wrk -t1 -c64 -d${http.durationS}s (wrk on CPU 0 with the backend), the fastest of ${cfg.httpRounds}; router: routers/http-host.js`);
+    out.push(`  ${'backend / target'.padEnd(30)}${'req/s'.padStart(10)}${'vs plain'.padStart(10)}${'p50 µs'.padStart(9)}${'p99 µs'.padStart(9)}${'CPU µs/req'.padStart(12)}${'proxy CPU'.padStart(11)}${'CPU1'.padStart(6)}${'CPU0'.padStart(6)}${'errors'.padStart(8)}`);
+    for (const kind of ['raw', 'node'] as const) {
+      const plain = http.rows[`${kind}/plain`]?.requestsPerSec;
+      for (const name of ['direct', 'plain', 'switchyard', 'haproxy'] as const) {
+        const r = http.rows[`${kind}/${name}`];
+        if (r === undefined) continue;
+        out.push(
+          `  ${`${kind === 'raw' ? 'raw net' : 'node:http'} / ${name}`.padEnd(30)}${fmt(r.requestsPerSec).padStart(10)}${(name === 'direct' ? '' : times(ratio(r.requestsPerSec, plain))).padStart(10)}` +
+            `${fmt(r.latencyUs.p50).padStart(9)}${fmt(r.latencyUs.p99).padStart(9)}${fmt(r.cpuUsPerRequest, 2).padStart(12)}${pct(r.proxyUtil).padStart(11)}` +
+            `${pct(r.coreBusy[1]).padStart(6)}${pct(r.coreBusy[0]).padStart(6)}${String(r.errors + r.non2xx).padStart(8)}`,
+        );
+      }
+    }
+  }
+  if (idle !== undefined) {
+    out.push(`idle routed connections: ${fmt(idle.count)} at once${idle.count < idle.requested ? ` (asked ${fmt(idle.requested)}; open-files hard limit ${fmt(idle.fdHardLimit)})` : ''}, each routed to the idle backend and silent;`);
+    out.push(`  RSS (VmRSS of the proxy and its child processes) growth from 0 to N connections, fresh proxy warmed by ~300 connections`);
+    out.push(`  ${'target'.padEnd(14)}${'RSS before'.padStart(12)}${'at N/2'.padStart(10)}${'at N'.padStart(10)}${'KiB/conn'.padStart(10)}${'2nd half'.padStart(10)}${'vs plain'.padStart(10)}  ok`);
+    const plain = idle.rows.plain?.kibPerConnection;
+    for (const [name, r] of Object.entries(idle.rows)) {
+      const [a, b, c] = r.samples.map((x) => x.rssKiB);
+      const half = b === undefined || c === undefined ? null : (c - b) / (r.count - Math.floor(r.count / 2));
+      const mib = (v: number | undefined): string => (v === undefined ? '-' : `${(v / 1024).toFixed(1)} MiB`);
+      out.push(
+        `  ${name.padEnd(14)}${mib(a).padStart(12)}${mib(b).padStart(10)}${mib(c).padStart(10)}${fmt(r.kibPerConnection, 2).padStart(10)}${fmt(half, 2).padStart(10)}` +
+          `${(name === 'plain' ? '' : times(ratio(r.kibPerConnection, plain))).padStart(10)}  ${r.ok ? 'yes' : `no: ${r.error ?? ''}`}`,
+      );
+    }
+  }
+  if (tenants !== undefined) {
+    out.push(`tenants (bench/tenants.ts, ${tenants.tenants} tenants, one worker, pinned to CPU 1): cold start p50 ${fmt(tenants.coldStartMs.p50, 2)} ms, p99 ${fmt(tenants.coldStartMs.p99, 2)} ms;` +
+      ` worker RSS ${fmt(tenants.workerRssMb.before)} -> ${fmt(tenants.workerRssMb.after)} MiB, ${fmt(tenants.rssPerWarmTenantMb, 2)} MiB per warm tenant -> ${fmt(tenants.warmTenantsPer2GiB)} per 2 GiB`);
+  }
+  if (sandbox !== undefined) {
+    const f = sandbox.fairness;
+    out.push(`sandbox fairness (bench/sandbox.ts, ${cfg.sandboxCalls} sequential calls, pool pinned to CPU 1): good tenant's decision latency, µs`);
+    const r = (label: string, x: Fairness): void =>
+      void out.push(`  ${label.padEnd(50)} p50 ${fmt(x.p50).padStart(6)}  p99 ${fmt(x.p99).padStart(6)}  ${times(x.p99 / f.alone.p99).padStart(7)} alone  (${x.attacks} hostile calls)`);
+    r('alone', f.alone);
+    r('hostile on the other worker, no cool-down', f.otherWorker);
+    r('hostile on the same worker, no cool-down', f.sameWorker);
+    r('hostile on the same worker, with cool-down', f.sameWorkerCooldown);
+  }
+  return out.join('\n');
 }
 
 // ---------------------------------------------------------------- table
@@ -594,7 +984,8 @@ function table(
   checks: Record<string, { connectionLines: number; remoteDecisions: number; warnOrWorse: number }>,
 ): string {
   const out: string[] = [];
-  const widths = [36, 11, 11, 12, 18];
+  const withHaproxy = Object.values(scenarios).some((r) => r.haproxy !== undefined);
+  const widths = withHaproxy ? [36, 11, 11, 12, 11, 18] : [36, 11, 11, 12, 18];
   const line = (cells: readonly string[]): void => void out.push(cells.map((c, i) => (i === 0 ? c.padEnd(widths[0]!) : c.padStart(widths[i] ?? 12))).join(''));
   const rule = (): void => void out.push('-'.repeat(widths.reduce((a, b) => a + b, 0)));
   out.push(`Switchyard benchmark, ${machine.date}`);
@@ -602,19 +993,19 @@ function table(
   out.push(`figures: the fastest of ${cfg.rounds} interleaved runs per target (bulk: of max(${cfg.rounds}, 5)); proxy CPU = utime+stime`);
   out.push(`of the proxy process (all threads) and its child processes (Switchyard's sandbox workers), from /proc`);
   out.push('');
-  line(['', 'direct', 'plain', 'switchyard', 'switchyard/plain']);
+  line(['', 'direct', 'plain', 'switchyard', ...(withHaproxy ? ['haproxy'] : []), 'switchyard/plain']);
   rule();
   for (const rows of Object.values(scenarios)) {
-    const { direct: d, plain: p, switchyard: s } = rows;
+    const { direct: d, plain: p, switchyard: s, haproxy: h } = rows;
     if (p === undefined) continue;
-    const three = <T>(f: (r: Row) => T | undefined): (T | undefined)[] => [d, p, s].map((r) => (r === undefined ? undefined : f(r)));
+    const three = <T>(f: (r: Row) => T | undefined): (T | undefined)[] => [d, p, s, h].map((r) => (r === undefined ? undefined : f(r)));
     const numbers = (label: string, f: (r: Row) => number | null | undefined, digits = 0, withRatio = true, proxyOnly = false): void => {
-      const [a, b, c] = three(f);
-      line([label, proxyOnly ? '-' : fmt(a, digits), fmt(b, digits), fmt(c, digits), withRatio ? times(ratio(c, b)) : '']);
+      const [a, b, c, e] = three(f);
+      line([label, proxyOnly ? '-' : fmt(a, digits), fmt(b, digits), fmt(c, digits), ...(withHaproxy ? [fmt(e, digits)] : []), withRatio ? times(ratio(c, b)) : '']);
     };
     const shares = (label: string, f: (r: Row) => number | null | undefined, proxyOnly = false): void => {
-      const [a, b, c] = three(f);
-      line([label, proxyOnly ? '-' : pct(a), pct(b), pct(c), '']);
+      const [a, b, c, e] = three(f);
+      line([label, proxyOnly ? '-' : pct(a), pct(b), pct(c), ...(withHaproxy ? [pct(e)] : []), '']);
     };
     const spread = (): void => {
       if (p.runs.length > 1) shares(`  spread of ${p.runs.length} runs (max-min)/max`, (r) => r.spread);
