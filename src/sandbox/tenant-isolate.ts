@@ -143,7 +143,9 @@ export class TenantIsolate {
   /** Heap statistics of the live isolate, if one is built. */
   async heap(): Promise<ivm.HeapStatistics | undefined> {
     const instance = await this.#instance?.catch(() => undefined);
-    return instance === undefined || instance.isolate.isDisposed ? undefined : instance.isolate.getHeapStatistics();
+    if (instance === undefined || instance.isolate.isDisposed) return undefined;
+    // It may be disposed meanwhile (unloaded, or over its memory limit): then it has no heap.
+    return instance.isolate.getHeapStatistics().catch(() => undefined);
   }
 
   dispose(): void {
