@@ -22,6 +22,7 @@ import {
   startServer,
   within,
   type CliProcess,
+  type TestProxy,
   type TestServer,
 } from './helpers.js';
 
@@ -65,6 +66,23 @@ function receiveUntil(socket: Socket, suffix: string): Promise<string> {
     socket.on('data', onData);
     socket.once('close', onClose);
   });
+}
+
+/**
+ * A proxy whose router sends every client to a closed port with 1,000 connect tries: a client
+ * stays in the connecting phase. `firstRefusal` resolves once the first attempt was refused.
+ */
+async function proxyRetryingConnects(): Promise<{ p: TestProxy; watch: ReturnType<typeof watchConnects>; firstRefusal: Promise<void> }> {
+  const port = await closedPort();
+  const p = await startProxy(`proxy(() => ({ remote: '127.0.0.1:${port}' }));`, {
+    limits: { connectTries: 1000, connectRetryDelayMs: 20 },
+  });
+  const watch = watchConnects();
+  const refused = deferred<void>();
+  watch.onRefused((r) => {
+    if (r === port) refused.resolve();
+  });
+  return { p, watch, firstRefusal: refused.promise };
 }
 
 describe('half-close', () => {
@@ -803,19 +821,11 @@ describe('resets', () => {
   });
 
   it('cleans up a client that resets while the backend connect is retrying', async () => {
-    const port = await closedPort();
-    const p = await startProxy(`proxy(() => ({ remote: '127.0.0.1:${port}' }));`, {
-      limits: { connectTries: 1000, connectRetryDelayMs: 20 },
-    });
-    const watch = watchConnects();
+    const { p, watch, firstRefusal } = await proxyRetryingConnects();
     try {
-      const firstRefusal = deferred<void>();
-      watch.onRefused((refused) => {
-        if (refused === port) firstRefusal.resolve();
-      });
       const client = await dial(p.port);
       client.write('x');
-      await within(firstRefusal.promise, 5000, 'first connect attempt refused');
+      await within(firstRefusal, 5000, 'first connect attempt refused');
       client.resetAndDestroy();
       const closed = await p.log.closed();
       assert.equal(closed.reason, 'client_closed');
@@ -915,21 +925,13 @@ describe('listener: connection limit, close, destroy', () => {
   });
 
   it('destroy(): a connection still connecting is closed with reason shutdown, not recorded as a connect failure', async () => {
-    const port = await closedPort();
-    const p = await startProxy(`proxy(() => ({ remote: '127.0.0.1:${port}' }));`, {
-      limits: { connectTries: 1000, connectRetryDelayMs: 20 },
-    });
-    const watch = watchConnects();
+    const { p, watch, firstRefusal } = await proxyRetryingConnects();
     try {
-      const firstRefusal = deferred<void>();
-      watch.onRefused((refused) => {
-        if (refused === port) firstRefusal.resolve();
-      });
       const client = await dial(p.port);
       const clientClosed = closeOutcome(client);
       client.on('end', () => client.end());
       client.write('x');
-      await within(firstRefusal.promise, 5000, 'first connect attempt refused'); // now connecting
+      await within(firstRefusal, 5000, 'first connect attempt refused'); // now connecting
       assert.equal(p.listener.destroy(), 1);
       await within(clientClosed, 5000, 'client closed');
       const closed = await p.log.closed();
