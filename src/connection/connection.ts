@@ -10,7 +10,7 @@ import type { CachingResolver } from '../routing/resolver.js';
 import type { ConnInfo, Router, RouterHooks } from '../sandbox/router.js';
 import { proxyProtocolHeader } from './proxy-protocol.js';
 import { abortPeer, splice } from './relay.js';
-import { connectUpstream } from './upstream.js';
+import { ConnectCancel, connectUpstream } from './upstream.js';
 
 /** What a connection needs from the listener that accepted it. */
 export interface ConnectionHost {
@@ -68,7 +68,7 @@ export class Connection {
   #routing = false;
   #clientEnded = false;
   #upstream: Socket | undefined;
-  #abort: AbortController | undefined;
+  #cancel: ConnectCancel | undefined;
   #backend: string | undefined;
   #decision: Decision['kind'] | 'error' | 'none' = 'none';
   #reason: CloseReason | undefined;
@@ -219,7 +219,7 @@ export class Connection {
     this.#disarm();
     this.#client.pause();
     const limits = this.#host.limits;
-    this.#abort = new AbortController();
+    const cancel = (this.#cancel = new ConnectCancel());
     this.#backend = formatEndpoint(decision.remotes[0]!);
     let remotes = decision.remotes;
     const gate = this.#host.gate;
@@ -241,9 +241,9 @@ export class Connection {
           retryDelayMs: limits.connectRetryDelayMs,
           timeoutMs: clamp(decision.connectTimeoutMs ?? limits.connectTimeoutMs),
         },
-        this.#abort.signal,
+        cancel,
       );
-      this.#abort = undefined;
+      this.#cancel = undefined;
       this.#backend = formatEndpoint(endpoint);
       if (this.#phase !== 'connecting') {
         socket.destroy();
@@ -251,7 +251,7 @@ export class Connection {
       }
       this.#relay(socket, decision, seen);
     } catch (err) {
-      this.#abort = undefined;
+      this.#cancel = undefined;
       if (this.#phase !== 'connecting') return;
       if (err instanceof ConnectError) await this.#connectFailed(err);
       else this.#reject(CloseReason.connectFailed, String(err));
@@ -370,7 +370,7 @@ export class Connection {
   /** Sends FIN to the client (after `reply`), and gives it a moment to close its side. */
   #endClient(reply?: string): void {
     this.#phase = 'closing';
-    this.#abort?.abort(new Error('connection closed'));
+    this.#cancel?.cancel(new Error('connection closed'));
     this.#client.off('data', this.#receive);
     this.#client.resume();
     if (reply !== undefined) this.#client.end(reply, 'latin1');
@@ -384,7 +384,7 @@ export class Connection {
     this.#reason ??= reason;
     // No phase may carry on (a pending router call or connect attempt sees this and stops).
     if (this.#phase !== 'relaying') this.#phase = 'closing';
-    this.#abort?.abort(new Error('connection destroyed'));
+    this.#cancel?.cancel(new Error('connection destroyed'));
     this.#upstream?.destroy();
     this.#client.destroy();
   }
@@ -399,7 +399,7 @@ export class Connection {
     }
     if (this.#phase === 'receiving' || this.#phase === 'connecting') {
       this.#reason ??= CloseReason.clientClosed;
-      this.#abort?.abort(new Error('client closed'));
+      this.#cancel?.cancel(new Error('client closed'));
     }
     this.#finish();
   };
