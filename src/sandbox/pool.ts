@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { setPriority } from 'node:os';
@@ -54,6 +55,15 @@ const estimatedHeapBytes = 2 * 1024 * 1024;
 const workerPath = fileURLToPath(new URL('./worker.js', import.meta.url));
 const pageSize = 4096;
 
+/**
+ * Extra Node flags for worker processes, for profiling them: SWITCHYARD_WORKER_CPU_PROF=DIR
+ * writes a .cpuprofile per worker into DIR when it exits (bench/run.ts --profile uses it).
+ */
+function workerFlags(): string[] {
+  const dir = process.env.SWITCHYARD_WORKER_CPU_PROF;
+  return dir === undefined || dir === '' ? [] : ['--cpu-prof', '--cpu-prof-dir', dir];
+}
+
 /** One worker process and the calls in flight on it. */
 class WorkerProcess {
   readonly name: string;
@@ -70,14 +80,15 @@ class WorkerProcess {
 
   constructor(name: string, concurrency: number, onResponse: (proc: WorkerProcess, r: Response) => void) {
     this.name = name;
-    this.child = spawn(process.execPath, ['--no-node-snapshot', workerPath], {
+    this.child = spawn(process.execPath, ['--no-node-snapshot', ...workerFlags(), workerPath], {
       stdio: ['ignore', 'inherit', 'inherit', 'pipe'],
       env: { ...process.env, SWITCHYARD_WORKER_CONCURRENCY: String(concurrency) },
     });
     const channel = this.child.stdio[3] as Socket;
-    this.#writer = new FrameWriter(channel);
+    const writer = (this.#writer = new FrameWriter(channel, { paced: true }));
     const reader = new FrameReader();
     channel.on('data', (chunk: Buffer) => {
+      writer.answered();
       try {
         reader.push(chunk, (body) => onResponse(this, decodeResponse(body)));
       } catch {
@@ -336,6 +347,11 @@ export class SandboxPool {
     this.#closed = true;
     clearInterval(this.#timer);
     const procs = [...this.#shared, ...this.#quarantine.values()].map((h) => h.current);
+    // Profiled workers are let go by closing their channel, so they write their profile.
+    if (workerFlags().length > 0) {
+      for (const p of procs) (p.child.stdio[3] as Socket).end();
+      await Promise.race([Promise.all(procs.map((p) => p.exited)), sleep(2000)]);
+    }
     for (const p of procs) p.kill();
     await Promise.all(procs.map((p) => p.exited));
   }

@@ -1,6 +1,6 @@
 /**
  * The sandbox wire format between the proxy and its worker processes: length-prefixed binary
- * frames on one socket pair, written in batches (one write per tick). Small and fixed, so a
+ * frames on one socket pair, written in batches (see FrameWriter). Small and fixed, so a
  * decision costs one short frame each way.
  *
  *   request:  u32 length | u32 id | u8 op | u32 slot | op fields…
@@ -127,24 +127,64 @@ export class FrameReader {
   }
 }
 
-/** Writes frames to a stream in batches: everything written in one tick leaves in one writev. */
-export class FrameWriter {
-  readonly #stream: NodeJS.WritableStream & { cork(): void; uncork(): void };
-  #corked = false;
+/** The id of an empty answer: a worker read a batch that left it nothing to answer at once. */
+export const ackId = 0;
 
-  constructor(stream: NodeJS.WritableStream & { cork(): void; uncork(): void }) {
+/**
+ * Writes frames in batches: everything written in one turn of the event loop leaves in one
+ * write, once the turn's I/O callbacks have run.
+ *
+ * Paced (the proxy's side): after a batch is sent, what follows waits until the worker answers
+ * anything (it answers every batch it reads, with an ack when no call finished at once). So
+ * the worker wakes once per batch rather than once per decision, and the busier the proxy,
+ * the larger the batches; when idle, a decision still leaves at the end of its turn.
+ */
+export class FrameWriter {
+  readonly #stream: NodeJS.WritableStream;
+  readonly #paced: boolean;
+  #frames: Buffer[] = [];
+  #scheduled = false;
+  /** Paced: a batch went out and the peer has not answered since. */
+  #awaiting = false;
+  /** Unpaced: the peer sent a batch; answer it at the end of the turn, if only with an ack. */
+  #owed = false;
+
+  constructor(stream: NodeJS.WritableStream, options: { paced?: boolean } = {}) {
     this.#stream = stream;
+    this.#paced = options.paced === true;
   }
 
   write(frame: Buffer): void {
-    if (!this.#corked) {
-      this.#corked = true;
-      this.#stream.cork();
-      process.nextTick(() => {
-        this.#corked = false;
-        this.#stream.uncork();
-      });
-    }
-    this.#stream.write(frame);
+    this.#frames.push(frame);
+    this.#schedule();
   }
+
+  /** Paced: the peer answered; what queued meanwhile leaves at the end of this turn. */
+  answered(): void {
+    this.#awaiting = false;
+    if (this.#frames.length > 0) this.#schedule();
+  }
+
+  /** The peer sent a batch: something goes back at the end of this turn. */
+  owe(): void {
+    this.#owed = true;
+    this.#schedule();
+  }
+
+  #schedule(): void {
+    if (this.#scheduled || this.#awaiting) return;
+    this.#scheduled = true;
+    setImmediate(this.#flush);
+  }
+
+  readonly #flush = (): void => {
+    this.#scheduled = false;
+    if (this.#frames.length === 0 && this.#owed) this.#frames.push(encodeResponse(ackId, Status.ok, ''));
+    this.#owed = false;
+    if (this.#frames.length === 0) return;
+    const frames = this.#frames;
+    this.#frames = [];
+    this.#stream.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames));
+    if (this.#paced) this.#awaiting = true;
+  };
 }

@@ -38,7 +38,10 @@ const tenants = new Map<number, Tenant>();
 const ready: Tenant[] = [];
 let running = 0;
 
-channel.on('data', (chunk: Buffer) => reader.push(chunk, (body) => handle(decodeRequest(body))));
+channel.on('data', (chunk: Buffer) => {
+  reader.push(chunk, (body) => handle(decodeRequest(body)));
+  writer.owe(); // the proxy sends its next batch once this one is answered
+});
 // The pool is gone: nothing left to serve.
 channel.on('close', () => process.exit(0));
 channel.on('error', () => process.exit(0));
