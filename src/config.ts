@@ -74,6 +74,12 @@ export const sandboxDefaults = Object.freeze({
   /** Crashes or hangs blamed on a tenant within the window before it is quarantined. */
   quarantineStrikes: 3,
   strikeWindowMs: 10 * 60_000,
+  /**
+   * Calls of one tenant that ran into their time limit within `strikeWindowMs` before the tenant
+   * moves to the slow lane: a shared worker at a lower CPU priority, where a router that spins
+   * takes CPU time only when other workers leave it.
+   */
+  slowLaneStrikes: 2,
   /** How far past its own limit a call may run before its worker is killed. */
   stuckGraceMs: 3000,
   /** A worker over this resident size is replaced once its calls drain (which drops its isolates). */

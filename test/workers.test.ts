@@ -1,11 +1,13 @@
 /**
  * Sandbox worker processes: killing one during load leaves relayed connections alone, fails
  * only the decisions pending on it, and touches no other worker's tenants; a tenant that keeps
- * crashing its worker is quarantined; a router that keeps timing out cools down.
+ * crashing its worker is quarantined; a router that keeps timing out moves to the low-priority
+ * slow lane and cools down.
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import type { Socket } from 'node:net';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SandboxPool } from '../src/sandbox/pool.js';
@@ -128,8 +130,43 @@ describe('sandbox workers', () => {
     }
   });
 
+  it('moves a router that keeps running into its time limit to the low-priority slow lane', async () => {
+    const log = new CapturedLog();
+    const pool = new SandboxPool({ log: log.logger, workers: 1 });
+    const noCooldown = { strikes: 1e9, windowMs: 1, initialMs: 1, maxMs: 1 };
+    const slow = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'slow', limits: { routerTimeoutMs: 100 }, cooldown: noCooldown });
+    const good = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'good' });
+    try {
+      const shared = (slow.router as ProcessRouter).pid!;
+      assert.equal((good.router as ProcessRouter).pid, shared);
+      const first = await exchange(slow.port, ['spin']);
+      assert.equal((await slow.log.waitFor((r) => r.msg === 'connection rejected' && r.client === first.client)).reason, 'router_timeout');
+      assert.equal((slow.router as ProcessRouter).inSlowLane, false, 'one time-out is not enough');
+      await exchange(slow.port, ['spin']);
+      await log.waitFor((r) => r.msg === 'router keeps running into its time limit: moved to the slow lane' && r.tenant === 'slow');
+      const slowRouter = slow.router as ProcessRouter;
+      assert.equal(slowRouter.inSlowLane, true);
+      assert.equal(slowRouter.quarantined, false);
+      // It keeps being served, from a worker of lower CPU priority (niceness, field 19 of stat).
+      assert.equal((await exchange(slow.port, ['fine'])).data, `${echo.port}:fine`);
+      const lanePid = slowRouter.pid!;
+      assert.notEqual(lanePid, shared);
+      assert.equal(Number(readFileSync(`/proc/${lanePid}/stat`, 'latin1').split(') ')[1]!.split(' ')[16]), 10);
+      assert.equal(Number(readFileSync(`/proc/${shared}/stat`, 'latin1').split(') ')[1]!.split(' ')[16]), 0);
+      // The good tenant stays where it was.
+      assert.equal((await exchange(good.port, ['fine'])).data, `${echo.port}:fine`);
+      assert.equal((good.router as ProcessRouter).pid, shared);
+      assert.equal((good.router as ProcessRouter).inSlowLane, false);
+    } finally {
+      await slow.close();
+      await good.close();
+      await pool.close();
+    }
+  });
+
   it('serves a good tenant while a hostile one spins at its limit on the same worker', async () => {
-    const pool = new SandboxPool({ log: new CapturedLog().logger, workers: 1 });
+    // The slow lane is off here: the worker's own scheduling is what is tested.
+    const pool = new SandboxPool({ log: new CapturedLog().logger, workers: 1, slowLaneStrikes: 1e9 });
     const hostile = await startProxy('proxy(() => { for (;;) {} });', { sharedPool: pool, tenant: 'hostile', cooldown: { strikes: 1e9, windowMs: 1, initialMs: 1, maxMs: 1 } });
     const good = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'good' });
     try {

@@ -9,6 +9,7 @@ export interface SandboxFigures {
   readonly workerRssBytes: number;
   readonly restarts: number;
   readonly quarantined: number;
+  readonly slowLane: number;
 }
 
 type Labels = Readonly<Record<string, string>>;
@@ -71,5 +72,6 @@ export function renderMetrics(listeners: readonly TenantListener[], sandbox: San
   e.family('switchyard_sandbox_worker_rss_bytes', 'gauge', 'Resident memory of the sandbox workers.', [[{}, sandbox.workerRssBytes]]);
   e.family('switchyard_sandbox_worker_restarts_total', 'counter', 'Sandbox workers restarted after a crash or a hang.', [[{}, sandbox.restarts]]);
   e.family('switchyard_sandbox_quarantined_tenants', 'gauge', 'Tenants moved to a quarantine worker.', [[{}, sandbox.quarantined]]);
+  e.family('switchyard_sandbox_slow_lane_tenants', 'gauge', 'Tenants moved to the low-priority slow-lane worker after repeated time-outs.', [[{}, sandbox.slowLane]]);
   return e.text();
 }

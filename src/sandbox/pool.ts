@@ -22,6 +22,8 @@ export interface PoolOptions {
   /** Worker crashes or hangs blamed on one tenant, within `strikeWindowMs`, before it is quarantined. */
   readonly quarantineStrikes?: number;
   readonly strikeWindowMs?: number;
+  /** Time-outs of one tenant within `strikeWindowMs` before it moves to the slow lane. */
+  readonly slowLaneStrikes?: number;
   /** A call this long past its own time limit means its worker is stuck: it is killed. */
   readonly stuckGraceMs?: number;
   /** A worker whose resident memory grows past this is replaced once its calls drain. */
@@ -135,24 +137,42 @@ class WorkerProcess {
   }
 }
 
+/** Niceness of the quarantine and slow-lane workers: they get the CPU the others leave. */
+const lowPriority = 10;
+
 /** A worker that is restarted whenever it dies; tenants point at one. */
 class WorkerHost {
   readonly name: string;
   current: WorkerProcess;
   readonly #spawn: (name: string) => WorkerProcess;
+  readonly #nice: number;
 
-  constructor(name: string, spawnProcess: (name: string) => WorkerProcess) {
+  constructor(name: string, spawnProcess: (name: string) => WorkerProcess, nice = 0) {
     this.name = name;
     this.#spawn = spawnProcess;
-    this.current = spawnProcess(name);
+    this.#nice = nice;
+    this.current = this.#start();
   }
 
   /** Starts a fresh process for new calls; the old one finishes what it has, then goes. */
   replace(): void {
     const old = this.current;
-    this.current = this.#spawn(this.name);
+    this.current = this.#start();
     old.retiring = true;
     if (old.pending.size === 0) old.kill();
+  }
+
+  #start(): WorkerProcess {
+    const proc = this.#spawn(this.name);
+    if (this.#nice !== 0 && proc.child.pid !== undefined) {
+      try {
+        // Set before the worker starts its threads, which inherit it.
+        setPriority(proc.child.pid, this.#nice);
+      } catch {
+        // lowering a priority may be refused; the process boundary is what matters
+      }
+    }
+    return proc;
   }
 }
 
@@ -163,6 +183,8 @@ interface TenantEntry {
   quarantined: boolean;
   /** When worker crashes or hangs were blamed on this tenant. */
   strikes: number[];
+  /** When its calls ran into their time limit (see slowLaneStrikes). */
+  timeouts: number[];
   /** Calls in flight, oldest first, and when the last one was answered. */
   readonly inflight: Pending[];
   lastAnswerAt: number;
@@ -174,13 +196,16 @@ interface TenantEntry {
  * The supervisor of the sandbox worker processes. Tenants are spread over a few shared
  * workers; a worker that crashes, aborts or hangs is killed and restarted, the calls pending
  * on it fail cleanly, and other workers never notice. A tenant blamed for repeated crashes
- * or hangs moves to a quarantine worker of its own, at a lower CPU priority.
+ * or hangs moves to a quarantine worker of its own, at a lower CPU priority; one whose calls
+ * keep running into their time limit moves to the slow lane, a shared worker at that priority.
  */
 export class SandboxPool {
   readonly #options: Required<PoolOptions>;
   readonly #log: Logger;
   readonly #shared: WorkerHost[] = [];
   readonly #quarantine = new Map<string, WorkerHost>();
+  /** Started when a tenant first needs it. */
+  #slowLane: WorkerHost | undefined;
   readonly #tenants = new Map<number, TenantEntry>();
   /**
    * Tenants whose isolate is (or is being) built in a worker, bounded by count and by the
@@ -214,7 +239,7 @@ export class SandboxPool {
 
   /** Worker processes alive now: name and pid. */
   get workers(): { name: string; pid: number | undefined; tenants: number }[] {
-    const hosts = [...this.#shared, ...this.#quarantine.values()];
+    const hosts = this.#hosts();
     return hosts.map((h) => ({
       name: h.name,
       pid: h.current.child.pid,
@@ -222,9 +247,16 @@ export class SandboxPool {
     }));
   }
 
+  /** Every worker host: shared, quarantine and the slow lane. */
+  #hosts(): WorkerHost[] {
+    const hosts = [...this.#shared, ...this.#quarantine.values()];
+    if (this.#slowLane !== undefined) hosts.push(this.#slowLane);
+    return hosts;
+  }
+
   /** Process-wide figures for the metrics: workers, isolates, heap, RSS, restarts, quarantines. */
   async figures(): Promise<SandboxFigures> {
-    const procs = [...this.#shared, ...this.#quarantine.values()].map((h) => h.current).filter((p) => p.alive);
+    const procs = this.#hosts().map((h) => h.current).filter((p) => p.alive);
     let isolates = 0;
     let heapBytes = 0;
     let workerRssBytes = 0;
@@ -241,7 +273,8 @@ export class SandboxPool {
       }),
     );
     const quarantined = [...this.#tenants.values()].filter((t) => t.quarantined).length;
-    return { workers: procs.length, isolates, heapBytes, workerRssBytes: Math.round(workerRssBytes), restarts: this.#restarts, quarantined };
+    const slowLane = [...this.#tenants.values()].filter((t) => t.host === this.#slowLane && !t.quarantined).length;
+    return { workers: procs.length, isolates, heapBytes, workerRssBytes: Math.round(workerRssBytes), restarts: this.#restarts, quarantined, slowLane };
   }
 
   /** The pid of the worker that serves a tenant now. */
@@ -256,6 +289,11 @@ export class SandboxPool {
 
   isQuarantined(slot: number): boolean {
     return this.#tenants.get(slot)?.quarantined ?? false;
+  }
+
+  isInSlowLane(slot: number): boolean {
+    const host = this.#tenants.get(slot)?.host;
+    return host !== undefined && host === this.#slowLane;
   }
 
   /**
@@ -284,7 +322,7 @@ export class SandboxPool {
     }
     const slot = this.#nextSlot++;
     const host = this.#shared[this.#nextShared++ % this.#shared.length]!;
-    this.#tenants.set(slot, { slot, spec, host, quarantined: false, strikes: [], inflight: [], lastAnswerAt: 0 });
+    this.#tenants.set(slot, { slot, spec, host, quarantined: false, strikes: [], timeouts: [], inflight: [], lastAnswerAt: 0 });
     return slot;
   }
 
@@ -322,8 +360,11 @@ export class SandboxPool {
     switch (response.status) {
       case Status.ok:
         return response.payload;
-      case Status.routerError:
-        throw routerError(response.payload);
+      case Status.routerError: {
+        const err = routerError(response.payload);
+        if (err.reason === CloseReason.routerTimeout) this.#timedOut(entry);
+        throw err;
+      }
       default:
         throw new RouterError(CloseReason.routerUnavailable, 'sandbox answered out of turn');
     }
@@ -346,7 +387,7 @@ export class SandboxPool {
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#timer);
-    const procs = [...this.#shared, ...this.#quarantine.values()].map((h) => h.current);
+    const procs = this.#hosts().map((h) => h.current);
     // Profiled workers are let go by closing their channel, so they write their profile.
     if (workerFlags().length > 0) {
       for (const p of procs) (p.child.stdio[3] as Socket).end();
@@ -444,7 +485,7 @@ export class SandboxPool {
     proc.pending.clear();
     if (this.#closed || proc.retiring || proc.name.startsWith('check:')) return;
     this.#log.warn({ worker: proc.name, workerPid: proc.child.pid, exitCode, signal: signalCode, killed: wasKilled, pendingTenants: blamed.size }, 'sandbox worker exited; restarting');
-    const host = [...this.#shared, ...this.#quarantine.values()].find((h) => h.current === proc);
+    const host = this.#hosts().find((h) => h.current === proc);
     if (host !== undefined) {
       this.#restarts++;
       host.replace();
@@ -475,7 +516,7 @@ export class SandboxPool {
     }
     if (now - this.#lastRssCheck >= 2000) {
       this.#lastRssCheck = now;
-      for (const host of [...this.#shared, ...this.#quarantine.values()]) {
+      for (const host of this.#hosts()) {
         const rss = host.current.rssMb();
         if (rss !== undefined && rss > this.#options.maxWorkerRssMb) {
           this.#log.warn({ worker: host.name, rssMb: Math.round(rss) }, 'sandbox worker over its memory budget: replacing it');
@@ -490,19 +531,35 @@ export class SandboxPool {
     entry.strikes = entry.strikes.filter((t) => now - t < this.#options.strikeWindowMs);
     entry.strikes.push(now);
     if (entry.quarantined || entry.strikes.length < this.#options.quarantineStrikes) return;
-    const old = entry.host;
-    const host = new WorkerHost(`quarantine:${entry.spec.tenant}`, this.#spawn);
-    try {
-      if (host.current.child.pid !== undefined) setPriority(host.current.child.pid, 10);
-    } catch {
-      // lowering a priority may be refused; the process boundary is what matters
-    }
+    const host = new WorkerHost(`quarantine:${entry.spec.tenant}`, this.#spawn, lowPriority);
     this.#quarantine.set(entry.spec.tenant, host);
-    entry.host = host;
+    this.#move(entry, host);
     entry.quarantined = true;
+    this.#log.warn({ tenant: entry.spec.tenant, strikes: entry.strikes.length, why }, 'tenant quarantined in a worker of its own');
+  }
+
+  /**
+   * A call ran into its time limit. Past `slowLaneStrikes` of them the tenant moves to the slow
+   * lane for as long as this version of its router is loaded, so a router that spins competes
+   * for the CPU at a lower priority, on no shared worker's queue.
+   */
+  #timedOut(entry: TenantEntry): void {
+    if (entry.quarantined || entry.host === this.#slowLane || this.#closed || this.#tenants.get(entry.slot) !== entry) return;
+    const now = Date.now();
+    entry.timeouts = entry.timeouts.filter((t) => now - t < this.#options.strikeWindowMs);
+    entry.timeouts.push(now);
+    if (entry.timeouts.length < this.#options.slowLaneStrikes) return;
+    this.#slowLane ??= new WorkerHost('slow-lane', this.#spawn, lowPriority);
+    this.#move(entry, this.#slowLane);
+    this.#log.warn({ tenant: entry.spec.tenant, timeouts: entry.timeouts.length }, 'router keeps running into its time limit: moved to the slow lane');
+  }
+
+  /** Points a tenant at another worker: unloaded from the old one, built on its next call. */
+  #move(entry: TenantEntry, host: WorkerHost): void {
+    const old = entry.host;
+    entry.host = host;
     old.current.tell(Op.unload, entry.slot);
     old.current.loaded.delete(entry.slot);
-    this.#log.warn({ tenant: entry.spec.tenant, strikes: entry.strikes.length, why }, 'tenant quarantined in a worker of its own');
   }
 }
 

@@ -89,6 +89,10 @@ export class ProcessRouter implements Router {
     return this.#pool.isQuarantined(this.#slot);
   }
 
+  get inSlowLane(): boolean {
+    return this.#pool.isInSlowLane(this.#slot);
+  }
+
   get coolingDown(): boolean {
     return Date.now() < this.#coolUntil;
   }
