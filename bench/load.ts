@@ -5,6 +5,9 @@
  *         C loops; each opens a connection, sends the git request line, reads the answer until
  *         the server's FIN, closes, and starts over. Connections finished inside the measured
  *         window count; their latency (connect start to the end of the answer) is recorded.
+ *         --native BIN: the same loops run by BIN (bench/native/rate.c, `rate client`), a child
+ *         of this process (so on its CPU); this process samples CPU times when BIN marks the
+ *         window's edges on its stdout, and reports the same JSON.
  *   up:   --port P --bytes N    one connection pushes N bytes to the sink (after its ACK)
  *   down: --port P --bytes N    one connection pulls N bytes from the source
  *   idle: --port P --count N [--parallel K] [--settle-ms S] --watch-pid PID
@@ -17,6 +20,7 @@
  * sampled at the exact edges of the measured window. Every phase is bounded in time
  * (--timeout-ms for one bulk transfer, 10 s for one connection) and in count.
  */
+import { spawn } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import {
   delta,
@@ -51,6 +55,8 @@ function emit(result: object): never {
 
 interface RateResult {
   mode: 'rate';
+  /** which load generator ran the loops: this process, or bench/native/rate.c */
+  generator: 'node' | 'native';
   concurrency: number;
   windowMs: number;
   connections: number;
@@ -59,17 +65,20 @@ interface RateResult {
   warmupConnections: number;
   latencyUs: { p50: number; p90: number; p99: number; max: number; mean: number };
   cpu: CpuDelta;
+  /** native only: µs between the generator's window edges and this process's CPU samples */
+  sampleLagUs?: { start: number; end: number };
 }
 
-function rate(): void {
-  const concurrency = Math.max(1, Math.floor(numberArg(args, 'concurrency', 1)));
-  const warmupMs = numberArg(args, 'warmup-ms', 1000);
-  const durationMs = numberArg(args, 'duration-ms', 5000);
-  const maxConns = Math.floor(numberArg(args, 'max-conns', 2_000_000));
-  const connTimeoutMs = 10_000;
-  const requests = [gitRequest('mojombo', 'grit'), gitRequest('defunkt', 'resque')].map((s) => Buffer.from(s, 'latin1'));
-  const expectedHead = gitAnswer.subarray(0, 8);
+const concurrency = Math.max(1, Math.floor(numberArg(args, 'concurrency', 1)));
+const warmupMs = numberArg(args, 'warmup-ms', 1000);
+const durationMs = numberArg(args, 'duration-ms', 5000);
+const maxConns = Math.floor(numberArg(args, 'max-conns', 2_000_000));
+const connTimeoutMs = 10_000;
+/** The two requests, alternated: connection n of loop i sends requests[(n + i) & 1]. */
+const requests = [gitRequest('mojombo', 'grit'), gitRequest('defunkt', 'resque')].map((s) => Buffer.from(s, 'latin1'));
+const expectedHead = gitAnswer.subarray(0, 8);
 
+function rate(): void {
   const latencies = new Float64Array(maxConns);
   let phase: 'warmup' | 'measure' | 'drain' = 'warmup';
   let started = 0;
@@ -87,6 +96,7 @@ function rate(): void {
     for (const v of sorted) sum += v;
     const result: RateResult = {
       mode: 'rate',
+      generator: 'node',
       concurrency,
       windowMs,
       connections: counted,
@@ -153,6 +163,78 @@ function rate(): void {
     finish();
   }, warmupMs + durationMs + connTimeoutMs + 1000).unref();
   for (let i = 0; i < concurrency; i++) loop(i);
+}
+
+/** What `rate client` prints last (see bench/native/rate.c). */
+interface NativeRate {
+  connections: number;
+  windowMs: number;
+  errors: number;
+  warmupConnections: number;
+  latencyUs: { p50: number | null; p90: number | null; p99: number | null; max: number | null; mean: number | null };
+  /** CLOCK_MONOTONIC, as process.hrtime */
+  windowStartUs: number;
+  windowEndUs: number;
+}
+
+/** The rate loops in bench/native/rate.c; CPU sampled here at the window's edges, which it marks on stdout. */
+function rateNative(bin: string): void {
+  // The snapshots are taken when the marks arrive, while the generator runs on: warm their code
+  // (and /proc's dentries) up first, so that the first edge is sampled as promptly as the second.
+  for (let i = 0; i < 3; i++) snapshot(watch);
+  const child = spawn(
+    bin,
+    ['client', '--port', String(port), '--concurrency', String(concurrency), '--warmup-ms', String(Math.round(warmupMs)),
+      '--duration-ms', String(Math.max(1, Math.round(durationMs))), '--max-conns', String(maxConns),
+      '--request-a', requests[0]!.toString('hex'), '--request-b', requests[1]!.toString('hex'),
+      '--expect-head', expectedHead.toString('hex'), '--expect-bytes', String(gitAnswer.length)],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  let before: CpuSnapshot | undefined;
+  let after: CpuSnapshot | undefined;
+  let last = '';
+  let pending = '';
+  child.stdout.setEncoding('latin1');
+  child.stdout.on('data', (text: string) => {
+    pending += text;
+    for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      if (line === 'mark start') before = snapshot(watch);
+      else if (line === 'mark end') after = snapshot(watch);
+      else if (line.startsWith('{')) last = line;
+    }
+  });
+  // Bounded like the Node loops: the generator bounds itself; this is in case it does not.
+  const killer = setTimeout(() => child.kill('SIGKILL'), warmupMs + durationMs + connTimeoutMs + 5000);
+  child.on('error', (err) => {
+    process.stderr.write(`load: ${bin}: ${err.message}\n`);
+    process.exit(1);
+  });
+  child.on('close', (code, signal) => {
+    clearTimeout(killer);
+    if (code !== 0 || before === undefined || after === undefined || last === '') {
+      process.stderr.write(`load: ${bin} failed (${code ?? signal}), ${last === '' ? 'no result' : last}\n`);
+      process.exit(1);
+    }
+    const r = JSON.parse(last) as NativeRate;
+    const nan = (v: number | null): number => v ?? Number.NaN;
+    const atUs = (s: CpuSnapshot): number => Number(s.atNs / 1000n);
+    const result: RateResult = {
+      mode: 'rate',
+      generator: 'native',
+      concurrency,
+      windowMs: r.windowMs,
+      connections: r.connections,
+      perSecond: r.windowMs > 0 ? (r.connections * 1000) / r.windowMs : 0,
+      errors: r.errors,
+      warmupConnections: r.warmupConnections,
+      latencyUs: { p50: nan(r.latencyUs.p50), p90: nan(r.latencyUs.p90), p99: nan(r.latencyUs.p99), max: nan(r.latencyUs.max), mean: nan(r.latencyUs.mean) },
+      cpu: delta(before, after),
+      sampleLagUs: { start: atUs(before) - r.windowStartUs, end: atUs(after) - r.windowEndUs },
+    };
+    emit(result);
+  });
 }
 
 // ---------------------------------------------------------------- bulk
@@ -330,7 +412,9 @@ function idle(): void {
   }, settleMs);
 }
 
-if (mode === 'rate') rate();
+const native = args.get('native');
+if (mode === 'rate' && native !== undefined) rateNative(native);
+else if (mode === 'rate') rate();
 else if (mode === 'idle') idle();
 else if (mode === 'up' || mode === 'down') bulk(mode);
 else throw new Error(`unknown --mode ${mode}`);

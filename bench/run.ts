@@ -28,6 +28,9 @@
  *                       capped by the open-files hard limit: each proxied connection is two fds)
  *   --skip-tenants      no cold start / warm tenants (bench/tenants.ts); --tenants N (default 500; quick 100)
  *   --skip-sandbox      no fairness run (bench/sandbox.ts); --sandbox-calls N (default 3000; quick 500)
+ *   --node-load         the connection-rate scenarios with the Node load generator (load.ts) and git
+ *                       backends (backends.ts) even when bench/native/rate.c compiles (by default
+ *                       they use it when `cc` is on PATH: the Node ones saturate CPU 0 first)
  *   --no-pin            do not pin processes with taskset
  *   --out FILE          JSON output (default bench/results/latest.json)
  *
@@ -46,8 +49,9 @@ import { cpus, release, tmpdir, totalmem, type as osType } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { coreTimes, delta, numberArg, openFilesHardLimit, parseArgs, snapshot, usersTable, type Backends, type CpuDelta } from './common.js';
+import { coreTimes, delta, gitAnswer, numberArg, openFilesHardLimit, parseArgs, snapshot, usersTable, type Backends, type CpuDelta } from './common.js';
 import { haproxyConfig, haproxyVersion } from './haproxy.js';
+import { buildNative } from './native.js';
 import { formatHot, summarise, type HotFunction } from './cpuprofile.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -55,9 +59,15 @@ const here = fileURLToPath(new URL('.', import.meta.url));
 const args = parseArgs(process.argv.slice(2));
 const quick = args.has('quick');
 const full = args.has('full');
+/**
+ * The connection-rate load generator and its git-like backends: bench/native/rate.c (built now
+ * into dist/bench/native/) unless --node-load or there is no `cc`; else load.ts and backends.ts.
+ */
+const nativeBin = args.has('node-load') ? undefined : buildNative(join(here, 'native'));
 const cfg = {
   quick,
   full,
+  generator: nativeBin === undefined ? ('node' as const) : ('native' as const),
   durationMs: numberArg(args, 'duration', quick ? 1 : 4) * 1000,
   warmupMs: numberArg(args, 'warmup', quick ? 0.5 : 1) * 1000,
   rounds: Math.max(1, Math.floor(numberArg(args, 'rounds', quick ? 1 : 3))),
@@ -120,17 +130,22 @@ interface Started {
  * Starts a node child (pinned to `cpu` with taskset, which execs node: the pid is node's).
  * Its stdout goes to a file, never a pipe: a pipe we read late would hold up the proxy's log writes.
  */
-function start(name: string, cpu: 0 | 1, nodeArgs: readonly string[], stdoutFile: string, program: string = process.execPath): Started {
+function start(name: string, cpu: 0 | 1, nodeArgs: readonly string[], stdoutFile: string, program: string = process.execPath, stdin: 'ignore' | 'pipe' = 'ignore'): Started {
   const stderrFile = join(tmp, `${name}.stderr`);
   const out = openSync(stdoutFile, 'w');
   const err = openSync(stderrFile, 'w');
   const [cmd, cmdArgs] = pinned ? ['taskset', ['-c', String(cpu), program, ...nodeArgs]] : [program, [...nodeArgs]];
-  const child = spawn(cmd, cmdArgs, { cwd: root, stdio: ['ignore', out, err] });
+  // stdin 'pipe': a pipe never written to, for a child that exits when it closes (when we are gone).
+  const child = spawn(cmd, cmdArgs, { cwd: root, stdio: [stdin, out, err] });
   closeSync(out);
   closeSync(err);
   if (child.pid === undefined) throw new Error(`${name}: could not start`);
   children.add(child);
-  child.on('exit', () => children.delete(child));
+  child.stdin?.on('error', () => undefined);
+  child.on('exit', () => {
+    children.delete(child);
+    child.stdin?.destroy();
+  });
   return { child, pid: child.pid, stderrFile };
 }
 
@@ -247,6 +262,8 @@ async function stop(s: Started): Promise<void> {
 
 interface RateResult {
   mode: 'rate';
+  /** the load generator: load.ts itself, or bench/native/rate.c run by it */
+  generator?: 'node' | 'native';
   /** busy share of both cores (0..2) just before the run, with our processes idle */
   backgroundBusy?: number;
   concurrency: number;
@@ -488,12 +505,24 @@ async function main(): Promise<void> {
   if (!existsSync(cliJs)) throw new Error(`${cliJs} is missing: run npm run build first`);
   const log = (text: string): void => void process.stderr.write(`${text}\n`);
   const t0 = Date.now();
-  log(`bench: ${quick ? 'quick' : full ? 'full' : 'default'} run; pinning ${pinned ? 'on (proxy: CPU 1; load generator, backends: CPU 0)' : 'off'}`);
+  log(`bench: ${quick ? 'quick' : full ? 'full' : 'default'} run; pinning ${pinned ? 'on (proxy: CPU 1; load generator, backends: CPU 0)' : 'off'}; ` +
+    `connection-rate load generator + git backends: ${generatorName()}`);
 
   // Backends on CPU 0.
   const backendsFile = join(tmp, 'backends.stdout');
   const backends = start('backends', 0, [join(here, 'backends.js')], backendsFile);
-  const ports = await waitForLine<Backends>(backends, backendsFile, 'backends', (o) => (Array.isArray(o.git) ? (o as unknown as Backends) : undefined));
+  const nodePorts = await waitForLine<Backends>(backends, backendsFile, 'backends', (o) => (Array.isArray(o.git) ? (o as unknown as Backends) : undefined));
+  // With the native generator, the two git-like backends (the users mojombo and defunkt, the
+  // rate scenarios' only backends) are `rate server`, on CPU 0 too; backends.ts serves the rest.
+  let gitNative: Started | undefined;
+  let ports = nodePorts;
+  if (nativeBin !== undefined) {
+    const file = join(tmp, 'git-native.stdout');
+    gitNative = start('git-native', 0, ['server', '--ports', '2', '--answer', gitAnswer.toString('hex')], file, nativeBin, 'pipe');
+    const git = await waitForLine(gitNative, file, 'git-native', (o) =>
+      Array.isArray(o.ports) && o.ports.length === 2 ? ([Number(o.ports[0]), Number(o.ports[1])] as const) : undefined);
+    ports = { ...nodePorts, git };
+  }
   const users = usersTable(ports);
   const userArgs = Object.entries(users).map(([u, r]) => `${u}=${r}`);
 
@@ -580,7 +609,8 @@ async function main(): Promise<void> {
       `load-rate-${concurrency}-${t.name}`,
       0,
       [loadJs, '--mode', 'rate', '--port', String(t.port('rate')), '--concurrency', String(concurrency), '--warmup-ms', String(warmupMs),
-        '--duration-ms', String(durationMs), '--watch-pid', String(t.pid ?? ''), ...(maxConns === undefined ? [] : ['--max-conns', String(maxConns)])],
+        '--duration-ms', String(durationMs), '--watch-pid', String(t.pid ?? ''), ...(maxConns === undefined ? [] : ['--max-conns', String(maxConns)]),
+        ...(nativeBin === undefined ? [] : ['--native', nativeBin])],
       warmupMs + durationMs + 30_000,
     );
   const bulkRun = (t: Target, mode: 'up' | 'down'): Promise<BulkResult> =>
@@ -734,28 +764,39 @@ async function main(): Promise<void> {
   }
 
   type Hot = { scenario: string; file: string; totalMs: number; functions: HotFunction[] };
-  const profiles: Partial<Record<'switchyard' | 'plain', Hot>> = {};
+  const profiles: Record<string, Hot> = {};
   if (cfg.profile) {
     for (const name of ['switchyard', 'plain'] as const) {
       log(`bench: profiling ${name} at concurrency ${cfg.concurrency}`);
       const dir = join(tmp, `prof-${name}`);
       mkdirSync(dir);
       const flags = ['--cpu-prof', '--cpu-prof-dir', dir];
+      process.env.SWITCHYARD_WORKER_CPU_PROF = dir; // the sandbox workers' profiles too
       const p = await startProxy(`${name}-prof`, name === 'switchyard' ? switchyardArgs('info', flags) : plainArgs(flags));
+      delete process.env.SWITCHYARD_WORKER_CPU_PROF;
       await rateRun({ name, pid: p.s.pid, port: () => p.port }, cfg.concurrency);
       await stop(p.s);
-      const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+      // CPU.<date>.<time>.<pid>.<tid>.<seq>.cpuprofile: the proxy's own, and one per sandbox worker.
+      const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile'));
+      const file = files.find((f) => f.split('.')[3] === String(p.s.pid));
       if (file === undefined) {
         log(`bench: ${name} wrote no CPU profile`);
         continue;
       }
+      mkdirSync(dirname(outFile), { recursive: true });
       const kept = join(dirname(outFile), `${name}-${sat}.cpuprofile`);
-      mkdirSync(dirname(kept), { recursive: true });
       copyFileSync(join(dir, file), kept);
       profiles[name] = { scenario: sat, file: kept, ...summarise(kept, 25) };
+      const workers = files.filter((f) => f !== file);
+      workers.forEach((f, i) => {
+        const keptWorker = join(dirname(outFile), `${name}-worker-${i + 1}-${sat}.cpuprofile`);
+        copyFileSync(join(dir, f), keptWorker);
+        profiles[`${name}-worker-${i + 1}`] = { scenario: sat, file: keptWorker, ...summarise(keptWorker, 25) };
+      });
     }
   }
   await stop(backends);
+  if (gitNative !== undefined) await stop(gitNative);
 
   const result = {
     machine: {
@@ -973,6 +1014,7 @@ function fmt(v: number | null | undefined, digits = 0): string {
   if (v === null || v === undefined || !Number.isFinite(v)) return '-';
   return v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 }
+const generatorName = (): string => (cfg.generator === 'native' ? 'native (bench/native/rate.c)' : 'Node (load.ts, backends.ts)');
 const pct = (v: number | null | undefined): string => (v === null || v === undefined || !Number.isFinite(v) ? '-' : `${(v * 100).toFixed(0)}%`);
 const times = (v: number | null): string => (v === null ? '-' : `${v.toFixed(2)}x`);
 
@@ -989,7 +1031,8 @@ function table(
   const line = (cells: readonly string[]): void => void out.push(cells.map((c, i) => (i === 0 ? c.padEnd(widths[0]!) : c.padStart(widths[i] ?? 12))).join(''));
   const rule = (): void => void out.push('-'.repeat(widths.reduce((a, b) => a + b, 0)));
   out.push(`Switchyard benchmark, ${machine.date}`);
-  out.push(`${machine.cpu} x${machine.cpus}, ${machine.os}, Node ${machine.node}; ${machine.pinned ? 'proxy pinned to CPU 1, load generator + backends to CPU 0' : 'not pinned'}`);
+  out.push(`${machine.cpu} x${machine.cpus}, ${machine.os}, Node ${machine.node}; ${machine.pinned ? 'proxy pinned to CPU 1, load generator + backends to CPU 0' : 'not pinned'};` +
+    ` connection-rate load generator + git backends: ${generatorName()}`);
   out.push(`figures: the fastest of ${cfg.rounds} interleaved runs per target (bulk: of max(${cfg.rounds}, 5)); proxy CPU = utime+stime`);
   out.push(`of the proxy process (all threads) and its child processes (Switchyard's sandbox workers), from /proc`);
   out.push('');
