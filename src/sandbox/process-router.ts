@@ -126,7 +126,8 @@ export class ProcessRouter implements Router {
     try {
       return envelopeValue(openEnvelope(await this.#pool.call(this.#slot, op, conn, extra), this.#console));
     } catch (err) {
-      if (err instanceof RouterError && err.reason === CloseReason.routerTimeout) this.#timedOut(now);
+      // The cool-down runs from when the time-out is known, however long the call took to fail.
+      if (err instanceof RouterError && err.reason === CloseReason.routerTimeout) this.#timedOut(Date.now());
       throw err;
     }
   }
