@@ -44,8 +44,10 @@ const stuckGraceMs = 1000;
  * which costs a few µs where an asynchronous call costs a thread hand-off both ways (~30 µs).
  * A call that fails (a time-out above all), or three over budget within ten seconds, send the
  * router to asynchronous calls (on an isolated-vm thread, beside the others) for a minute.
+ * The budget is of the isolate's CPU time, not of wall time: on a saturated core the worker
+ * is preempted mid-call, and wall time would demote every router there.
  */
-const syncBudgetMs = 2;
+const syncBudgetNs = 2_000_000n;
 const slowCallsToDemote = 3;
 const slowWindowMs = 10_000;
 const asyncSpellMs = 60_000;
@@ -108,14 +110,14 @@ export class TenantIsolate {
     if (this.#inflight++ === 0) this.#progressAt = Date.now();
     const options = { timeout: this.#spec.routerTimeoutMs };
     const sync = this.#syncCalls && this.#inflight === 1 && Date.now() >= this.#asyncUntil;
-    const started = performance.now();
+    const started = cpuTime(instance.isolate);
     try {
       const text = sync
         ? instance.entry[fn].applySync(undefined, args as (string | number)[], options)
         : await instance.entry[fn].apply(undefined, args as (string | number)[], options);
       if (typeof text !== 'string') throw new RouterError(CloseReason.routerInvalid, 'sandbox returned no result');
       // The first calls of an isolate compile and optimise the router: only later ones count.
-      if (++this.#calls > 10 && performance.now() - started > syncBudgetMs) this.#slow();
+      if (++this.#calls > 10 && cpuTime(instance.isolate) - started > syncBudgetNs) this.#slow();
       return text;
     } catch (err) {
       this.#asyncUntil = Date.now() + asyncSpellMs;
@@ -201,6 +203,15 @@ export class TenantIsolate {
       });
     }
     return this.#instance;
+  }
+}
+
+/** CPU time the isolate has used, in ns (0 once it is disposed). */
+function cpuTime(isolate: ivm.Isolate): bigint {
+  try {
+    return isolate.cpuTime;
+  } catch {
+    return 0n;
   }
 }
 
