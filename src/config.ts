@@ -76,10 +76,11 @@ export const sandboxDefaults = Object.freeze({
   strikeWindowMs: 10 * 60_000,
   /**
    * Calls of one tenant that ran into their time limit within `strikeWindowMs` before the tenant
-   * moves to the slow lane: a shared worker at a lower CPU priority, where a router that spins
-   * takes CPU time only when other workers leave it.
+   * moves to the slow lane: a shared worker at the lowest CPU priority, where a router that
+   * spins takes CPU time only when other workers leave it. It returns after a whole window
+   * without a time-out.
    */
-  slowLaneStrikes: 2,
+  slowLaneStrikes: 1,
   /** How far past its own limit a call may run before its worker is killed. */
   stuckGraceMs: 3000,
   /** A worker over this resident size is replaced once its calls drain (which drops its isolates). */

@@ -42,7 +42,10 @@ describe('metrics', () => {
       assert.equal(sample(text, `switchyard_client_bytes_sent_total{${t}}`), 2 * `${echo.port}:route`.length + 3);
       assert.equal(sample(text, `switchyard_rejections_total{${t},reason="router_timeout"}`), 1);
       assert.equal(sample(text, `switchyard_rejections_total{${t},reason="router_close"}`), 1);
-      assert.equal(sample(text, 'switchyard_sandbox_workers'), 1);
+      // The looping call moved the tenant to the slow lane: its shared worker and that one.
+      assert.equal(sample(text, 'switchyard_sandbox_workers'), 2);
+      assert.equal(sample(text, 'switchyard_sandbox_slow_lane_tenants'), 1);
+      assert.equal(sample(text, 'switchyard_sandbox_quarantined_tenants'), 0);
       assert.ok(sample(text, 'switchyard_sandbox_isolates') >= 1);
       assert.ok(sample(text, 'switchyard_sandbox_heap_bytes') > 100_000);
       assert.ok(sample(text, 'switchyard_sandbox_worker_rss_bytes') > 10_000_000);

@@ -130,33 +130,51 @@ describe('sandbox workers', () => {
     }
   });
 
-  it('moves a router that keeps running into its time limit to the low-priority slow lane', async () => {
+  it('moves a router that runs into its time limit to the low-priority slow lane, with its queued calls, and back', async () => {
     const log = new CapturedLog();
-    const pool = new SandboxPool({ log: log.logger, workers: 1 });
+    const strikeWindowMs = 2000;
+    const pool = new SandboxPool({ log: log.logger, workers: 1, strikeWindowMs });
     const noCooldown = { strikes: 1e9, windowMs: 1, initialMs: 1, maxMs: 1 };
     const slow = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'slow', limits: { routerTimeoutMs: 100 }, cooldown: noCooldown });
     const good = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'good' });
+    const niceness = (pid: number): number => Number(readFileSync(`/proc/${pid}/stat`, 'latin1').split(') ')[1]!.split(' ')[16]);
     try {
-      const shared = (slow.router as ProcessRouter).pid!;
-      assert.equal((good.router as ProcessRouter).pid, shared);
-      const first = await exchange(slow.port, ['spin']);
-      assert.equal((await slow.log.waitFor((r) => r.msg === 'connection rejected' && r.client === first.client)).reason, 'router_timeout');
-      assert.equal((slow.router as ProcessRouter).inSlowLane, false, 'one time-out is not enough');
-      await exchange(slow.port, ['spin']);
-      await log.waitFor((r) => r.msg === 'router keeps running into its time limit: moved to the slow lane' && r.tenant === 'slow');
       const slowRouter = slow.router as ProcessRouter;
+      const shared = slowRouter.pid!;
+      assert.equal((good.router as ProcessRouter).pid, shared);
+      // Two calls that spin, and two more behind them on the shared worker (which runs one call
+      // of a tenant at a time). When the first times out the tenant moves; the second is then
+      // running there and finishes there, and the two queued behind it go with the tenant.
+      const spinning = exchange(slow.port, ['spin']);
+      await until(() => slowRouter.pending === 1, 'the first spinning call is in flight');
+      const spinningToo = exchange(slow.port, ['spin']);
+      await until(() => slowRouter.pending === 2, 'the second is in flight');
+      const queued = [exchange(slow.port, ['q1']), exchange(slow.port, ['q2'])];
+      await until(() => slowRouter.pending === 4, 'two calls queued behind them');
+      for (const spun of await Promise.all([spinning, spinningToo])) {
+        assert.equal((await slow.log.waitFor((r) => r.msg === 'connection rejected' && r.client === spun.client)).reason, 'router_timeout');
+      }
+      await log.waitFor((r) => r.msg === 'router keeps running into its time limit: moved to the slow lane' && r.tenant === 'slow');
+      // The queued calls went with it and were answered there.
+      assert.deepEqual(
+        (await Promise.all(queued)).map((r) => r.data),
+        [`${echo.port}:q1`, `${echo.port}:q2`],
+      );
       assert.equal(slowRouter.inSlowLane, true);
       assert.equal(slowRouter.quarantined, false);
-      // It keeps being served, from a worker of lower CPU priority (niceness, field 19 of stat).
-      assert.equal((await exchange(slow.port, ['fine'])).data, `${echo.port}:fine`);
       const lanePid = slowRouter.pid!;
       assert.notEqual(lanePid, shared);
-      assert.equal(Number(readFileSync(`/proc/${lanePid}/stat`, 'latin1').split(') ')[1]!.split(' ')[16]), 10);
-      assert.equal(Number(readFileSync(`/proc/${shared}/stat`, 'latin1').split(') ')[1]!.split(' ')[16]), 0);
+      assert.equal(niceness(lanePid), 19, 'the slow lane runs at the lowest priority');
+      assert.equal(niceness(shared), 0);
       // The good tenant stays where it was.
       assert.equal((await exchange(good.port, ['fine'])).data, `${echo.port}:fine`);
       assert.equal((good.router as ProcessRouter).pid, shared);
       assert.equal((good.router as ProcessRouter).inSlowLane, false);
+      // A whole strike window without a time-out brings it back to its shared worker.
+      await log.waitFor((r) => r.msg === 'router back from the slow lane' && r.tenant === 'slow', strikeWindowMs + 3000);
+      assert.equal(slowRouter.inSlowLane, false);
+      assert.equal(slowRouter.pid, shared);
+      assert.equal((await exchange(slow.port, ['home'])).data, `${echo.port}:home`);
     } finally {
       await slow.close();
       await good.close();

@@ -137,8 +137,14 @@ class WorkerProcess {
   }
 }
 
-/** Niceness of the quarantine and slow-lane workers: they get the CPU the others leave. */
-const lowPriority = 10;
+/** Niceness of a quarantine worker: a tenant that crashes its workers gets the CPU others leave. */
+const quarantinePriority = 10;
+/**
+ * Niceness of the slow lane. Its tenants have shown they spin: at 19 (CFS weight 15 against
+ * 1024) a spinning router barely delays the shared workers' calls on a busy core, and still
+ * runs at full speed on an idle one.
+ */
+const slowLanePriority = 19;
 
 /** A worker that is restarted whenever it dies; tenants point at one. */
 class WorkerHost {
@@ -180,6 +186,8 @@ interface TenantEntry {
   readonly slot: number;
   readonly spec: TenantSpec;
   host: WorkerHost;
+  /** The shared worker it was given, where it returns from the slow lane. */
+  readonly home: WorkerHost;
   quarantined: boolean;
   /** When worker crashes or hangs were blamed on this tenant. */
   strikes: number[];
@@ -322,7 +330,7 @@ export class SandboxPool {
     }
     const slot = this.#nextSlot++;
     const host = this.#shared[this.#nextShared++ % this.#shared.length]!;
-    this.#tenants.set(slot, { slot, spec, host, quarantined: false, strikes: [], timeouts: [], inflight: [], lastAnswerAt: 0 });
+    this.#tenants.set(slot, { slot, spec, host, home: host, quarantined: false, strikes: [], timeouts: [], inflight: [], lastAnswerAt: 0 });
     return slot;
   }
 
@@ -356,7 +364,11 @@ export class SandboxPool {
   async call(slot: number, op: typeof Op.route | typeof Op.accept | typeof Op.hook, conn: ConnInfo, extra?: { which?: number; text?: string }): Promise<string> {
     const entry = this.#tenants.get(slot);
     if (entry === undefined || this.#closed) throw new RouterError(CloseReason.routerUnavailable, 'router is not loaded');
-    const response = await this.#send(entry, op, conn, extra);
+    let response = await this.#send(entry, op, conn, extra);
+    // The tenant moved to another worker before this call started there: send it where it went.
+    for (let hops = 0; response.status === Status.moved && hops < 3 && this.#tenants.get(slot) === entry && !this.#closed; hops++) {
+      response = await this.#send(entry, op, conn, extra);
+    }
     switch (response.status) {
       case Status.ok:
         return response.payload;
@@ -514,6 +526,13 @@ export class SandboxPool {
       this.#strike(entry, 'hang');
       proc.kill();
     }
+    for (const entry of this.#tenants.values()) {
+      // Back from the slow lane after a whole strike window without a time-out.
+      if (entry.host !== this.#slowLane || entry.quarantined || now - (entry.timeouts.at(-1) ?? 0) < this.#options.strikeWindowMs) continue;
+      entry.timeouts = [];
+      this.#move(entry, entry.home);
+      this.#log.info({ tenant: entry.spec.tenant }, 'router back from the slow lane');
+    }
     if (now - this.#lastRssCheck >= 2000) {
       this.#lastRssCheck = now;
       for (const host of this.#hosts()) {
@@ -531,7 +550,7 @@ export class SandboxPool {
     entry.strikes = entry.strikes.filter((t) => now - t < this.#options.strikeWindowMs);
     entry.strikes.push(now);
     if (entry.quarantined || entry.strikes.length < this.#options.quarantineStrikes) return;
-    const host = new WorkerHost(`quarantine:${entry.spec.tenant}`, this.#spawn, lowPriority);
+    const host = new WorkerHost(`quarantine:${entry.spec.tenant}`, this.#spawn, quarantinePriority);
     this.#quarantine.set(entry.spec.tenant, host);
     this.#move(entry, host);
     entry.quarantined = true;
@@ -549,16 +568,19 @@ export class SandboxPool {
     entry.timeouts = entry.timeouts.filter((t) => now - t < this.#options.strikeWindowMs);
     entry.timeouts.push(now);
     if (entry.timeouts.length < this.#options.slowLaneStrikes) return;
-    this.#slowLane ??= new WorkerHost('slow-lane', this.#spawn, lowPriority);
+    this.#slowLane ??= new WorkerHost('slow-lane', this.#spawn, slowLanePriority);
     this.#move(entry, this.#slowLane);
     this.#log.warn({ tenant: entry.spec.tenant, timeouts: entry.timeouts.length }, 'router keeps running into its time limit: moved to the slow lane');
   }
 
-  /** Points a tenant at another worker: unloaded from the old one, built on its next call. */
+  /**
+   * Points a tenant at another worker: evacuated from the old one (the call running there
+   * finishes; those queued come back `moved` and are sent to the new one), built on its next call.
+   */
   #move(entry: TenantEntry, host: WorkerHost): void {
     const old = entry.host;
     entry.host = host;
-    old.current.tell(Op.unload, entry.slot);
+    old.current.tell(Op.evacuate, entry.slot);
     old.current.loaded.delete(entry.slot);
   }
 }

@@ -7,13 +7,14 @@
  *   response: u32 length | u32 id | u8 status | utf-8 payload
  *
  * Op fields: load: the IsolateSpec as JSON; route: conn, then the buffer as latin1 bytes;
- * accept: conn; hook: conn, u8 which, the remote as latin1; unload, stats: nothing (stats
- * answers JSON { isolates, heapBytes }).
+ * accept: conn; hook: conn, u8 which, the remote as latin1; unload, evacuate, stats: nothing
+ * (stats answers JSON { isolates, heapBytes }). unload lets the tenant's queued calls run first;
+ * evacuate answers them `moved` at once (the tenant moved to another worker).
  * conn: u16 remotePort | u16 localPort | u8 n | remoteAddress | u8 n | localAddress.
  */
 import type { ConnInfo } from './router.js';
 
-export const Op = { load: 1, unload: 2, route: 3, accept: 4, hook: 5, stats: 6 } as const;
+export const Op = { load: 1, unload: 2, route: 3, accept: 4, hook: 5, stats: 6, evacuate: 7 } as const;
 export type Op = (typeof Op)[keyof typeof Op];
 
 export const Status = {
@@ -25,6 +26,8 @@ export const Status = {
   loadError: 2,
   /** answer to a load: JSON { envelope, heapBytes } (the isolate's heap once loaded) */
   loaded: 3,
+  /** a call that had not started when its tenant was evacuated: to be sent where it went */
+  moved: 4,
 } as const;
 export type Status = (typeof Status)[keyof typeof Status];
 

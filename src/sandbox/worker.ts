@@ -51,10 +51,14 @@ function handle(r: Request): void {
     case Op.load:
       load(r.id, r.slot, JSON.parse(r.body.toString('utf8', r.at)) as IsolateSpec & { tenant: string });
       return;
-    case Op.unload: {
+    case Op.unload:
+    case Op.evacuate: {
       const t = tenants.get(r.slot);
       tenants.delete(r.slot);
-      if (t !== undefined) retire(t);
+      if (t === undefined) return;
+      // Moved elsewhere: the calls it has queued here go there instead.
+      if (r.op === Op.evacuate) for (const job of t.queue.splice(0)) writer.write(encodeResponse(job.id, Status.moved, ''));
+      retire(t);
       return;
     }
     case Op.stats:
