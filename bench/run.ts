@@ -27,7 +27,7 @@
  *   --skip-idle         no idle-connections scenario; --idle-conns N (default 10000; quick 2000,
  *                       capped by the open-files hard limit: each proxied connection is two fds)
  *   --skip-tenants      no cold start / warm tenants (bench/tenants.ts); --tenants N (default 500; quick 100)
- *   --skip-sandbox      no fairness run (bench/sandbox.ts); --sandbox-calls N (default 3000; quick 500)
+ *   --skip-sandbox      no fairness run (bench/sandbox.ts); --sandbox-calls N (default 10000; quick 1000)
  *   --node-load         the connection-rate scenarios with the Node load generator (load.ts) and git
  *                       backends (backends.ts) even when bench/native/rate.c compiles (by default
  *                       they use it when `cc` is on PATH: the Node ones saturate CPU 0 first)
@@ -84,7 +84,7 @@ const cfg = {
   idle: !args.has('skip-idle'),
   idleConns: Math.max(10, Math.floor(numberArg(args, 'idle-conns', quick ? 2000 : 10_000))),
   tenants: args.has('skip-tenants') ? 0 : Math.max(10, Math.floor(numberArg(args, 'tenants', quick ? 100 : 500))),
-  sandboxCalls: args.has('skip-sandbox') ? 0 : Math.max(100, Math.floor(numberArg(args, 'sandbox-calls', quick ? 500 : 3000))),
+  sandboxCalls: args.has('skip-sandbox') ? 0 : Math.max(100, Math.floor(numberArg(args, 'sandbox-calls', quick ? 1000 : 10_000))),
 };
 const outFile = args.get('out') ?? join(root, 'bench', 'results', 'latest.json');
 if (cfg.durationMs > 120_000 || cfg.warmupMs > 60_000 || cfg.rounds > 20 || cfg.concurrency > 4096 || cfg.bulkBytes > 8 * 1024 ** 3 || cfg.routerCalls > 2_000_000
