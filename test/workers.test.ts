@@ -137,7 +137,10 @@ describe('sandbox workers', () => {
     const noCooldown = { strikes: 1e9, windowMs: 1, initialMs: 1, maxMs: 1 };
     const slow = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'slow', limits: { routerTimeoutMs: 100 }, cooldown: noCooldown });
     const good = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'good' });
-    const niceness = (pid: number): number => Number(readFileSync(`/proc/${pid}/stat`, 'latin1').split(') ')[1]!.split(' ')[16]);
+    // Fields of /proc/PID/stat after the command: niceness is the 17th, the scheduling policy the 39th.
+    const stat = (pid: number): string[] => readFileSync(`/proc/${pid}/stat`, 'latin1').split(') ')[1]!.split(' ');
+    const niceness = (pid: number): number => Number(stat(pid)[16]);
+    const schedBatch = 3;
     try {
       const slowRouter = slow.router as ProcessRouter;
       const shared = slowRouter.pid!;
@@ -166,6 +169,8 @@ describe('sandbox workers', () => {
       assert.notEqual(lanePid, shared);
       assert.equal(niceness(lanePid), 19, 'the slow lane runs at the lowest priority');
       assert.equal(niceness(shared), 0);
+      // Workers run under SCHED_BATCH (started through chrt, which every Linux here has).
+      for (const pid of [shared, lanePid]) assert.equal(Number(stat(pid)[38]), schedBatch, `policy of worker ${pid}`);
       // The good tenant stays where it was.
       assert.equal((await exchange(good.port, ['fine'])).data, `${echo.port}:fine`);
       assert.equal((good.router as ProcessRouter).pid, shared);
