@@ -99,6 +99,11 @@ export class TenantIsolate {
     }
   }
 
+  /** How the next call would run: synchronously (in a worker, while the router behaves) or not. */
+  get callMode(): 'sync' | 'async' {
+    return this.#syncCalls && Date.now() >= this.#asyncUntil ? 'sync' : 'async';
+  }
+
   /** Calls one prelude entry point; resolves with its envelope text, rejects with RouterError. */
   async call(fn: EntryPoint, args: readonly (string | number)[]): Promise<string> {
     let instance: Instance;
