@@ -36,9 +36,21 @@ export class SwitchyardError extends Error {
 /** A router call failed: it threw, ran out of time or memory, or returned something invalid. */
 export class RouterError extends SwitchyardError {
   readonly reason: CloseReason;
-  constructor(reason: CloseReason, message: string, options?: ErrorOptions) {
+  /**
+   * A time-out the router is not to blame for: the call used under a quarter of its time limit as
+   * CPU, so it spent the rest waiting for a busy CPU. The connection is closed all the same (the
+   * limit is of wall time), but it is no strike towards the slow lane or a cool-down.
+   */
+  readonly starved: boolean;
+  constructor(reason: CloseReason, message: string, options?: ErrorOptions & { starved?: boolean }) {
     super(`ERR_${reason.toUpperCase()}`, message, options);
     this.reason = reason;
+    this.starved = options?.starved === true;
+  }
+
+  /** A time-out that counts against the router: one it spent its CPU on. */
+  get isStrike(): boolean {
+    return this.reason === CloseReason.routerTimeout && !this.starved;
   }
 }
 

@@ -21,7 +21,9 @@ describe('metrics', () => {
         if (data === 'throw') throw new Error('x');
         return { close: 'bye' };
       });`,
-      { tenant: 'acme' },
+      // A limit long enough that a busy test machine cannot starve the looping call below a
+      // quarter of it in CPU (a starved time-out would not move it to the slow lane).
+      { tenant: 'acme', limits: { routerTimeoutMs: 200 } },
     );
     try {
       for (const d of ['route', 'route', 'loop', 'bad', 'throw', 'other']) await exchange(proxy.port, [d]);

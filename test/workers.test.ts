@@ -114,7 +114,9 @@ describe('sandbox workers', () => {
 
   it('cools down a router that keeps hitting its time limit', async () => {
     const cooldown = { strikes: 3, windowMs: 10_000, initialMs: 300, maxMs: 1000 };
-    const proxy = await startProxy(`proxy((data) => { if (data === 'bad') for (;;) {} return { close: 'ok' }; });`, { cooldown });
+    // A limit long enough that a busy test machine cannot starve a spinning call below a quarter
+    // of it in CPU (a starved time-out is no strike).
+    const proxy = await startProxy(`proxy((data) => { if (data === 'bad') for (;;) {} return { close: 'ok' }; });`, { cooldown, limits: { routerTimeoutMs: 200 } });
     try {
       for (let i = 0; i < 3; i++) await exchange(proxy.port, ['bad']);
       const cooled = await exchange(proxy.port, ['good']);
@@ -183,6 +185,46 @@ describe('sandbox workers', () => {
     } finally {
       await slow.close();
       await good.close();
+      await pool.close();
+    }
+  });
+
+  it('a time-out the router spent waiting for the CPU is no strike: no slow lane, no cool-down', async () => {
+    const log = new CapturedLog();
+    const pool = new SandboxPool({ log: log.logger, workers: 1 });
+    const oneStrike = { strikes: 1, windowMs: 60_000, initialMs: 60_000, maxMs: 60_000 };
+    const proxy = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'starved', limits: { routerTimeoutMs: 300 }, cooldown: oneStrike });
+    const cpuTicks = (pid: number): number => {
+      const fields = readFileSync(`/proc/${pid}/stat`, 'latin1').split(') ')[1]!.split(' ');
+      return Number(fields[11]) + Number(fields[12]); // utime + stime
+    };
+    try {
+      const r = proxy.router as ProcessRouter;
+      assert.equal((await exchange(proxy.port, ['warm'])).data, `${echo.port}:warm`);
+      const pid = r.pid!;
+      const before = cpuTicks(pid);
+      // The call starts spinning; once it has used some CPU, the worker is stopped past the
+      // call's limit, as a machine too busy to run it would.
+      const spinning = exchange(proxy.port, ['spin']);
+      await until(() => cpuTicks(pid) > before, 'the call is spinning');
+      process.kill(pid, 'SIGSTOP');
+      await sleep(500); // a span of wall time without CPU is what is under test
+      process.kill(pid, 'SIGCONT');
+      const result = await spinning;
+      const rejected = await proxy.log.waitFor((rec) => rec.msg === 'connection rejected' && rec.client === result.client);
+      assert.equal(rejected.reason, 'router_timeout', 'the connection is closed: the limit is of wall time');
+      assert.match(String(rejected.detail), /busy machine/);
+      // But it counts against nothing: the next call is served, on the same worker.
+      assert.equal((await exchange(proxy.port, ['after'])).data, `${echo.port}:after`);
+      assert.equal(r.coolingDown, false);
+      assert.equal(r.inSlowLane, false);
+      assert.equal(r.pid, pid);
+      // A time-out it spends spinning does count (one strike cools it down here).
+      await exchange(proxy.port, ['spin']);
+      assert.equal(r.coolingDown, true);
+      assert.equal(r.inSlowLane, true);
+    } finally {
+      await proxy.close();
       await pool.close();
     }
   });

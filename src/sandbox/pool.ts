@@ -230,7 +230,7 @@ export class SandboxPool {
         return response.payload;
       case Status.routerError: {
         const err = routerError(response.payload);
-        if (err.reason === CloseReason.routerTimeout) this.#timedOut(entry);
+        if (err.isStrike) this.#timedOut(entry);
         throw err;
       }
       default:
@@ -443,10 +443,10 @@ export class SandboxPool {
 
 function routerError(payload: string): RouterError {
   try {
-    const { reason, message } = JSON.parse(payload) as { reason: unknown; message: unknown };
+    const { reason, message, starved } = JSON.parse(payload) as { reason: unknown; message: unknown; starved: unknown };
     const known = Object.values(CloseReason) as string[];
     if (typeof reason === 'string' && known.includes(reason) && typeof message === 'string') {
-      return new RouterError(reason as CloseReason, message.slice(0, 1000));
+      return new RouterError(reason as CloseReason, message.slice(0, 1000), { starved: starved === true });
     }
   } catch {
     // fall through

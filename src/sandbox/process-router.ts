@@ -127,7 +127,7 @@ export class ProcessRouter implements Router {
       return envelopeValue(openEnvelope(await this.#pool.call(this.#slot, op, conn, extra), this.#console));
     } catch (err) {
       // The cool-down runs from when the time-out is known, however long the call took to fail.
-      if (err instanceof RouterError && err.reason === CloseReason.routerTimeout) this.#timedOut(Date.now());
+      if (err instanceof RouterError && err.isStrike) this.#timedOut(Date.now());
       throw err;
     }
   }

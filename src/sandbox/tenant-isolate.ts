@@ -44,10 +44,11 @@ const stuckGraceMs = 1000;
  * which costs a few µs where an asynchronous call costs a thread hand-off both ways (~30 µs).
  * A call that fails (a time-out above all), or three over budget within ten seconds, send the
  * router to asynchronous calls (on an isolated-vm thread, beside the others) for a minute.
- * The budget is of the isolate's CPU time, not of wall time: on a saturated core the worker
- * is preempted mid-call, and wall time would demote every router there.
+ * For a synchronous call the budget is of CPU time (this process's, which the call blocks):
+ * on a saturated core the worker is preempted mid-call, and wall time would demote every router
+ * there. (isolated-vm's `cpuTime` counts wall time while the isolate runs, so it cannot tell.)
  */
-const syncBudgetNs = 2_000_000n;
+const syncBudgetMs = 2;
 const slowCallsToDemote = 3;
 const slowWindowMs = 10_000;
 const asyncSpellMs = 60_000;
@@ -115,18 +116,21 @@ export class TenantIsolate {
     if (this.#inflight++ === 0) this.#progressAt = Date.now();
     const options = { timeout: this.#spec.routerTimeoutMs };
     const sync = this.#syncCalls && this.#inflight === 1 && Date.now() >= this.#asyncUntil;
-    const started = cpuTime(instance.isolate);
+    // What the call cost: CPU time for a synchronous call, wall time otherwise (an asynchronous
+    // call shares the process's CPU with other tenants' calls).
+    const clock = sync ? processCpuMs : performance.now.bind(performance);
+    const started = clock();
     try {
       const text = sync
         ? instance.entry[fn].applySync(undefined, args as (string | number)[], options)
         : await instance.entry[fn].apply(undefined, args as (string | number)[], options);
       if (typeof text !== 'string') throw new RouterError(CloseReason.routerInvalid, 'sandbox returned no result');
       // The first calls of an isolate compile and optimise the router: only later ones count.
-      if (++this.#calls > 10 && cpuTime(instance.isolate) - started > syncBudgetNs) this.#slow();
+      if (++this.#calls > 10 && clock() - started > syncBudgetMs) this.#slow();
       return text;
     } catch (err) {
       this.#asyncUntil = Date.now() + asyncSpellMs;
-      throw err instanceof RouterError ? err : this.#failed(instance, err);
+      throw err instanceof RouterError ? err : this.#failed(instance, err, clock() - started);
     } finally {
       this.#inflight--;
       this.#progressAt = Date.now();
@@ -163,7 +167,7 @@ export class TenantIsolate {
   }
 
   /** Classifies a failed call; an isolate that died is dropped so the next call rebuilds it. */
-  #failed(instance: Instance, err: unknown): RouterError {
+  #failed(instance: Instance, err: unknown, spentMs: number): RouterError {
     const message = err instanceof Error ? err.message : String(err);
     if (instance.isolate.isDisposed || /disposed/i.test(message)) {
       this.#drop(instance);
@@ -175,7 +179,14 @@ export class TenantIsolate {
         : new RouterError(CloseReason.routerUnavailable, 'router isolate was disposed during the call');
     }
     if (/timed out/i.test(message)) {
-      return new RouterError(CloseReason.routerTimeout, `router ran past its ${this.#spec.routerTimeoutMs} ms limit`);
+      const limitMs = this.#spec.routerTimeoutMs;
+      // Under a quarter of the limit in CPU (only a synchronous call can tell): it waited for a busy CPU.
+      const starved = spentMs < limitMs / 4;
+      return new RouterError(
+        CloseReason.routerTimeout,
+        starved ? `router ran past its ${limitMs} ms limit, having had ${spentMs.toFixed(1)} ms of CPU (a busy machine)` : `router ran past its ${limitMs} ms limit`,
+        { starved },
+      );
     }
     // What remains is an unhandled rejection the isolate reported after the call.
     return new RouterError(CloseReason.routerThrow, `router failed: ${message}`);
@@ -211,13 +222,10 @@ export class TenantIsolate {
   }
 }
 
-/** CPU time the isolate has used, in ns (0 once it is disposed). */
-function cpuTime(isolate: ivm.Isolate): bigint {
-  try {
-    return isolate.cpuTime;
-  } catch {
-    return 0n;
-  }
+/** CPU time this process has used, in ms (user and system). */
+function processCpuMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
 }
 
 function release(isolate: ivm.Isolate): void {

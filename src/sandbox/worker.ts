@@ -158,5 +158,5 @@ async function stats(): Promise<string> {
 }
 
 function respondError(id: number, err: RouterError): void {
-  writer.write(encodeResponse(id, Status.routerError, JSON.stringify({ reason: err.reason, message: err.message })));
+  writer.write(encodeResponse(id, Status.routerError, JSON.stringify({ reason: err.reason, message: err.message, starved: err.starved })));
 }
