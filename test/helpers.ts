@@ -434,6 +434,28 @@ export function waitForDecisions(proxy: TestProxy, kind: 'remote' | 'noop' | 'cl
 // ports, the admin API over real HTTP, and `switchyard serve` in-process or as a process.
 
 /**
+ * A port that refuses connections, and stays so: picked below every range the tests bind from
+ * (port 0 takes ephemeral ports, 32768 and up here; freePortRange takes 21000–32700), and
+ * checked to refuse now. A port bound on port 0 and then released could be handed to the next
+ * bind(0), of this test or of another test file running beside it.
+ */
+export async function refusingPort(attempts = 50): Promise<number> {
+  for (let attempt = 0; attempt < attempts; attempt++) {
+    const port = 1024 + Math.floor(Math.random() * (21000 - 1024));
+    const refused = await new Promise<boolean>((resolve) => {
+      const probe = connect({ port, host: '127.0.0.1' });
+      probe.once('connect', () => {
+        probe.destroy();
+        resolve(false);
+      });
+      probe.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ECONNREFUSED'));
+    });
+    if (refused) return port;
+  }
+  throw new Error('no refusing port found');
+}
+
+/**
  * A range of `count` consecutive ports free on 127.0.0.1 right now: a random base is tried by
  * binding every port of the range, and another base is tried when one is taken. The range is
  * kept below the kernel's ephemeral ports (32768+ on Linux) so that outgoing connections of

@@ -28,7 +28,9 @@ import {
   type CliProcess,
   type TestHosting,
   type TestServer,
- tryConnect } from './helpers.js';
+  refusingPort,
+  tryConnect,
+} from './helpers.js';
 
 /** A backend that answers every chunk with `<tag>:<chunk>` and closes when the client does. */
 function startTagged(tag: string): Promise<TestServer> {
@@ -90,13 +92,8 @@ function receivedUntilClosed(socket: Socket): Promise<string> {
   });
 }
 
-/** A port nothing listens on (bound on port 0, then released). */
-async function closedPort(): Promise<number> {
-  const s = await startServer(() => undefined);
-  const port = s.port;
-  await s.close();
-  return port;
-}
+/** A port nothing listens on, and nothing will unless the test binds it. */
+const closedPort = refusingPort;
 
 describe('hosting: tenants routing real clients', () => {
   let h: TestHosting;

@@ -24,6 +24,7 @@ import {
   type CliProcess,
   type TestProxy,
   type TestServer,
+  refusingPort,
 } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -36,11 +37,8 @@ const SLOW_BURST = 512 * 1024;
 const SLOW_PERIOD_MS = 10;
 
 /** A port nothing listens on (bound once, then released). */
-async function closedPort(): Promise<number> {
-  const s = await startServer(() => undefined);
-  await s.close();
-  return s.port;
-}
+/** A port nothing listens on, and nothing will unless the test binds it. */
+const closedPort = refusingPort;
 
 /** Resolves with the socket's error code when it closes ('' when it closed without an error). */
 function closeOutcome(socket: Socket): Promise<string> {
