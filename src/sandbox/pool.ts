@@ -382,9 +382,10 @@ export class SandboxPool {
       this.#strike(entry, 'hang');
       proc.kill();
     }
-    for (const entry of this.#tenants.values()) {
-      // Back from the slow lane after a whole strike window without a time-out.
-      if (entry.host !== this.#slowLane || entry.quarantined || now - (entry.timeouts.at(-1) ?? 0) < this.#options.strikeWindowMs) continue;
+    // Back from the slow lane after a whole strike window without a time-out.
+    const lane = this.#slowLane;
+    for (const entry of lane === undefined ? [] : this.#tenants.values()) {
+      if (entry.host !== lane || entry.quarantined || now - (entry.timeouts.at(-1) ?? 0) < this.#options.strikeWindowMs) continue;
       entry.timeouts = [];
       this.#move(entry, entry.home);
       this.#log.info({ tenant: entry.spec.tenant }, 'router back from the slow lane');
