@@ -42,9 +42,10 @@ export class ConnectCancel {
     if (this.#reason !== undefined) throw this.#reason;
   }
 
-  /** `onCancel` runs if the connect is cancelled before `release()`. */
+  /** `onCancel` runs if the connect is cancelled before `release()` (at once if it already was). */
   hold(onCancel: (reason: Error) => void): void {
-    this.#waiter = onCancel;
+    if (this.#reason !== undefined) onCancel(this.#reason);
+    else this.#waiter = onCancel;
   }
 
   release(): void {
