@@ -21,6 +21,14 @@ async function roundTrip(socket: Socket, text: string): Promise<string> {
   return chunk.toString('latin1');
 }
 
+/**
+ * The fields of /proc/PID/stat after the command name, from the state on: utime is [11], stime
+ * [12], niceness [16], the scheduling policy [38].
+ */
+function procStat(pid: number): string[] {
+  return readFileSync(`/proc/${pid}/stat`, 'latin1').split(') ')[1]!.split(' ');
+}
+
 function router(echoPort: number, streamPort: number): string {
   return `proxy((data) => {
     if (data === 'hold') return { remote: '127.0.0.1:${streamPort}' };
@@ -139,9 +147,7 @@ describe('sandbox workers', () => {
     const noCooldown = { strikes: 1e9, windowMs: 1, initialMs: 1, maxMs: 1 };
     const slow = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'slow', limits: { routerTimeoutMs: 100 }, cooldown: noCooldown });
     const good = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'good' });
-    // Fields of /proc/PID/stat after the command: niceness is the 17th, the scheduling policy the 39th.
-    const stat = (pid: number): string[] => readFileSync(`/proc/${pid}/stat`, 'latin1').split(') ')[1]!.split(' ');
-    const niceness = (pid: number): number => Number(stat(pid)[16]);
+    const niceness = (pid: number): number => Number(procStat(pid)[16]);
     const schedBatch = 3;
     try {
       const slowRouter = slow.router as ProcessRouter;
@@ -172,7 +178,7 @@ describe('sandbox workers', () => {
       assert.equal(niceness(lanePid), 19, 'the slow lane runs at the lowest priority');
       assert.equal(niceness(shared), 0);
       // Workers run under SCHED_BATCH (started through chrt, which every Linux here has).
-      for (const pid of [shared, lanePid]) assert.equal(Number(stat(pid)[38]), schedBatch, `policy of worker ${pid}`);
+      for (const pid of [shared, lanePid]) assert.equal(Number(procStat(pid)[38]), schedBatch, `policy of worker ${pid}`);
       // The good tenant stays where it was.
       assert.equal((await exchange(good.port, ['fine'])).data, `${echo.port}:fine`);
       assert.equal((good.router as ProcessRouter).pid, shared);
@@ -194,10 +200,7 @@ describe('sandbox workers', () => {
     const pool = new SandboxPool({ log: log.logger, workers: 1 });
     const oneStrike = { strikes: 1, windowMs: 60_000, initialMs: 60_000, maxMs: 60_000 };
     const proxy = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'starved', limits: { routerTimeoutMs: 300 }, cooldown: oneStrike });
-    const cpuTicks = (pid: number): number => {
-      const fields = readFileSync(`/proc/${pid}/stat`, 'latin1').split(') ')[1]!.split(' ');
-      return Number(fields[11]) + Number(fields[12]); // utime + stime
-    };
+    const cpuTicks = (pid: number): number => Number(procStat(pid)[11]) + Number(procStat(pid)[12]); // utime + stime
     try {
       const r = proxy.router as ProcessRouter;
       assert.equal((await exchange(proxy.port, ['warm'])).data, `${echo.port}:warm`);
