@@ -2,6 +2,7 @@ import { mkdir, open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AdminServer } from './admin/server.js';
 import type { Limits } from './config.js';
+import { NativeRelay } from './connection/native-relay.js';
 import type { Logger } from './log.js';
 import type { AllowRule } from './routing/policy.js';
 import { SandboxPool } from './sandbox/pool.js';
@@ -77,7 +78,7 @@ export async function startHosting(o: ServeOptions): Promise<Service & { adminPo
     admin = new AdminServer(service, token, o.log);
     const address = await admin.listen(o.admin.port, o.admin.host);
     adminPort = address.port;
-    o.log.info({ admin: `${address.address}:${address.port}`, ports: `${o.ports[0]}-${o.ports[1]}`, bind: o.bindHost, data: o.dataDir }, 'serving');
+    o.log.info({ admin: `${address.address}:${address.port}`, ports: `${o.ports[0]}-${o.ports[1]}`, bind: o.bindHost, data: o.dataDir, ...NativeRelay.describe() }, 'serving');
     const adminServer = admin;
     return {
       address,

@@ -9,6 +9,7 @@ import { admit, type BackendPolicy } from '../routing/policy.js';
 import type { CachingResolver } from '../routing/resolver.js';
 import type { ConnInfo, Router, RouterHooks } from '../sandbox/router.js';
 import { proxyProtocolHeader } from './proxy-protocol.js';
+import { NativeRelay, type RelayOwner } from './native-relay.js';
 import { abortPeer, splice } from './relay.js';
 import { ConnectCancel, connectUpstream } from './upstream.js';
 
@@ -50,7 +51,7 @@ const lingerMs = 5000;
  * One timer slot serves every phase: the decision deadline while receiving, the inactivity
  * timeout while relaying, and a linger limit once Switchyard has closed its side.
  */
-export class Connection {
+export class Connection implements RelayOwner {
   readonly #host: ConnectionHost;
   /** The router live when the client arrived; a hot swap does not change it mid-connection. */
   readonly #router: Router;
@@ -77,6 +78,8 @@ export class Connection {
   #inactivityMs = 0;
   #lastActivity = 0;
   #openSockets = 1;
+  /** Relaying natively: the relay and its id, and the bytes Node moved before the handover. */
+  #native: { readonly relay: NativeRelay; readonly id: number; readonly before: readonly [number, number] } | undefined;
 
   constructor(host: ConnectionHost, client: Socket, info: ConnInfo, router: Router) {
     this.#host = host;
@@ -91,7 +94,10 @@ export class Connection {
 
   /** Bytes received from and sent to the client so far. */
   get bytes(): readonly [number, number] {
-    return [this.#client.bytesRead, this.#client.bytesWritten];
+    const native = this.#native;
+    if (native === undefined || this.#phase === 'closed') return [this.#client.bytesRead, this.#client.bytesWritten];
+    const [bytesIn, bytesOut] = native.relay.bytes(native.id);
+    return [native.before[0] + bytesIn, native.before[1] + bytesOut];
   }
 
   /** accept: called once the listener has taken the client. Starts the decision deadline. */
@@ -272,27 +278,32 @@ export class Connection {
   /**
    * relay: send the PROXY header if asked, replay the buffer (or the router's `data` in place of
    * what it saw), send `reply` to the client, then splice both directions until both close.
+   * The native relay takes both sockets when it can; otherwise Node streams relay them.
    */
   #relay(upstream: Socket, decision: RemoteDecision, seen: number): void {
     this.#phase = 'relaying';
+    const client = this.#client;
+    const header =
+      decision.proxyProtocol === undefined
+        ? undefined
+        : proxyProtocolHeader(decision.proxyProtocol, {
+            sourceAddress: this.#info.remoteAddress,
+            sourcePort: this.#info.remotePort,
+            destinationAddress: this.#info.localAddress,
+            destinationPort: this.#info.localPort,
+          });
+    const replay = decision.data === undefined ? this.#buffer : decision.data + this.#buffer.slice(seen);
+    this.#buffer = '';
+    this.#inactivityMs = clamp(decision.inactivityTimeoutMs ?? this.#host.limits.inactivityTimeoutMs);
+    if (this.#inactivityMs > 0) this.#arm('inactivity', this.#inactivityMs);
+    if (this.#relayNatively(upstream, header, replay, decision.reply)) return;
+
     this.#upstream = upstream;
     this.#openSockets++;
-    const client = this.#client;
     upstream.on('error', this.#upstreamError);
     upstream.on('close', this.#socketClosed);
-    if (decision.proxyProtocol !== undefined) {
-      upstream.write(
-        proxyProtocolHeader(decision.proxyProtocol, {
-          sourceAddress: this.#info.remoteAddress,
-          sourcePort: this.#info.remotePort,
-          destinationAddress: this.#info.localAddress,
-          destinationPort: this.#info.localPort,
-        }),
-      );
-    }
-    const replay = decision.data === undefined ? this.#buffer : decision.data + this.#buffer.slice(seen);
+    if (header !== undefined) upstream.write(header);
     if (replay.length > 0) upstream.write(replay, 'latin1');
-    this.#buffer = '';
     if (decision.reply !== undefined) client.write(decision.reply, 'latin1');
 
     client.off('data', this.#receive);
@@ -301,10 +312,28 @@ export class Connection {
     splice(upstream, client, this.#touch);
     if (this.#clientEnded) upstream.end();
     client.resume();
-
-    this.#inactivityMs = clamp(decision.inactivityTimeoutMs ?? this.#host.limits.inactivityTimeoutMs);
     this.#touch();
-    if (this.#inactivityMs > 0) this.#arm('inactivity', this.#inactivityMs);
+  }
+
+  /** Hands both sockets to the native relay, with the bytes owed to each side; false if it declines. */
+  #relayNatively(upstream: Socket, header: Buffer | undefined, replay: string, reply: string | undefined): boolean {
+    const relay = NativeRelay.get();
+    if (relay === undefined) return false;
+    const client = this.#client;
+    let toUpstream: Buffer | undefined = replay.length > 0 ? Buffer.from(replay, 'latin1') : undefined;
+    if (header !== undefined) toUpstream = toUpstream === undefined ? header : Buffer.concat([header, toUpstream]);
+    const toClient = reply === undefined ? undefined : Buffer.from(reply, 'latin1');
+    const before = [client.bytesRead, client.bytesWritten] as const;
+    const id = relay.adopt(client, upstream, toUpstream, toClient, this);
+    if (id === undefined) return false;
+    this.#native = { relay, id, before };
+    return true;
+  }
+
+  /** The native relay ended: both sides closed, or one failed (`errno`). */
+  relayClosed(bytesIn: number, bytesOut: number, errno: number): void {
+    if (errno !== 0) this.#host.log.debug({ client: this.client, backend: this.#backend, errno }, 'relayed socket failed');
+    this.#finish(bytesIn, bytesOut);
   }
 
   readonly #touch = (): void => {
@@ -331,7 +360,7 @@ export class Connection {
         }
         return;
       case 'inactivity': {
-        const idle = Date.now() - this.#lastActivity;
+        const idle = this.#native === undefined ? Date.now() - this.#lastActivity : this.#native.relay.idleMs(this.#native.id);
         if (idle < this.#inactivityMs) this.#arm('inactivity', this.#inactivityMs - idle);
         else void this.#inactive();
         return;
@@ -350,6 +379,10 @@ export class Connection {
       await this.#router
         .inactivityError(this.#backend ?? '', this.#info)
         .catch((e: unknown) => this.#host.log.warn({ client: this.client, err: (e as Error).message }, 'proxyInactivityError hook failed'));
+    }
+    if (this.#native !== undefined) {
+      this.#destroyNative(false);
+      return;
     }
     this.#upstream?.destroy();
     this.#endClient();
@@ -382,11 +415,22 @@ export class Connection {
   destroy(reason: CloseReason): void {
     if (this.#phase === 'closed') return;
     this.#reason ??= reason;
+    if (this.#native !== undefined) {
+      this.#destroyNative(false);
+      return;
+    }
     // No phase may carry on (a pending router call or connect attempt sees this and stops).
     if (this.#phase !== 'relaying') this.#phase = 'closing';
     this.#cancel?.cancel(new Error('connection destroyed'));
     this.#upstream?.destroy();
     this.#client.destroy();
+  }
+
+  /** Closes a natively relayed connection now (a closed-down relay calls nobody back). */
+  #destroyNative(reset: boolean): void {
+    const native = this.#native!;
+    const [bytesIn, bytesOut] = native.relay.destroy(native.id, reset);
+    this.#finish(bytesIn, bytesOut);
   }
 
   /** A socket closed; when both have, the connection is done. */
@@ -401,16 +445,18 @@ export class Connection {
       this.#reason ??= CloseReason.clientClosed;
       this.#cancel?.cancel(new Error('client closed'));
     }
-    this.#finish();
+    this.#finish(0, 0);
   };
 
-  /** finish: log the connection's one line and count it. */
-  #finish(): void {
+  /** finish: log the connection's one line and count it. `relayed` are the native relay's bytes. */
+  #finish(...relayed: readonly [number, number]): void {
+    if (this.#phase === 'closed') return;
     this.#phase = 'closed';
     this.#disarm();
     const stats = this.#host.stats;
-    const bytesIn = this.#client.bytesRead;
-    const bytesOut = this.#client.bytesWritten;
+    const before = this.#native?.before ?? [this.#client.bytesRead, this.#client.bytesWritten];
+    const bytesIn = before[0] + relayed[0];
+    const bytesOut = before[1] + relayed[1];
     stats.bytesIn += bytesIn;
     stats.bytesOut += bytesOut;
     this.#host.log.info(

@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "splice_relay",
+      "sources": ["src/native/splice-relay.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
+    }
+  ]
+}

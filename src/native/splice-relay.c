@@ -1,0 +1,578 @@
+/*
+ * The native relay: once a connection is routed and its backend connected, Switchyard hands
+ * both sockets here, and the bytes flow in C on the proxy's own event loop, not through two
+ * net.Socket streams.
+ *
+ *   - One epoll set of the relay's own, watched by the loop through a single uv_poll handle.
+ *     Sockets are registered edge-triggered once; readiness is remembered per socket.
+ *   - Bytes move with splice(2) through a pipe (socket -> pipe -> socket, no copy to user
+ *     space). A pipe is lent to a direction only while it holds bytes, so an idle relay owns
+ *     none; without a pipe, read(2)/write(2) through one shared buffer do the same.
+ *   - Backpressure: a direction reads only once everything it read has been written; bytes
+ *     the destination cannot take stay in the pipe (or a small heap copy) until EPOLLOUT.
+ *   - A FIN is forwarded as shutdown(SHUT_WR) once what came before it is written (a
+ *     half-close); when both directions have forwarded theirs, the relay is done. A reset is
+ *     passed on as a reset.
+ *   - Fairness: one direction moves at most `budget` bytes per turn; a relay with more to do
+ *     is queued and resumed from an idle handle, after the loop has polled for other I/O.
+ *
+ * JavaScript sees: init(onClosed), add(clientFd, upstreamFd, toUpstream, toClient) -> id,
+ * bytes(id), idleMs(id), destroy(id, reset), stats(). onClosed(id, bytesIn, bytesOut, errno) is called
+ * once per relay that ends by itself; destroy() ends one without calling it. The file
+ * descriptors passed to add() are duplicated: the caller closes its own.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdio.h> /* snprintf */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define CHUNK (64 * 1024)
+#define TURN_BUDGET (256 * 1024)
+#define SPARE_PIPES 64
+#define MAX_EVENTS 256
+
+typedef struct {
+  int pipe[2];        /* lent from the pool while bytes are in it, else -1 */
+  size_t in_pipe;     /* bytes in the pipe */
+  char *pending;      /* heap bytes not yet written (initial data, or a short write) */
+  size_t pending_off, pending_len;
+  uint64_t read, written;
+  uint8_t eof;        /* the source sent FIN */
+  uint8_t shut;       /* FIN forwarded to the destination */
+} direction_t;
+
+typedef struct relay {
+  int fd[2];          /* 0 = client, 1 = upstream */
+  uint8_t readable[2], writable[2];
+  direction_t dir[2]; /* dir[i] reads fd[i] and writes fd[1 - i] */
+  uint64_t last_activity;
+  uint32_t id;
+  uint8_t queued;     /* on the more-to-do queue */
+  struct relay *next_queued;
+} relay_t;
+
+typedef struct {
+  napi_env env;
+  napi_ref on_closed;
+  napi_async_context async_context;
+  uv_loop_t *loop;
+  uv_poll_t poll;
+  uv_idle_t idle;
+  int epfd;
+  relay_t **slots;
+  uint32_t nslots;
+  uint32_t *free_ids;
+  uint32_t nfree;
+  uint32_t live;      /* relays open; the loop is kept alive while there are any */
+  int spare[SPARE_PIPES][2];
+  int nspare;
+  relay_t *queue_head, *queue_tail;
+  char buffer[CHUNK];
+} state_t;
+
+/* ---- pipes: a small pool, so a busy relay does not pay pipe2() + close() per chunk ---- */
+
+static int pipe_take(state_t *s, direction_t *d) {
+  if (d->pipe[0] >= 0) return 1;
+  if (s->nspare > 0) {
+    s->nspare--;
+    d->pipe[0] = s->spare[s->nspare][0];
+    d->pipe[1] = s->spare[s->nspare][1];
+    return 1;
+  }
+  return pipe2(d->pipe, O_NONBLOCK | O_CLOEXEC) == 0;
+}
+
+/* An empty pipe goes back to the pool (or is closed when the pool is full). */
+static void pipe_give(state_t *s, direction_t *d) {
+  if (d->pipe[0] < 0) return;
+  if (d->in_pipe == 0 && s->nspare < SPARE_PIPES) {
+    s->spare[s->nspare][0] = d->pipe[0];
+    s->spare[s->nspare][1] = d->pipe[1];
+    s->nspare++;
+  } else {
+    close(d->pipe[0]);
+    close(d->pipe[1]);
+  }
+  d->pipe[0] = d->pipe[1] = -1;
+  d->in_pipe = 0;
+}
+
+/* ---- one direction ---- */
+
+typedef enum { MOVED_ALL, WAITING, FAILED } pump_result;
+
+/* Writes what the direction holds to `dst`. MOVED_ALL when nothing is left. */
+static pump_result flush(state_t *s, relay_t *r, int i, int *err) {
+  direction_t *d = &r->dir[i];
+  int dst = r->fd[1 - i];
+  while (d->pending_off < d->pending_len) {
+    ssize_t n = write(dst, d->pending + d->pending_off, d->pending_len - d->pending_off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) { r->writable[1 - i] = 0; return WAITING; }
+      *err = errno;
+      return FAILED;
+    }
+    d->pending_off += (size_t)n;
+    d->written += (uint64_t)n;
+  }
+  if (d->pending != NULL) {
+    free(d->pending);
+    d->pending = NULL;
+    d->pending_off = d->pending_len = 0;
+  }
+  while (d->in_pipe > 0) {
+    ssize_t n = splice(d->pipe[0], NULL, dst, NULL, d->in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) { r->writable[1 - i] = 0; return WAITING; }
+      *err = errno;
+      return FAILED;
+    }
+    d->in_pipe -= (size_t)n;
+    d->written += (uint64_t)n;
+  }
+  pipe_give(s, d);
+  return MOVED_ALL;
+}
+
+/* Keeps a copy of bytes `dst` did not take. */
+static int keep(direction_t *d, const char *bytes, size_t len) {
+  d->pending = malloc(len);
+  if (d->pending == NULL) return 0;
+  memcpy(d->pending, bytes, len);
+  d->pending_off = 0;
+  d->pending_len = len;
+  return 1;
+}
+
+/*
+ * Moves bytes from fd[i] to fd[1 - i] until the source has none, the destination is full,
+ * or the turn's budget is spent. Returns FAILED (with *err) when a socket failed, WAITING
+ * when it stopped on readiness, MOVED_ALL when it stopped on the budget with more to do.
+ */
+static pump_result pump(state_t *s, relay_t *r, int i, int *err) {
+  direction_t *d = &r->dir[i];
+  int src = r->fd[i], dst = r->fd[1 - i];
+  size_t moved = 0;
+  for (;;) {
+    pump_result flushed = flush(s, r, i, err);
+    if (flushed != MOVED_ALL) return flushed;
+    if (d->eof) {
+      if (!d->shut) {
+        d->shut = 1;
+        if (shutdown(dst, SHUT_WR) < 0 && errno != ENOTCONN) { *err = errno; return FAILED; }
+      }
+      return WAITING;
+    }
+    if (!r->readable[i] || !r->writable[1 - i]) return WAITING;
+    if (moved >= TURN_BUDGET) return MOVED_ALL;
+    ssize_t n;
+    if (pipe_take(s, d)) {
+      n = splice(src, NULL, d->pipe[1], NULL, CHUNK, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) d->in_pipe = (size_t)n;
+    } else {
+      n = read(src, s->buffer, CHUNK);
+      if (n > 0) {
+        ssize_t w = write(dst, s->buffer, (size_t)n);
+        if (w < 0 && errno != EAGAIN && errno != EINTR) { *err = errno; return FAILED; }
+        if (w < 0) w = 0;
+        d->written += (uint64_t)w;
+        if (w < n && !keep(d, s->buffer + w, (size_t)(n - w))) { *err = ENOMEM; return FAILED; }
+      }
+    }
+    if (n < 0) {
+      int e = errno;
+      pipe_give(s, d);
+      if (e == EINTR) continue;
+      if (e == EAGAIN) { r->readable[i] = 0; return WAITING; }
+      *err = e;
+      return FAILED;
+    }
+    if (n == 0) {
+      pipe_give(s, d);
+      d->eof = 1;
+      continue;
+    }
+    d->read += (uint64_t)n;
+    moved += (size_t)n;
+    r->last_activity = uv_now(s->loop);
+  }
+}
+
+/* ---- relays ---- */
+
+static void on_idle(uv_idle_t *handle);
+
+static void enqueue(state_t *s, relay_t *r) {
+  if (r->queued) return;
+  r->queued = 1;
+  r->next_queued = NULL;
+  if (s->queue_tail != NULL) s->queue_tail->next_queued = r;
+  else s->queue_head = r;
+  s->queue_tail = r;
+  if (!uv_is_active((uv_handle_t *)&s->idle)) uv_idle_start(&s->idle, on_idle);
+}
+
+static void dequeue(state_t *s, relay_t *r) {
+  if (!r->queued) return;
+  relay_t **p = &s->queue_head, *prev = NULL;
+  while (*p != NULL && *p != r) { prev = *p; p = &(*p)->next_queued; }
+  if (*p == r) {
+    *p = r->next_queued;
+    if (s->queue_tail == r) s->queue_tail = prev;
+  }
+  r->queued = 0;
+}
+
+/* Closes both sockets (a reset when asked) and frees the relay. */
+static void release(state_t *s, relay_t *r, int reset) {
+  dequeue(s, r);
+  for (int k = 0; k < 2; k++) {
+    if (reset) {
+      struct linger lg = { 1, 0 };
+      setsockopt(r->fd[k], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    close(r->fd[k]); /* the last reference: this also leaves the epoll set */
+    direction_t *d = &r->dir[k];
+    free(d->pending);
+    d->in_pipe = 0;
+    if (d->pipe[0] >= 0) { close(d->pipe[0]); close(d->pipe[1]); }
+  }
+  s->slots[r->id] = NULL;
+  s->free_ids[s->nfree++] = r->id;
+  free(r);
+  if (--s->live == 0) uv_unref((uv_handle_t *)&s->poll);
+}
+
+static void report_closed(state_t *s, uint32_t id, uint64_t bytes_in, uint64_t bytes_out, int err) {
+  napi_env env = s->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value cb, recv, argv[4], result;
+  napi_get_reference_value(env, s->on_closed, &cb);
+  napi_get_global(env, &recv); /* napi_make_callback wants an object */
+  napi_create_uint32(env, id, &argv[0]);
+  napi_create_double(env, (double)bytes_in, &argv[1]);
+  napi_create_double(env, (double)bytes_out, &argv[2]);
+  napi_create_int32(env, err, &argv[3]);
+  if (napi_make_callback(env, s->async_context, recv, cb, 4, argv, &result) == napi_pending_exception) {
+    napi_value exception;
+    napi_get_and_clear_last_exception(env, &exception);
+    napi_fatal_exception(env, exception);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+/* Moves what can move both ways; ends the relay when both FINs are through or a socket failed. */
+static void service(state_t *s, relay_t *r) {
+  int err = 0;
+  pump_result a = pump(s, r, 0, &err);
+  pump_result b = a == FAILED ? FAILED : pump(s, r, 1, &err);
+  if (a == FAILED || b == FAILED) {
+    uint32_t id = r->id;
+    uint64_t in = r->dir[0].read, out = r->dir[1].written;
+    release(s, r, err == ECONNRESET);
+    report_closed(s, id, in, out, err);
+    return;
+  }
+  if (r->dir[0].shut && r->dir[1].shut) {
+    uint32_t id = r->id;
+    uint64_t in = r->dir[0].read, out = r->dir[1].written;
+    release(s, r, 0);
+    report_closed(s, id, in, out, 0);
+    return;
+  }
+  if (a == MOVED_ALL || b == MOVED_ALL) enqueue(s, r);
+}
+
+static void on_epoll(uv_poll_t *handle, int status, int events) {
+  (void)events;
+  state_t *s = handle->data;
+  if (status < 0) return;
+  struct epoll_event ev[MAX_EVENTS];
+  int n = epoll_wait(s->epfd, ev, MAX_EVENTS, 0);
+  for (int k = 0; k < n; k++) {
+    uint32_t id = (uint32_t)(ev[k].data.u64 >> 1);
+    int side = (int)(ev[k].data.u64 & 1);
+    relay_t *r = id < s->nslots ? s->slots[id] : NULL;
+    if (r == NULL) continue; /* ended earlier in this batch */
+    uint32_t e = ev[k].events;
+    if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) r->readable[side] = 1;
+    if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) r->writable[side] = 1;
+    service(s, r);
+  }
+}
+
+/* Resumes the relays that stopped on their budget, each once, in the order they stopped. */
+static void on_idle(uv_idle_t *handle) {
+  state_t *s = handle->data;
+  size_t count = 0;
+  for (relay_t *r = s->queue_head; r != NULL; r = r->next_queued) count++;
+  /* One at a time off the live queue: a relay may end, or be destroyed, during another's turn. */
+  while (count-- > 0 && s->queue_head != NULL) {
+    relay_t *r = s->queue_head;
+    s->queue_head = r->next_queued;
+    if (s->queue_head == NULL) s->queue_tail = NULL;
+    r->queued = 0;
+    service(s, r); /* may queue it again, at the tail */
+  }
+  if (s->queue_head == NULL) uv_idle_stop(&s->idle);
+}
+
+/* ---- JavaScript bindings ---- */
+
+#define CHECK(call)                                                     \
+  do {                                                                  \
+    if ((call) != napi_ok) {                                            \
+      napi_throw_error(env, "ERR_RELAY", "native relay: " #call " failed"); \
+      return NULL;                                                      \
+    }                                                                   \
+  } while (0)
+
+static state_t *state_of(napi_env env) {
+  state_t *s = NULL;
+  napi_get_instance_data(env, (void **)&s);
+  return s;
+}
+
+static napi_value throw_errno(napi_env env, const char *what, int err) {
+  char message[160];
+  snprintf(message, sizeof message, "native relay: %s: %s", what, strerror(err));
+  napi_throw_error(env, "ERR_RELAY", message);
+  return NULL;
+}
+
+static relay_t *relay_arg(napi_env env, state_t *s, napi_value v) {
+  uint32_t id;
+  if (s == NULL || napi_get_value_uint32(env, v, &id) != napi_ok || id >= s->nslots || s->slots[id] == NULL) {
+    napi_throw_error(env, "ERR_RELAY", "native relay: no such relay");
+    return NULL;
+  }
+  return s->slots[id];
+}
+
+static void on_poll_closed(uv_handle_t *handle) { (void)handle; }
+
+static void cleanup(void *data) {
+  state_t *s = data;
+  for (uint32_t k = 0; k < s->nslots; k++) if (s->slots[k] != NULL) release(s, s->slots[k], 0);
+  while (s->nspare > 0) {
+    s->nspare--;
+    close(s->spare[s->nspare][0]);
+    close(s->spare[s->nspare][1]);
+  }
+  uv_close((uv_handle_t *)&s->poll, on_poll_closed);
+  uv_close((uv_handle_t *)&s->idle, on_poll_closed);
+  close(s->epfd);
+  /* The handles' memory must outlive their close callbacks, which run after this hook: keep it. */
+}
+
+/* init(onClosed) */
+static napi_value js_init(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], name;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (state_of(env) != NULL) {
+    napi_throw_error(env, "ERR_RELAY", "native relay: already initialised");
+    return NULL;
+  }
+  napi_valuetype type;
+  if (argc < 1 || napi_typeof(env, argv[0], &type) != napi_ok || type != napi_function) {
+    napi_throw_type_error(env, "ERR_RELAY", "native relay: init(onClosed) takes a function");
+    return NULL;
+  }
+  state_t *s = calloc(1, sizeof *s);
+  if (s == NULL) return throw_errno(env, "init", ENOMEM);
+  s->env = env;
+  s->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (s->epfd < 0) { int e = errno; free(s); return throw_errno(env, "epoll_create1", e); }
+  CHECK(napi_get_uv_event_loop(env, &s->loop));
+  CHECK(napi_create_reference(env, argv[0], 1, &s->on_closed));
+  CHECK(napi_create_string_utf8(env, "SwitchyardRelay", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_async_init(env, NULL, name, &s->async_context));
+  uv_poll_init(s->loop, &s->poll, s->epfd);
+  s->poll.data = s;
+  uv_idle_init(s->loop, &s->idle);
+  s->idle.data = s;
+  uv_poll_start(&s->poll, UV_READABLE, on_epoll);
+  /* Like a socket, an open relay keeps the process alive (a graceful stop waits for it); the
+     poll handle is referenced only while there is one. */
+  uv_unref((uv_handle_t *)&s->poll);
+  uv_unref((uv_handle_t *)&s->idle);
+  CHECK(napi_set_instance_data(env, s, NULL, NULL));
+  napi_add_env_cleanup_hook(env, cleanup, s);
+  return NULL;
+}
+
+static int grow(state_t *s) {
+  uint32_t n = s->nslots == 0 ? 1024 : s->nslots * 2;
+  relay_t **slots = realloc(s->slots, n * sizeof *slots);
+  if (slots == NULL) return 0;
+  s->slots = slots;
+  uint32_t *free_ids = realloc(s->free_ids, n * sizeof *free_ids);
+  if (free_ids == NULL) return 0;
+  s->free_ids = free_ids;
+  for (uint32_t k = n; k > s->nslots; k--) {
+    slots[k - 1] = NULL;
+    free_ids[s->nfree++] = k - 1;
+  }
+  s->nslots = n;
+  return 1;
+}
+
+/* Copies an optional Buffer argument as the direction's first bytes. */
+static int initial_bytes(napi_env env, napi_value v, direction_t *d) {
+  napi_valuetype type;
+  if (napi_typeof(env, v, &type) != napi_ok) return 0;
+  if (type == napi_undefined || type == napi_null) return 1;
+  bool is_buffer = false;
+  napi_is_buffer(env, v, &is_buffer);
+  if (!is_buffer) return 0;
+  void *data;
+  size_t len;
+  if (napi_get_buffer_info(env, v, &data, &len) != napi_ok) return 0;
+  return len == 0 || keep(d, data, len);
+}
+
+/* add(clientFd, upstreamFd, toUpstream?, toClient?) -> id */
+static napi_value js_add(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], result;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  state_t *s = state_of(env);
+  if (s == NULL) {
+    napi_throw_error(env, "ERR_RELAY", "native relay: not initialised");
+    return NULL;
+  }
+  int32_t given[2];
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &given[0]) != napi_ok ||
+      napi_get_value_int32(env, argv[1], &given[1]) != napi_ok || given[0] < 0 || given[1] < 0) {
+    napi_throw_type_error(env, "ERR_RELAY", "native relay: add() takes two file descriptors");
+    return NULL;
+  }
+  if (s->nfree == 0 && !grow(s)) return throw_errno(env, "add", ENOMEM);
+  relay_t *r = calloc(1, sizeof *r);
+  if (r == NULL) return throw_errno(env, "add", ENOMEM);
+  for (int k = 0; k < 2; k++) r->dir[k].pipe[0] = r->dir[k].pipe[1] = r->fd[k] = -1;
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  if (!initial_bytes(env, argc > 2 ? argv[2] : undefined, &r->dir[0]) ||
+      !initial_bytes(env, argc > 3 ? argv[3] : undefined, &r->dir[1])) {
+    free(r->dir[0].pending);
+    free(r->dir[1].pending);
+    free(r);
+    napi_throw_type_error(env, "ERR_RELAY", "native relay: initial bytes must be Buffers");
+    return NULL;
+  }
+  for (int k = 0; k < 2; k++) {
+    r->fd[k] = fcntl(given[k], F_DUPFD_CLOEXEC, 0);
+    if (r->fd[k] < 0) {
+      int e = errno;
+      if (k == 1) close(r->fd[0]);
+      free(r->dir[0].pending);
+      free(r->dir[1].pending);
+      free(r);
+      return throw_errno(env, "dup", e);
+    }
+  }
+  r->id = s->free_ids[--s->nfree];
+  s->slots[r->id] = r;
+  if (s->live++ == 0) uv_ref((uv_handle_t *)&s->poll);
+  r->last_activity = uv_now(s->loop);
+  for (int k = 0; k < 2; k++) {
+    /* Edge-triggered: registering reports the socket's present state (data, FIN, room). */
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = ((uint64_t)r->id << 1) | (uint64_t)k };
+    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, r->fd[k], &ev) < 0) {
+      int e = errno;
+      release(s, r, 0);
+      return throw_errno(env, "epoll_ctl", e);
+    }
+  }
+  CHECK(napi_create_uint32(env, r->id, &result));
+  return result;
+}
+
+/* bytes(id) -> [bytesIn, bytesOut]: from the client, to the client. */
+static napi_value js_bytes(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result, v;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  relay_t *r = relay_arg(env, state_of(env), argc > 0 ? argv[0] : NULL);
+  if (r == NULL) return NULL;
+  CHECK(napi_create_array_with_length(env, 2, &result));
+  CHECK(napi_create_double(env, (double)r->dir[0].read, &v));
+  CHECK(napi_set_element(env, result, 0, v));
+  CHECK(napi_create_double(env, (double)r->dir[1].written, &v));
+  CHECK(napi_set_element(env, result, 1, v));
+  return result;
+}
+
+/* idleMs(id) -> milliseconds since bytes last moved (or since add()). */
+static napi_value js_idle_ms(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  state_t *s = state_of(env);
+  relay_t *r = relay_arg(env, s, argc > 0 ? argv[0] : NULL);
+  if (r == NULL) return NULL;
+  uint64_t now = uv_now(s->loop);
+  CHECK(napi_create_double(env, now > r->last_activity ? (double)(now - r->last_activity) : 0, &result));
+  return result;
+}
+
+/* destroy(id, reset) -> [bytesIn, bytesOut]: closes both sockets now; onClosed is not called. */
+static napi_value js_destroy(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], result, v;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  state_t *s = state_of(env);
+  relay_t *r = relay_arg(env, s, argc > 0 ? argv[0] : NULL);
+  if (r == NULL) return NULL;
+  bool reset = false;
+  if (argc > 1) napi_get_value_bool(env, argv[1], &reset);
+  CHECK(napi_create_array_with_length(env, 2, &result));
+  CHECK(napi_create_double(env, (double)r->dir[0].read, &v));
+  CHECK(napi_set_element(env, result, 0, v));
+  CHECK(napi_create_double(env, (double)r->dir[1].written, &v));
+  CHECK(napi_set_element(env, result, 1, v));
+  release(s, r, reset);
+  return result;
+}
+
+/* stats() -> { relays, sparePipes }: open relays, and pipes kept for reuse (two descriptors each). */
+static napi_value js_stats(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result, v;
+  state_t *s = state_of(env);
+  CHECK(napi_create_object(env, &result));
+  CHECK(napi_create_uint32(env, s == NULL ? 0 : s->live, &v));
+  CHECK(napi_set_named_property(env, result, "relays", v));
+  CHECK(napi_create_uint32(env, s == NULL ? 0 : (uint32_t)s->nspare, &v));
+  CHECK(napi_set_named_property(env, result, "sparePipes", v));
+  return result;
+}
+
+static napi_value module_init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    { "init", NULL, js_init, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "add", NULL, js_add, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "bytes", NULL, js_bytes, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "idleMs", NULL, js_idle_ms, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "destroy", NULL, js_destroy, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "stats", NULL, js_stats, NULL, NULL, NULL, napi_enumerable, NULL },
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, module_init)
