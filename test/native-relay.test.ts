@@ -11,7 +11,8 @@ import { readdirSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { NativeRelay, type RelayOwner } from '../src/connection/native-relay.js';
-import { deferred, readAll, spawnCli, startCliProxy, startServer, within, writeRouterFile, type TestServer } from './helpers.js';
+import { ConnectCancel } from '../src/connection/upstream.js';
+import { deferred, readAll, refusingPort, spawnCli, startCliProxy, startServer, within, writeRouterFile, type TestServer } from './helpers.js';
 
 interface Ended {
   readonly bytesIn: number;
@@ -237,5 +238,62 @@ describe('native relay', { skip: process.platform !== 'linux' && 'splice(2) is L
     assert.equal(relay.stats().relays, 0);
     assert.ok(relay.stats().sparePipes <= 64);
     assert.equal(openFds() - 2 * relay.stats().sparePipes, baseline);
+  });
+  it('dials a backend itself: a refusal rejects as Node words it, a cancel stops the attempt', async () => {
+    const port = await refusingPort();
+    await assert.rejects(relay.dial({ host: '127.0.0.1', port }, 5_000, new ConnectCancel()), {
+      code: 'ECONNREFUSED',
+      message: `connect ECONNREFUSED 127.0.0.1:${port}`,
+    });
+    const cancel = new ConnectCancel();
+    const attempt = relay.dial({ host: '127.0.0.1', port: echo.port }, 5_000, cancel);
+    cancel.cancel(new Error('client went away'));
+    await assert.rejects(attempt, /client went away/);
+    assert.throws(() => relay.bytes(0), /no such relay/, 'nothing left open');
+    assert.equal(relay.stats().relays, 0);
+  });
+
+  it('relays a dialed backend with its client, or gives it back as a net.Socket', async () => {
+    const server = createServer({ allowHalfOpen: true });
+    const accepted: Socket[] = [];
+    server.on('connection', (s) => accepted.push(s));
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as { port: number }).port;
+    const clientOf = async (): Promise<{ outer: Socket; inner: Socket }> => {
+      const outer = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+      await once(outer, 'connect');
+      await new Promise<void>((r) => (accepted.length > 0 ? r() : server.once('connection', () => r())));
+      return { outer, inner: accepted.shift()! };
+    };
+
+    // Adopted: the relay carries it.
+    const a = await clientOf();
+    const dialed = await relay.dial({ host: '127.0.0.1', port: echo.port }, 5_000, new ConnectCancel());
+    const ended = deferred<Ended>();
+    const owner: RelayOwner = { relayClosed: (bytesIn, bytesOut, errno) => ended.resolve({ bytesIn, bytesOut, errno }) };
+    assert.equal(relay.adoptDialed(a.inner, dialed.id, Buffer.from('>'), Buffer.from('<'), owner), true);
+    const received = readAll(a.outer);
+    a.outer.on('end', () => a.outer.end());
+    a.outer.end('ping');
+    assert.equal(await received, '<>ping');
+    assert.deepEqual(await ended.promise, { bytesIn: 4, bytesOut: 6, errno: 0 });
+
+    // Declined (the client has bytes queued in Node): the dial becomes a net.Socket.
+    const b = await clientOf();
+    b.outer.pause(); // reads nothing, so the inner socket's write queues
+    b.inner.write(Buffer.alloc(32 * 1024 * 1024));
+    const second = await relay.dial({ host: '127.0.0.1', port: echo.port }, 5_000, new ConnectCancel());
+    assert.equal(relay.adoptDialed(b.inner, second.id, undefined, undefined, owner), false);
+    const upstream = relay.socketFor(second.id);
+    upstream.end('plain socket');
+    const [echoed] = (await once(upstream, 'data')) as [Buffer];
+    assert.equal(echoed.toString(), 'plain socket');
+    upstream.destroy();
+    b.outer.destroy();
+    b.inner.destroy();
+    a.inner.destroy();
+    server.close();
+    assert.equal(relay.stats().relays, 0);
   });
 });

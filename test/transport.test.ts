@@ -6,7 +6,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import diagnostics from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
@@ -26,6 +25,7 @@ import {
   type TestServer,
   refusingPort,
 } from './helpers.js';
+import { attemptChannel, type AttemptMessage } from '../src/connection/upstream.js';
 
 const MiB = 1024 * 1024;
 /** Bytes pushed through the proxy in each backpressure test. */
@@ -479,31 +479,27 @@ describe('decision deadline', () => {
 });
 
 /**
- * Watches outgoing connection attempts made in this process (net.connect publishes each new
- * socket on the 'net.client.socket' channel), counting refusals and connects per port.
+ * Watches the proxy's connect attempts in this process (each is published on
+ * `attemptChannel`, whichever relay makes it), counting refusals and connects per port.
  */
 function watchConnects(): { refused: Map<number, number>; connected: Map<number, number>; onRefused(f: (port: number) => void): void; stop(): void } {
   const refused = new Map<number, number>();
   const connected = new Map<number, number>();
   const listeners: ((port: number) => void)[] = [];
-  const onSocket = (message: unknown): void => {
-    const socket = (message as { socket: Socket }).socket;
-    socket.on('error', (e: NodeJS.ErrnoException & { port?: number }) => {
-      if (e.code !== 'ECONNREFUSED' || e.port === undefined) return;
-      refused.set(e.port, (refused.get(e.port) ?? 0) + 1);
-      for (const f of listeners) f(e.port);
-    });
-    socket.on('connect', () => {
-      const port = socket.remotePort!;
-      connected.set(port, (connected.get(port) ?? 0) + 1);
-    });
+  const onAttempt = (message: unknown): void => {
+    const { endpoint, error } = message as AttemptMessage;
+    if (error === undefined) connected.set(endpoint.port, (connected.get(endpoint.port) ?? 0) + 1);
+    else if (error.code === 'ECONNREFUSED') {
+      refused.set(endpoint.port, (refused.get(endpoint.port) ?? 0) + 1);
+      for (const f of listeners) f(endpoint.port);
+    }
   };
-  diagnostics.subscribe('net.client.socket', onSocket);
+  attemptChannel.subscribe(onAttempt);
   return {
     refused,
     connected,
     onRefused: (f) => listeners.push(f),
-    stop: () => diagnostics.unsubscribe('net.client.socket', onSocket),
+    stop: () => attemptChannel.unsubscribe(onAttempt),
   };
 }
 

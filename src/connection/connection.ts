@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { maxTimerMs, type Limits } from '../config.js';
 import { CloseReason, ConnectError, RouterError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -9,9 +9,9 @@ import { admit, type BackendPolicy } from '../routing/policy.js';
 import type { CachingResolver } from '../routing/resolver.js';
 import type { ConnInfo, Router, RouterHooks } from '../sandbox/router.js';
 import { proxyProtocolHeader } from './proxy-protocol.js';
-import { NativeRelay, type RelayOwner } from './native-relay.js';
+import { DialedUpstream, NativeRelay, type RelayOwner } from './native-relay.js';
 import { abortPeer, splice } from './relay.js';
-import { ConnectCancel, connectUpstream } from './upstream.js';
+import { ConnectCancel, connectUpstream, dialSocket, type Dial } from './upstream.js';
 
 /** What a connection needs from the listener that accepted it. */
 export interface ConnectionHost {
@@ -240,7 +240,7 @@ export class Connection implements RelayOwner {
       remotes = candidates;
     }
     try {
-      const { socket, endpoint } = await connectUpstream(
+      const { upstream, endpoint } = await connectUpstream(
         {
           remotes,
           tries: limits.connectTries,
@@ -248,14 +248,15 @@ export class Connection implements RelayOwner {
           timeoutMs: clamp(decision.connectTimeoutMs ?? limits.connectTimeoutMs),
         },
         cancel,
+        dialer(),
       );
       this.#cancel = undefined;
       this.#backend = formatEndpoint(endpoint);
       if (this.#phase !== 'connecting') {
-        socket.destroy();
+        upstream.destroy();
         return;
       }
-      this.#relay(socket, decision, seen);
+      this.#relay(upstream, decision, seen);
     } catch (err) {
       this.#cancel = undefined;
       if (this.#phase !== 'connecting') return;
@@ -280,7 +281,7 @@ export class Connection implements RelayOwner {
    * what it saw), send `reply` to the client, then splice both directions until both close.
    * The native relay takes both sockets when it can; otherwise Node streams relay them.
    */
-  #relay(upstream: Socket, decision: RemoteDecision, seen: number): void {
+  #relay(dialed: Socket | DialedUpstream, decision: RemoteDecision, seen: number): void {
     this.#phase = 'relaying';
     const client = this.#client;
     const header =
@@ -296,7 +297,8 @@ export class Connection implements RelayOwner {
     this.#buffer = '';
     this.#inactivityMs = clamp(decision.inactivityTimeoutMs ?? this.#host.limits.inactivityTimeoutMs);
     if (this.#inactivityMs > 0) this.#arm('inactivity', this.#inactivityMs);
-    if (this.#relayNatively(upstream, header, replay, decision.reply)) return;
+    if (this.#relayNatively(dialed, header, replay, decision.reply)) return;
+    const upstream = dialed instanceof DialedUpstream ? dialed.relay.socketFor(dialed.id) : dialed;
 
     this.#upstream = upstream;
     this.#openSockets++;
@@ -315,16 +317,21 @@ export class Connection implements RelayOwner {
     this.#touch();
   }
 
-  /** Hands both sockets to the native relay, with the bytes owed to each side; false if it declines. */
-  #relayNatively(upstream: Socket, header: Buffer | undefined, replay: string, reply: string | undefined): boolean {
-    const relay = NativeRelay.get();
+  /** Hands both sides to the native relay, with the bytes owed to each; false if it declines. */
+  #relayNatively(upstream: Socket | DialedUpstream, header: Buffer | undefined, replay: string, reply: string | undefined): boolean {
+    const relay = upstream instanceof DialedUpstream ? upstream.relay : NativeRelay.get();
     if (relay === undefined) return false;
     const client = this.#client;
     let toUpstream: Buffer | undefined = replay.length > 0 ? Buffer.from(replay, 'latin1') : undefined;
     if (header !== undefined) toUpstream = toUpstream === undefined ? header : Buffer.concat([header, toUpstream]);
     const toClient = reply === undefined ? undefined : Buffer.from(reply, 'latin1');
     const before = [client.bytesRead, client.bytesWritten] as const;
-    const id = relay.adopt(client, upstream, toUpstream, toClient, this);
+    const id =
+      upstream instanceof DialedUpstream
+        ? relay.adoptDialed(client, upstream.id, toUpstream, toClient, this)
+          ? upstream.id
+          : undefined
+        : relay.adopt(client, upstream, toUpstream, toClient, this);
     if (id === undefined) return false;
     this.#native = { relay, id, before };
     return true;
@@ -489,3 +496,19 @@ export class Connection implements RelayOwner {
 function clamp(ms: number): number {
   return Math.min(Math.ceil(ms), maxTimerMs);
 }
+
+/**
+ * How backends are connected: by the native relay, when it runs and the address is an IP (a
+ * router's host name, in single-router mode, goes through Node's resolver and a net.Socket).
+ */
+function dialer(): Dial<Socket | DialedUpstream> {
+  if (chosenDialer !== undefined) return chosenDialer;
+  const relay = NativeRelay.get();
+  chosenDialer =
+    relay === undefined
+      ? dialSocket
+      : (endpoint, timeoutMs, cancel) => (isIP(endpoint.host) !== 0 ? relay.dial(endpoint, timeoutMs, cancel) : dialSocket(endpoint, timeoutMs, cancel));
+  return chosenDialer;
+}
+
+let chosenDialer: Dial<Socket | DialedUpstream> | undefined;

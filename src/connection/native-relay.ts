@@ -1,10 +1,16 @@
 import { createRequire } from 'node:module';
-import type { Socket } from 'node:net';
+import { Socket } from 'node:net';
+import { getSystemErrorName } from 'node:util';
+import type { Endpoint } from '../routing/endpoint.js';
+import type { Dial } from './upstream.js';
 
 /** The addon built from src/native/splice-relay.c (see that file for how it relays). */
 interface Binding {
-  init(onClosed: (id: number, bytesIn: number, bytesOut: number, errno: number) => void): void;
+  init(onClosed: (id: number, bytesIn: number, bytesOut: number, errno: number) => void, onDialed: (id: number, errno: number) => void): void;
   add(clientFd: number, upstreamFd: number, toUpstream?: Buffer, toClient?: Buffer): number;
+  dial(ip: string, port: number): number;
+  adopt(clientFd: number, id: number, toUpstream?: Buffer, toClient?: Buffer): void;
+  release(id: number): number;
   bytes(id: number): [number, number];
   idleMs(id: number): number;
   destroy(id: number, reset: boolean): [number, number];
@@ -24,6 +30,19 @@ export interface RelayOwner {
   relayClosed(bytesIn: number, bytesOut: number, errno: number): void;
 }
 
+/** A backend connected by the native relay, waiting for its client (`NativeRelay.dial`). */
+export class DialedUpstream {
+  constructor(
+    readonly relay: NativeRelay,
+    readonly id: number,
+  ) {}
+
+  /** Closes it unused. */
+  destroy(): void {
+    this.relay.destroy(this.id);
+  }
+}
+
 /** Where `npm ci` (node-gyp) leaves the addon, from dist/src/connection/. */
 const addonPath = '../../../build/Release/splice_relay.node';
 
@@ -36,10 +55,12 @@ const addonPath = '../../../build/Release/splice_relay.node';
 export class NativeRelay {
   readonly #binding: Binding;
   readonly #owners: (RelayOwner | undefined)[] = [];
+  /** Connects in progress, by relay id: what to call when each finishes. */
+  readonly #dials: (((errno: number) => void) | undefined)[] = [];
 
   private constructor(binding: Binding) {
     this.#binding = binding;
-    binding.init(this.#closed);
+    binding.init(this.#closed, this.#dialed);
   }
 
   /**
@@ -105,6 +126,57 @@ export class NativeRelay {
     return id;
   }
 
+  /**
+   * A connect attempt made by the relay itself, to an IP address: no net.Socket is built for a
+   * backend that the relay will carry anyway. Resolves with the dialed upstream, for
+   * `adoptDialed()` (or `socketFor()` when that declines).
+   */
+  readonly dial: Dial<DialedUpstream> = (endpoint, timeoutMs, cancel) =>
+    new Promise((resolve, reject) => {
+      const id = this.#binding.dial(endpoint.host, endpoint.port);
+      const timer = setTimeout(() => fail(new Error(`connect timed out after ${timeoutMs} ms`)), timeoutMs);
+      const fail = (err: Error): void => {
+        clearTimeout(timer);
+        cancel.release();
+        this.#dials[id] = undefined;
+        this.#binding.destroy(id, false);
+        reject(err);
+      };
+      cancel.hold(fail);
+      this.#dials[id] = (errno) => {
+        clearTimeout(timer);
+        cancel.release();
+        if (errno === 0) resolve(new DialedUpstream(this, id));
+        else reject(connectError(errno, endpoint));
+      };
+    });
+
+  /**
+   * Relays `client` with the dialed upstream `id`, as `adopt()` does. False, with the client
+   * untouched and the dial still open, when the client cannot be handed over.
+   */
+  adoptDialed(client: Socket, id: number, toUpstream: Buffer | undefined, toClient: Buffer | undefined, owner: RelayOwner): boolean {
+    const ch = handleOf(client);
+    if (ch === undefined || client.writableLength > 0) return false;
+    const fromClient = drain(client, ch);
+    try {
+      this.#binding.adopt(ch.fd, id, join(toUpstream, fromClient), toClient);
+    } catch {
+      undrain(client, ch, fromClient);
+      return false;
+    }
+    this.#owners[id] = owner;
+    client.removeAllListeners();
+    client.on('error', ignore);
+    client.destroy();
+    return true;
+  }
+
+  /** The dialed upstream `id` as a net.Socket, for Node streams to relay; the id is gone. */
+  socketFor(id: number): Socket {
+    return new Socket({ fd: this.#binding.release(id), readable: true, writable: true, allowHalfOpen: true });
+  }
+
   /** Bytes from and to the client that the relay has moved. */
   bytes(id: number): readonly [number, number] {
     return this.#binding.bytes(id);
@@ -125,6 +197,12 @@ export class NativeRelay {
   stats(): { relays: number; sparePipes: number } {
     return this.#binding.stats();
   }
+
+  readonly #dialed = (id: number, errno: number): void => {
+    const done = this.#dials[id];
+    this.#dials[id] = undefined;
+    done?.(errno);
+  };
 
   readonly #closed = (id: number, bytesIn: number, bytesOut: number, errno: number): void => {
     const owner = this.#owners[id];
@@ -164,4 +242,10 @@ function undrain(socket: Socket, handle: TcpHandle, chunks: Buffer[]): void {
 function join(first: Buffer | undefined, rest: Buffer[]): Buffer | undefined {
   if (rest.length === 0) return first;
   return Buffer.concat(first === undefined ? rest : [first, ...rest]);
+}
+
+/** A failed connect, worded as Node words it ("connect ECONNREFUSED 127.0.0.1:9"). */
+function connectError(errno: number, endpoint: Endpoint): Error {
+  const code = getSystemErrorName(-errno);
+  return Object.assign(new Error(`connect ${code} ${endpoint.host}:${endpoint.port}`), { code, errno: -errno, syscall: 'connect' });
 }

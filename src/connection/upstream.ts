@@ -1,3 +1,4 @@
+import { channel } from 'node:diagnostics_channel';
 import { connect, type Socket } from 'node:net';
 import { ConnectError } from '../errors.js';
 import { type Endpoint, formatEndpoint } from '../routing/endpoint.js';
@@ -13,8 +14,24 @@ export interface ConnectPlan {
   readonly timeoutMs: number;
 }
 
-export interface Upstream {
-  readonly socket: Socket;
+/** What `attemptChannel` publishes once per connect attempt. */
+export interface AttemptMessage {
+  readonly endpoint: Endpoint;
+  /** Absent when the attempt connected. */
+  readonly error?: Error & { code?: string };
+}
+
+/**
+ * Every connect attempt's outcome, for observers (diagnostics_channel): whichever relay made
+ * it, a net.Socket or the native one. Publishing costs nothing while nobody subscribes.
+ */
+export const attemptChannel = channel('switchyard:upstream-attempt');
+
+/** One connect attempt: resolves with the connected upstream, rejects on failure or cancel. */
+export type Dial<T> = (endpoint: Endpoint, timeoutMs: number, cancel: ConnectCancel) => Promise<T>;
+
+export interface Upstream<T> {
+  readonly upstream: T;
   readonly endpoint: Endpoint;
 }
 
@@ -58,14 +75,17 @@ export class ConnectCancel {
  * with ConnectError naming the last candidate tried, or with the cancel's reason when the
  * client went away meanwhile.
  */
-export async function connectUpstream(plan: ConnectPlan, cancel: ConnectCancel): Promise<Upstream> {
+export async function connectUpstream<T>(plan: ConnectPlan, cancel: ConnectCancel, dial: Dial<T>): Promise<Upstream<T>> {
   let last: Error | undefined;
   for (const endpoint of plan.remotes) {
     for (let attempt = 1; attempt <= plan.tries; attempt++) {
       cancel.throwIfCancelled();
       try {
-        return { socket: await attemptOnce(endpoint, plan.timeoutMs, cancel), endpoint };
+        const upstream = await dial(endpoint, plan.timeoutMs, cancel);
+        if (attemptChannel.hasSubscribers) attemptChannel.publish({ endpoint } satisfies AttemptMessage);
+        return { upstream, endpoint };
       } catch (err) {
+        if (attemptChannel.hasSubscribers) attemptChannel.publish({ endpoint, error: err as Error } satisfies AttemptMessage);
         cancel.throwIfCancelled();
         last = err as Error;
       }
@@ -90,7 +110,8 @@ function pause(ms: number, cancel: ConnectCancel): Promise<void> {
   });
 }
 
-function attemptOnce(endpoint: Endpoint, timeoutMs: number, cancel: ConnectCancel): Promise<Socket> {
+/** A connect attempt with a net.Socket. */
+export const dialSocket: Dial<Socket> = (endpoint, timeoutMs, cancel) => {
   return new Promise((resolve, reject) => {
     const socket = connect({ host: endpoint.host, port: endpoint.port, allowHalfOpen: true, noDelay: true });
     const fail = (err: Error): void => {
@@ -112,4 +133,4 @@ function attemptOnce(endpoint: Endpoint, timeoutMs: number, cancel: ConnectCance
       resolve(socket);
     });
   });
-}
+};

@@ -16,14 +16,23 @@
  *   - Fairness: one direction moves at most `budget` bytes per turn; a relay with more to do
  *     is queued and resumed from an idle handle, after the loop has polled for other I/O.
  *
- * JavaScript sees: init(onClosed), add(clientFd, upstreamFd, toUpstream, toClient) -> id,
- * bytes(id), idleMs(id), destroy(id, reset), stats(). onClosed(id, bytesIn, bytesOut, errno) is called
- * once per relay that ends by itself; destroy() ends one without calling it. The file
- * descriptors passed to add() are duplicated: the caller closes its own.
+ * JavaScript sees (ids are small integers, reused once a relay is gone):
+ *   init(onClosed, onDialed)
+ *   add(clientFd, upstreamFd, toUpstream?, toClient?) -> id   two connected sockets
+ *   dial(ip, port) -> id; then onDialed(id, errno)              the upstream connected here,
+ *   adopt(clientFd, id, toUpstream?, toClient?)                 with no net.Socket for it,
+ *   release(id) -> fd                                           or handed back to Node
+ *   bytes(id), idleMs(id), destroy(id, reset), stats()
+ * onClosed(id, bytesIn, bytesOut, errno) is called once per relay that ends by itself;
+ * destroy() ends one without calling it. Descriptors passed in are duplicated: the caller
+ * closes its own.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <node_api.h>
 #include <stdint.h>
 #include <stdio.h> /* snprintf */
@@ -55,6 +64,7 @@ typedef struct relay {
   direction_t dir[2]; /* dir[i] reads fd[i] and writes fd[1 - i] */
   uint64_t last_activity;
   uint32_t id;
+  uint8_t dialing;    /* connecting the upstream socket; no client yet */
   uint8_t queued;     /* on the more-to-do queue */
   struct relay *next_queued;
 } relay_t;
@@ -62,6 +72,7 @@ typedef struct relay {
 typedef struct {
   napi_env env;
   napi_ref on_closed;
+  napi_ref on_dialed;
   napi_async_context async_context;
   uv_loop_t *loop;
   uv_poll_t poll;
@@ -238,11 +249,11 @@ static void dequeue(state_t *s, relay_t *r) {
 static void release(state_t *s, relay_t *r, int reset) {
   dequeue(s, r);
   for (int k = 0; k < 2; k++) {
-    if (reset) {
+    if (reset && r->fd[k] >= 0) {
       struct linger lg = { 1, 0 };
       setsockopt(r->fd[k], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
-    close(r->fd[k]); /* the last reference: this also leaves the epoll set */
+    if (r->fd[k] >= 0) close(r->fd[k]); /* the last reference: this also leaves the epoll set */
     direction_t *d = &r->dir[k];
     free(d->pending);
     d->in_pipe = 0;
@@ -254,18 +265,16 @@ static void release(state_t *s, relay_t *r, int reset) {
   if (--s->live == 0) uv_unref((uv_handle_t *)&s->poll);
 }
 
-static void report_closed(state_t *s, uint32_t id, uint64_t bytes_in, uint64_t bytes_out, int err) {
+/* Calls a JavaScript callback with numbers, from the event loop (microtasks run after it). */
+static void call_js(state_t *s, napi_ref ref, size_t argc, const double *args) {
   napi_env env = s->env;
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
   napi_value cb, recv, argv[4], result;
-  napi_get_reference_value(env, s->on_closed, &cb);
+  napi_get_reference_value(env, ref, &cb);
   napi_get_global(env, &recv); /* napi_make_callback wants an object */
-  napi_create_uint32(env, id, &argv[0]);
-  napi_create_double(env, (double)bytes_in, &argv[1]);
-  napi_create_double(env, (double)bytes_out, &argv[2]);
-  napi_create_int32(env, err, &argv[3]);
-  if (napi_make_callback(env, s->async_context, recv, cb, 4, argv, &result) == napi_pending_exception) {
+  for (size_t k = 0; k < argc && k < 4; k++) napi_create_double(env, args[k], &argv[k]);
+  if (napi_make_callback(env, s->async_context, recv, cb, argc, argv, &result) == napi_pending_exception) {
     napi_value exception;
     napi_get_and_clear_last_exception(env, &exception);
     napi_fatal_exception(env, exception);
@@ -273,8 +282,26 @@ static void report_closed(state_t *s, uint32_t id, uint64_t bytes_in, uint64_t b
   napi_close_handle_scope(env, scope);
 }
 
+static void report_closed(state_t *s, uint32_t id, uint64_t bytes_in, uint64_t bytes_out, int err) {
+  double args[4] = { id, (double)bytes_in, (double)bytes_out, err };
+  call_js(s, s->on_closed, 4, args);
+}
+
+/* A connect finished: onDialed(id, 0), or onDialed(id, errno) with the relay already gone. */
+static void finish_dial(state_t *s, relay_t *r) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(r->fd[1], SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+  r->dialing = 0;
+  uint32_t id = r->id;
+  if (err != 0) release(s, r, 0);
+  double args[2] = { id, err };
+  call_js(s, s->on_dialed, 2, args);
+}
+
 /* Moves what can move both ways; ends the relay when both FINs are through or a socket failed. */
 static void service(state_t *s, relay_t *r) {
+  if (r->fd[0] < 0) return; /* dialed, not adopted yet */
   int err = 0;
   pump_result a = pump(s, r, 0, &err);
   pump_result b = a == FAILED ? FAILED : pump(s, r, 1, &err);
@@ -309,7 +336,8 @@ static void on_epoll(uv_poll_t *handle, int status, int events) {
     uint32_t e = ev[k].events;
     if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) r->readable[side] = 1;
     if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) r->writable[side] = 1;
-    service(s, r);
+    if (r->dialing) finish_dial(s, r);
+    else service(s, r);
   }
 }
 
@@ -377,18 +405,19 @@ static void cleanup(void *data) {
   /* The handles' memory must outlive their close callbacks, which run after this hook: keep it. */
 }
 
-/* init(onClosed) */
+/* init(onClosed, onDialed) */
 static napi_value js_init(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], name;
+  size_t argc = 2;
+  napi_value argv[2], name;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (state_of(env) != NULL) {
     napi_throw_error(env, "ERR_RELAY", "native relay: already initialised");
     return NULL;
   }
-  napi_valuetype type;
-  if (argc < 1 || napi_typeof(env, argv[0], &type) != napi_ok || type != napi_function) {
-    napi_throw_type_error(env, "ERR_RELAY", "native relay: init(onClosed) takes a function");
+  napi_valuetype t0, t1;
+  if (argc < 2 || napi_typeof(env, argv[0], &t0) != napi_ok || napi_typeof(env, argv[1], &t1) != napi_ok ||
+      t0 != napi_function || t1 != napi_function) {
+    napi_throw_type_error(env, "ERR_RELAY", "native relay: init(onClosed, onDialed) takes two functions");
     return NULL;
   }
   state_t *s = calloc(1, sizeof *s);
@@ -398,6 +427,7 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   if (s->epfd < 0) { int e = errno; free(s); return throw_errno(env, "epoll_create1", e); }
   CHECK(napi_get_uv_event_loop(env, &s->loop));
   CHECK(napi_create_reference(env, argv[0], 1, &s->on_closed));
+  CHECK(napi_create_reference(env, argv[1], 1, &s->on_dialed));
   CHECK(napi_create_string_utf8(env, "SwitchyardRelay", NAPI_AUTO_LENGTH, &name));
   CHECK(napi_async_init(env, NULL, name, &s->async_context));
   uv_poll_init(s->loop, &s->poll, s->epfd);
@@ -430,6 +460,31 @@ static int grow(state_t *s) {
   return 1;
 }
 
+static state_t *live_state(napi_env env) {
+  state_t *s = state_of(env);
+  if (s == NULL) napi_throw_error(env, "ERR_RELAY", "native relay: not initialised");
+  return s;
+}
+
+/* A relay with no sockets yet, in a slot of its own (it counts as open from now on). */
+static relay_t *new_relay(state_t *s) {
+  if (s->nfree == 0 && !grow(s)) return NULL;
+  relay_t *r = calloc(1, sizeof *r);
+  if (r == NULL) return NULL;
+  for (int k = 0; k < 2; k++) r->dir[k].pipe[0] = r->dir[k].pipe[1] = r->fd[k] = -1;
+  r->id = s->free_ids[--s->nfree];
+  s->slots[r->id] = r;
+  if (s->live++ == 0) uv_ref((uv_handle_t *)&s->poll);
+  r->last_activity = uv_now(s->loop);
+  return r;
+}
+
+/* Edge-triggered, once: registering reports the socket's present state (data, FIN, room). */
+static int watch(state_t *s, relay_t *r, int k) {
+  struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = ((uint64_t)r->id << 1) | (uint64_t)k };
+  return epoll_ctl(s->epfd, EPOLL_CTL_ADD, r->fd[k], &ev);
+}
+
 /* Copies an optional Buffer argument as the direction's first bytes. */
 static int initial_bytes(napi_env env, napi_value v, direction_t *d) {
   napi_valuetype type;
@@ -444,61 +499,173 @@ static int initial_bytes(napi_env env, napi_value v, direction_t *d) {
   return len == 0 || keep(d, data, len);
 }
 
-/* add(clientFd, upstreamFd, toUpstream?, toClient?) -> id */
+/* The bytes owed to each side (arguments 2 and 3); false, with an exception, if they are not Buffers. */
+static int owed_bytes(napi_env env, size_t argc, napi_value *argv, relay_t *r) {
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  if (initial_bytes(env, argc > 2 ? argv[2] : undefined, &r->dir[0]) &&
+      initial_bytes(env, argc > 3 ? argv[3] : undefined, &r->dir[1]))
+    return 1;
+  napi_throw_type_error(env, "ERR_RELAY", "native relay: the bytes owed to each side must be Buffers");
+  return 0;
+}
+
+static napi_value id_value(napi_env env, relay_t *r) {
+  napi_value result;
+  CHECK(napi_create_uint32(env, r->id, &result));
+  return result;
+}
+
+/* Duplicates the caller's descriptor as side k and watches it; false, with an exception, if it fails. */
+static int take_fd(napi_env env, state_t *s, relay_t *r, int k, int32_t given) {
+  r->fd[k] = fcntl(given, F_DUPFD_CLOEXEC, 0);
+  if (r->fd[k] < 0) {
+    throw_errno(env, "dup", errno);
+    return 0;
+  }
+  if (watch(s, r, k) < 0) {
+    throw_errno(env, "epoll_ctl", errno);
+    return 0;
+  }
+  return 1;
+}
+
+/* add(clientFd, upstreamFd, toUpstream?, toClient?) -> id: relays two connected sockets. */
 static napi_value js_add(napi_env env, napi_callback_info info) {
   size_t argc = 4;
-  napi_value argv[4], result;
+  napi_value argv[4];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  state_t *s = state_of(env);
-  if (s == NULL) {
-    napi_throw_error(env, "ERR_RELAY", "native relay: not initialised");
-    return NULL;
-  }
+  state_t *s = live_state(env);
+  if (s == NULL) return NULL;
   int32_t given[2];
   if (argc < 2 || napi_get_value_int32(env, argv[0], &given[0]) != napi_ok ||
       napi_get_value_int32(env, argv[1], &given[1]) != napi_ok || given[0] < 0 || given[1] < 0) {
     napi_throw_type_error(env, "ERR_RELAY", "native relay: add() takes two file descriptors");
     return NULL;
   }
-  if (s->nfree == 0 && !grow(s)) return throw_errno(env, "add", ENOMEM);
-  relay_t *r = calloc(1, sizeof *r);
+  relay_t *r = new_relay(s);
   if (r == NULL) return throw_errno(env, "add", ENOMEM);
-  for (int k = 0; k < 2; k++) r->dir[k].pipe[0] = r->dir[k].pipe[1] = r->fd[k] = -1;
-  napi_value undefined;
-  napi_get_undefined(env, &undefined);
-  if (!initial_bytes(env, argc > 2 ? argv[2] : undefined, &r->dir[0]) ||
-      !initial_bytes(env, argc > 3 ? argv[3] : undefined, &r->dir[1])) {
-    free(r->dir[0].pending);
-    free(r->dir[1].pending);
-    free(r);
-    napi_throw_type_error(env, "ERR_RELAY", "native relay: initial bytes must be Buffers");
+  if (!owed_bytes(env, argc, argv, r) || !take_fd(env, s, r, 0, given[0]) || !take_fd(env, s, r, 1, given[1])) {
+    release(s, r, 0);
     return NULL;
   }
-  for (int k = 0; k < 2; k++) {
-    r->fd[k] = fcntl(given[k], F_DUPFD_CLOEXEC, 0);
-    if (r->fd[k] < 0) {
-      int e = errno;
-      if (k == 1) close(r->fd[0]);
-      free(r->dir[0].pending);
-      free(r->dir[1].pending);
-      free(r);
-      return throw_errno(env, "dup", e);
-    }
+  return id_value(env, r);
+}
+
+/*
+ * dial(ip, port) -> id: starts a non-blocking connect (TCP_NODELAY) to an IPv4 or IPv6
+ * address; onDialed(id, errno) follows. On success the id waits for adopt(); on failure it is
+ * gone. Errors the connect reports at once (EADDRNOTAVAIL, say) throw.
+ */
+static napi_value js_dial(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  state_t *s = live_state(env);
+  if (s == NULL) return NULL;
+  char ip[64];
+  size_t len = 0;
+  uint32_t port = 0;
+  if (argc < 2 || napi_get_value_string_utf8(env, argv[0], ip, sizeof ip, &len) != napi_ok ||
+      napi_get_value_uint32(env, argv[1], &port) != napi_ok || port == 0 || port > 65535) {
+    napi_throw_type_error(env, "ERR_RELAY", "native relay: dial() takes an IP address and a port");
+    return NULL;
   }
-  r->id = s->free_ids[--s->nfree];
-  s->slots[r->id] = r;
-  if (s->live++ == 0) uv_ref((uv_handle_t *)&s->poll);
+  struct sockaddr_storage addr;
+  memset(&addr, 0, sizeof addr);
+  socklen_t addrlen;
+  struct sockaddr_in *v4 = (struct sockaddr_in *)&addr;
+  struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&addr;
+  if (inet_pton(AF_INET, ip, &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons((uint16_t)port);
+    addrlen = sizeof *v4;
+  } else if (inet_pton(AF_INET6, ip, &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons((uint16_t)port);
+    addrlen = sizeof *v6;
+  } else {
+    napi_throw_type_error(env, "ERR_RELAY", "native relay: dial() takes an IP address");
+    return NULL;
+  }
+  int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (connect(fd, (struct sockaddr *)&addr, addrlen) < 0 && errno != EINPROGRESS) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, "connect", e);
+  }
+  relay_t *r = new_relay(s);
+  if (r == NULL) {
+    close(fd);
+    return throw_errno(env, "dial", ENOMEM);
+  }
+  r->fd[1] = fd;
+  r->dialing = 1;
+  if (watch(s, r, 1) < 0) {
+    int e = errno;
+    release(s, r, 0);
+    return throw_errno(env, "epoll_ctl", e);
+  }
+  return id_value(env, r);
+}
+
+/* The relay `id` must be dialed and not yet adopted. */
+static relay_t *dialed_arg(napi_env env, state_t *s, napi_value v) {
+  relay_t *r = relay_arg(env, s, v);
+  if (r != NULL && (r->dialing || r->fd[0] >= 0)) {
+    napi_throw_error(env, "ERR_RELAY", "native relay: that relay is not a connected, unadopted dial");
+    return NULL;
+  }
+  return r;
+}
+
+/* adopt(clientFd, id, toUpstream?, toClient?): relays a dialed upstream with a client. */
+static napi_value js_adopt(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  state_t *s = live_state(env);
+  if (s == NULL) return NULL;
+  int32_t given;
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &given) != napi_ok || given < 0) {
+    napi_throw_type_error(env, "ERR_RELAY", "native relay: adopt() takes a file descriptor and a relay");
+    return NULL;
+  }
+  relay_t *r = dialed_arg(env, s, argv[1]);
+  if (r == NULL) return NULL;
+  if (!owed_bytes(env, argc, argv, r)) return NULL;
+  if (!take_fd(env, s, r, 0, given)) {
+    for (int k = 0; k < 2; k++) {
+      free(r->dir[k].pending);
+      r->dir[k].pending = NULL;
+      r->dir[k].pending_off = r->dir[k].pending_len = 0;
+    }
+    if (r->fd[0] >= 0) close(r->fd[0]);
+    r->fd[0] = -1;
+    return NULL;
+  }
   r->last_activity = uv_now(s->loop);
-  for (int k = 0; k < 2; k++) {
-    /* Edge-triggered: registering reports the socket's present state (data, FIN, room). */
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = ((uint64_t)r->id << 1) | (uint64_t)k };
-    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, r->fd[k], &ev) < 0) {
-      int e = errno;
-      release(s, r, 0);
-      return throw_errno(env, "epoll_ctl", e);
-    }
-  }
-  CHECK(napi_create_uint32(env, r->id, &result));
+  return NULL;
+}
+
+/* release(id) -> fd: gives a dialed, unadopted upstream socket to the caller, who must close it. */
+static napi_value js_release(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  state_t *s = live_state(env);
+  if (s == NULL) return NULL;
+  relay_t *r = dialed_arg(env, s, argc > 0 ? argv[0] : NULL);
+  if (r == NULL) return NULL;
+  int fd = r->fd[1];
+  struct epoll_event dummy;
+  epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, &dummy); /* it stays open: leave the set explicitly */
+  r->fd[1] = -1;
+  release(s, r, 0);
+  CHECK(napi_create_int32(env, fd, &result));
   return result;
 }
 
@@ -566,6 +733,9 @@ static napi_value module_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "init", NULL, js_init, NULL, NULL, NULL, napi_enumerable, NULL },
     { "add", NULL, js_add, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "dial", NULL, js_dial, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "adopt", NULL, js_adopt, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "release", NULL, js_release, NULL, NULL, NULL, napi_enumerable, NULL },
     { "bytes", NULL, js_bytes, NULL, NULL, NULL, napi_enumerable, NULL },
     { "idleMs", NULL, js_idle_ms, NULL, NULL, NULL, napi_enumerable, NULL },
     { "destroy", NULL, js_destroy, NULL, NULL, NULL, napi_enumerable, NULL },
