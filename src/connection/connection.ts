@@ -505,7 +505,8 @@ function clamp(ms: number): number {
 
 /**
  * How backends are connected: by the native relay, when it runs and the address is an IP (a
- * router's host name, in single-router mode, goes through Node's resolver and a net.Socket).
+ * router's host name, in single-router mode, goes through Node's resolver and a net.Socket,
+ * and so does an IPv6 address with a zone).
  */
 function dialer(): Dial<Socket | DialedUpstream> {
   if (chosenDialer !== undefined) return chosenDialer;
@@ -513,11 +514,16 @@ function dialer(): Dial<Socket | DialedUpstream> {
   chosenDialer =
     relay === undefined
       ? dialSocket
-      : (endpoint, timeoutMs, cancel) => (isIP(endpoint.host) !== 0 ? relay.dial(endpoint, timeoutMs, cancel) : dialSocket(endpoint, timeoutMs, cancel));
+      : (endpoint, timeoutMs, cancel) => (dialsNatively(endpoint.host) ? relay.dial(endpoint, timeoutMs, cancel) : dialSocket(endpoint, timeoutMs, cancel));
   return chosenDialer;
 }
 
 let chosenDialer: Dial<Socket | DialedUpstream> | undefined;
+
+/** An IP address the relay's inet_pton takes: not a host name, and no IPv6 zone ("fe80::1%eth0"). */
+function dialsNatively(host: string): boolean {
+  return isIP(host) !== 0 && !host.includes('%');
+}
 
 /**
  * Stands in for the client socket once the native relay holds it. Nothing uses it (every path
