@@ -14,12 +14,15 @@
  *
  *   node dist/bench/backends.js      -> first stdout line: {"git":[p1,p2],"sink":p3,"source":p4,"idle":p5,"http":p6,"httpRaw":p7}
  *
+ * bench/native/rate.c `server` has the same git-like servers, sink, source and raw HTTP server,
+ * byte for byte, in C: run.ts uses those unless --node-load (keep the two in step).
+ *
  * It exits with its parent (unless --standalone, for runs by hand) and after --max-lifetime-ms
  * (default 30 min) in any case.
  */
 import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { exitWithParent, gitAnswer, host, numberArg, parseArgs, pktLength, sinkReady, type Backends } from './common.js';
+import { exitWithParent, gitAnswer, host, httpBody, numberArg, parseArgs, pktLength, rawHttpResponse, sinkReady, type Backends } from './common.js';
 
 const args = parseArgs(process.argv.slice(2));
 setTimeout(() => process.exit(0), numberArg(args, 'max-lifetime-ms', 30 * 60_000)).unref();
@@ -99,8 +102,6 @@ function idleServer(): Server {
   });
 }
 
-const httpBody = 'hello from the switchyard bench\n';
-
 /** node:http, keep-alive, the same 200 response to every request. */
 function httpServer(): ReturnType<typeof createHttpServer> {
   const server = createHttpServer((_req, res) => {
@@ -116,7 +117,6 @@ function httpServer(): ReturnType<typeof createHttpServer> {
  * A raw HTTP/1.1 responder: one fixed keep-alive response per "\r\n\r\n" seen (GET requests
  * have no body). Not a real HTTP server: a cheap backend for wrk.
  */
-const rawResponse = Buffer.from(`HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${httpBody.length}\r\nConnection: keep-alive\r\n\r\n${httpBody}`, 'latin1');
 function rawHttpServer(): Server {
   return createServer({ noDelay: true }, (socket) => {
     let tail = ''; // the last 3 bytes of the previous chunk: a header end may straddle two chunks
@@ -125,8 +125,8 @@ function rawHttpServer(): Server {
       let n = 0;
       for (let i = text.indexOf('\r\n\r\n'); i >= 0; i = text.indexOf('\r\n\r\n', i + 4)) n++;
       tail = text.slice(-3);
-      if (n === 1) socket.write(rawResponse);
-      else if (n > 1) socket.write(Buffer.concat(Array.from({ length: n }, () => rawResponse)));
+      if (n === 1) socket.write(rawHttpResponse);
+      else if (n > 1) socket.write(Buffer.concat(Array.from({ length: n }, () => rawHttpResponse)));
     });
     socket.on('error', ignore);
   });

@@ -51,6 +51,18 @@ export const gitAnswer: Buffer = Buffer.from(
 /** The sink's "go ahead" after the request line, before the client streams. */
 export const sinkReady: Buffer = Buffer.from(pktLine('ACK\n'), 'latin1');
 
+/** The body of the HTTP backends' one response (node:http and raw). */
+export const httpBody = 'hello from the switchyard bench\n';
+
+/**
+ * The raw HTTP backends' keep-alive response to every request: backends.ts rawHttpServer, and
+ * bench/native/rate.c `server --http-raw` (given these bytes by run.ts).
+ */
+export const rawHttpResponse: Buffer = Buffer.from(
+  `HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${httpBody.length}\r\nConnection: keep-alive\r\n\r\n${httpBody}`,
+  'latin1',
+);
+
 /** Length of a complete first pkt-line at the start of `buf`, or -1 while it is incomplete. */
 export function pktLength(buf: Buffer): number {
   if (buf.length < 4) return -1;

@@ -10,6 +10,9 @@
  *         window's edges on its stdout, and reports the same JSON.
  *   up:   --port P --bytes N    one connection pushes N bytes to the sink (after its ACK)
  *   down: --port P --bytes N    one connection pulls N bytes from the source
+ *         --native BIN: the transfer made by BIN (bench/native/rate.c, `rate up|down`), a child
+ *         of this process; CPU is sampled here when BIN marks the window's edges (it waits for
+ *         this process's go-ahead after the first mark), and the JSON is the same.
  *   idle: --port P --count N [--parallel K] [--settle-ms S] --watch-pid PID
  *         opens N connections (at most K connecting at once), each sends the request line of the
  *         user "idle" and waits for the idle backend's ACK (so it is routed end to end), then
@@ -241,6 +244,8 @@ function rateNative(bin: string): void {
 
 interface BulkResult {
   mode: 'up' | 'down';
+  /** which client made the transfer: this process, or bench/native/rate.c */
+  generator: 'node' | 'native';
   bytes: number;
   transferred: number;
   ok: boolean;
@@ -248,6 +253,8 @@ interface BulkResult {
   seconds: number;
   mbPerSecond: number;
   cpu: CpuDelta;
+  /** native only: µs between the client's window edges and this process's CPU samples (start: before it, as the client waits for it) */
+  sampleLagUs?: { start: number; end: number };
 }
 
 function bulk(direction: 'up' | 'down'): void {
@@ -268,6 +275,7 @@ function bulk(direction: 'up' | 'down'): void {
     const ok = error === undefined && transferred === bytes;
     const result: BulkResult = {
       mode: direction,
+      generator: 'node',
       bytes,
       transferred,
       ok,
@@ -324,6 +332,83 @@ function bulk(direction: 'up' | 'down'): void {
   socket.on('end', () => {
     transferred = Number.parseInt(reply, 10) || 0;
     report();
+  });
+}
+
+/** What `rate up|down` prints last (see bench/native/rate.c). */
+interface NativeBulk {
+  mode: 'up' | 'down';
+  bytes: number;
+  transferred: number;
+  ok: boolean;
+  error?: string;
+  seconds: number;
+  mbPerSecond: number;
+  /** CLOCK_MONOTONIC, as process.hrtime */
+  windowStartUs: number;
+  windowEndUs: number;
+}
+
+/**
+ * The transfer made by bench/native/rate.c. It marks the window's edges on its stdout; at the
+ * first this process samples CPU times and then lets it go on (a line on its stdin), so that the
+ * sample is not taken while the transfer runs; at the second, the transfer is over.
+ */
+function bulkNative(bin: string, direction: 'up' | 'down'): void {
+  const bytes = Math.floor(numberArg(args, 'bytes', 256 * 1024 * 1024));
+  const timeoutMs = numberArg(args, 'timeout-ms', 120_000);
+  for (let i = 0; i < 3; i++) snapshot(watch); // warm up, as rateNative
+  const child = spawn(
+    bin,
+    [direction, '--port', String(port), '--bytes', String(bytes), '--timeout-ms', String(Math.max(1, Math.round(timeoutMs))), '--sync', '1',
+      ...(direction === 'up' ? ['--ack', sinkReady.toString('hex')] : [])],
+    { stdio: ['pipe', 'pipe', 'inherit'] },
+  );
+  child.stdin.on('error', () => undefined); // it may be gone (a failed connect marks both edges at once)
+  let before: CpuSnapshot | undefined;
+  let after: CpuSnapshot | undefined;
+  let last = '';
+  let pending = '';
+  child.stdout.setEncoding('latin1');
+  child.stdout.on('data', (text: string) => {
+    pending += text;
+    for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      if (line === 'mark start') {
+        before = snapshot(watch);
+        child.stdin.write('go\n');
+      } else if (line === 'mark end') after = snapshot(watch);
+      else if (line.startsWith('{')) last = line;
+    }
+  });
+  const killer = setTimeout(() => child.kill('SIGKILL'), timeoutMs + 5000);
+  child.on('error', (err) => {
+    process.stderr.write(`load: ${bin}: ${err.message}\n`);
+    process.exit(1);
+  });
+  child.on('close', (code, signal) => {
+    clearTimeout(killer);
+    if (code !== 0 || before === undefined || after === undefined || last === '') {
+      process.stderr.write(`load: ${bin} failed (${code ?? signal}), ${last === '' ? 'no result' : last}\n`);
+      process.exit(1);
+    }
+    const r = JSON.parse(last) as NativeBulk;
+    const atUs = (s: CpuSnapshot): number => Number(s.atNs / 1000n);
+    const result: BulkResult = {
+      mode: direction,
+      generator: 'native',
+      bytes: r.bytes,
+      transferred: r.transferred,
+      ok: r.ok,
+      // the client's own clock, from the window's start to its end
+      seconds: r.seconds,
+      mbPerSecond: r.mbPerSecond,
+      cpu: delta(before, after),
+      sampleLagUs: { start: atUs(before) - r.windowStartUs, end: atUs(after) - r.windowEndUs },
+    };
+    if (r.error !== undefined) result.error = r.error;
+    emit(result);
   });
 }
 
@@ -416,5 +501,6 @@ const native = args.get('native');
 if (mode === 'rate' && native !== undefined) rateNative(native);
 else if (mode === 'rate') rate();
 else if (mode === 'idle') idle();
+else if ((mode === 'up' || mode === 'down') && native !== undefined) bulkNative(native, mode);
 else if (mode === 'up' || mode === 'down') bulk(mode);
 else throw new Error(`unknown --mode ${mode}`);

@@ -1,8 +1,9 @@
 /**
- * The native load generator and git-like backend (bench/native/rate.c): compiled with `cc` at
- * bench time, when there is one. The Node generator (load.ts) and backends (backends.ts) are
- * the fallback: on a 2-core machine they saturate CPU 0 at ~7,900 connections/s with no proxy,
- * which caps every proxy faster than that.
+ * The native load side (bench/native/rate.c: the rate and bulk clients; the git-like, sink,
+ * source and raw HTTP backends): compiled with `cc` at bench time, when there is one. The Node
+ * generator (load.ts) and backends (backends.ts) are the fallback: on a 2-core machine they
+ * saturate CPU 0 with no proxy at all (~7,900 connections/s, ~950 MB/s of bulk, wrk's raw HTTP
+ * backend), which caps every proxy faster than that.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';

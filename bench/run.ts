@@ -28,9 +28,12 @@
  *                       capped by the open-files hard limit: each proxied connection is two fds)
  *   --skip-tenants      no cold start / warm tenants (bench/tenants.ts); --tenants N (default 500; quick 100)
  *   --skip-sandbox      no fairness run (bench/sandbox.ts); --sandbox-calls N (default 10000; quick 1000)
- *   --node-load         the connection-rate scenarios with the Node load generator (load.ts) and git
- *                       backends (backends.ts) even when bench/native/rate.c compiles (by default
- *                       they use it when `cc` is on PATH: the Node ones saturate CPU 0 first)
+ *   --node-load         the load side in Node even when bench/native/rate.c compiles: the rate and
+ *                       bulk clients of load.ts, and the git-like, sink, source and raw HTTP backends
+ *                       of backends.ts. By default (when `cc` is on PATH) rate.c is the rate and bulk
+ *                       client (run by load.ts --native) and serves those backends: the Node ones
+ *                       saturate CPU 0 first. wrk is the HTTP client and node:http the other HTTP
+ *                       backend either way
  *   --no-pin            do not pin processes with taskset
  *   --out FILE          JSON output (default bench/results/latest.json)
  *
@@ -49,7 +52,7 @@ import { cpus, release, tmpdir, totalmem, type as osType } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { coreTimes, delta, gitAnswer, numberArg, openFilesHardLimit, parseArgs, snapshot, usersTable, type Backends, type CpuDelta } from './common.js';
+import { coreTimes, delta, gitAnswer, numberArg, openFilesHardLimit, parseArgs, rawHttpResponse, sinkReady, snapshot, usersTable, type Backends, type CpuDelta } from './common.js';
 import { haproxyConfig, haproxyVersion } from './haproxy.js';
 import { buildNative } from './native.js';
 import { formatHot, summarise, type HotFunction } from './cpuprofile.js';
@@ -60,14 +63,27 @@ const args = parseArgs(process.argv.slice(2));
 const quick = args.has('quick');
 const full = args.has('full');
 /**
- * The connection-rate load generator and its git-like backends: bench/native/rate.c (built now
- * into dist/bench/native/) unless --node-load or there is no `cc`; else load.ts and backends.ts.
+ * The rate and bulk load generators and the git-like, sink, source and raw HTTP backends:
+ * bench/native/rate.c (built now into dist/bench/native/) unless --node-load or there is no `cc`;
+ * else load.ts and backends.ts.
  */
 const nativeBin = args.has('node-load') ? undefined : buildNative(join(here, 'native'));
 const cfg = {
   quick,
   full,
+  /** the rate and bulk clients and the backends below: 'native' (bench/native/rate.c) or 'node' */
   generator: nativeBin === undefined ? ('node' as const) : ('native' as const),
+  /** who plays each part of the load side */
+  loadSide: {
+    rateClient: nativeBin === undefined ? 'load.ts' : 'rate.c client (via load.ts --native)',
+    bulkClient: nativeBin === undefined ? 'load.ts' : 'rate.c up/down (via load.ts --native)',
+    gitBackends: nativeBin === undefined ? 'backends.ts' : 'rate.c server',
+    sinkSourceBackends: nativeBin === undefined ? 'backends.ts' : 'rate.c server',
+    httpRawBackend: nativeBin === undefined ? 'backends.ts (node:net)' : 'rate.c server',
+    httpNodeBackend: 'backends.ts (node:http)',
+    httpClient: 'wrk',
+    idleClientAndBackend: 'load.ts, backends.ts',
+  },
   durationMs: numberArg(args, 'duration', quick ? 1 : 4) * 1000,
   warmupMs: numberArg(args, 'warmup', quick ? 0.5 : 1) * 1000,
   rounds: Math.max(1, Math.floor(numberArg(args, 'rounds', quick ? 1 : 3))),
@@ -278,6 +294,8 @@ interface RateResult {
 
 interface BulkResult {
   mode: 'up' | 'down';
+  /** the client: load.ts itself, or bench/native/rate.c run by it */
+  generator?: 'node' | 'native';
   backgroundBusy?: number;
   bytes: number;
   transferred: number;
@@ -506,22 +524,29 @@ async function main(): Promise<void> {
   const log = (text: string): void => void process.stderr.write(`${text}\n`);
   const t0 = Date.now();
   log(`bench: ${quick ? 'quick' : full ? 'full' : 'default'} run; pinning ${pinned ? 'on (proxy: CPU 1; load generator, backends: CPU 0)' : 'off'}; ` +
-    `connection-rate load generator + git backends: ${generatorName()}`);
+    `load generators + backends: ${generatorName()}`);
 
   // Backends on CPU 0.
   const backendsFile = join(tmp, 'backends.stdout');
   const backends = start('backends', 0, [join(here, 'backends.js')], backendsFile);
   const nodePorts = await waitForLine<Backends>(backends, backendsFile, 'backends', (o) => (Array.isArray(o.git) ? (o as unknown as Backends) : undefined));
   // With the native generator, the two git-like backends (the users mojombo and defunkt, the
-  // rate scenarios' only backends) are `rate server`, on CPU 0 too; backends.ts serves the rest.
-  let gitNative: Started | undefined;
+  // rate scenarios' only backends), the sink and the source (bulkup, bulkdown) and the raw HTTP
+  // backend (beta.example) are `rate server`, on CPU 0 too; backends.ts serves the rest (idle,
+  // node:http). Every target (the routing tables, HAProxy's config, direct) uses `ports`.
+  let nativeBackends: Started | undefined;
   let ports = nodePorts;
   if (nativeBin !== undefined) {
-    const file = join(tmp, 'git-native.stdout');
-    gitNative = start('git-native', 0, ['server', '--ports', '2', '--answer', gitAnswer.toString('hex')], file, nativeBin, 'pipe');
-    const git = await waitForLine(gitNative, file, 'git-native', (o) =>
-      Array.isArray(o.ports) && o.ports.length === 2 ? ([Number(o.ports[0]), Number(o.ports[1])] as const) : undefined);
-    ports = { ...nodePorts, git };
+    const file = join(tmp, 'backends-native.stdout');
+    nativeBackends = start('backends-native', 0, ['server', '--ports', '2', '--answer', gitAnswer.toString('hex'), '--sink', '1', '--ack', sinkReady.toString('hex'),
+      '--source', '1', '--http-raw', '1', '--http-answer', rawHttpResponse.toString('hex')], file, nativeBin, 'pipe');
+    const one = (v: unknown): number | undefined => (Array.isArray(v) && v.length === 1 && typeof v[0] === 'number' ? v[0] : undefined);
+    const native = await waitForLine(nativeBackends, file, 'backends-native', (o) => {
+      const [sink, source, httpRaw] = [one(o.sink), one(o.source), one(o.httpRaw)];
+      if (!Array.isArray(o.ports) || o.ports.length !== 2 || sink === undefined || source === undefined || httpRaw === undefined) return undefined;
+      return { git: [Number(o.ports[0]), Number(o.ports[1])] as const, sink, source, httpRaw };
+    });
+    ports = { ...nodePorts, ...native };
   }
   const users = usersTable(ports);
   const userArgs = Object.entries(users).map(([u, r]) => `${u}=${r}`);
@@ -617,7 +642,8 @@ async function main(): Promise<void> {
     runTool<BulkResult>(
       `load-${mode}-${t.name}`,
       0,
-      [loadJs, '--mode', mode, '--port', String(t.port(mode)), '--bytes', String(cfg.bulkBytes), '--timeout-ms', '120000', '--watch-pid', String(t.pid ?? '')],
+      [loadJs, '--mode', mode, '--port', String(t.port(mode)), '--bytes', String(cfg.bulkBytes), '--timeout-ms', '120000', '--watch-pid', String(t.pid ?? ''),
+        ...(nativeBin === undefined ? [] : ['--native', nativeBin])],
       150_000,
     );
 
@@ -796,7 +822,7 @@ async function main(): Promise<void> {
     }
   }
   await stop(backends);
-  if (gitNative !== undefined) await stop(gitNative);
+  if (nativeBackends !== undefined) await stop(nativeBackends);
 
   const result = {
     machine: {
@@ -955,15 +981,17 @@ function extraTables(http: HttpScenario | undefined, idle: IdleScenario | undefi
   const out: string[] = [''];
   if (haproxyAt !== undefined) out.push(`HAProxy ${haproxyAt}: tcp mode, tcp-request content inspection of the payload (git: regex + user prefix; HTTP: Host), nbthread 1, tcplog to a file`);
   if (http !== undefined) {
-    out.push(`HTTP keep-alive through the proxy: wrk -t1 -c64 -d${http.durationS}s (wrk on CPU 0 with the backend), the fastest of ${cfg.httpRounds}; router: routers/http-host.js`);
+    out.push(`HTTP keep-alive through the proxy: wrk -t1 -c64 -d${http.durationS}s (wrk on CPU 0 with the backend), the fastest of ${cfg.httpRounds}; router: routers/http-host.js;`);
+    out.push(`  raw backend: ${cfg.generator === 'native' ? 'bench/native/rate.c (C, epoll)' : 'backends.ts (node:net)'}; node:http backend: backends.ts`);
     out.push(`  ${'backend / target'.padEnd(30)}${'req/s'.padStart(10)}${'vs plain'.padStart(10)}${'p50 µs'.padStart(9)}${'p99 µs'.padStart(9)}${'CPU µs/req'.padStart(12)}${'proxy CPU'.padStart(11)}${'CPU1'.padStart(6)}${'CPU0'.padStart(6)}${'errors'.padStart(8)}`);
+    const rawLabel = cfg.generator === 'native' ? 'raw C' : 'raw net';
     for (const kind of ['raw', 'node'] as const) {
       const plain = http.rows[`${kind}/plain`]?.requestsPerSec;
       for (const name of ['direct', 'plain', 'switchyard', 'haproxy'] as const) {
         const r = http.rows[`${kind}/${name}`];
         if (r === undefined) continue;
         out.push(
-          `  ${`${kind === 'raw' ? 'raw net' : 'node:http'} / ${name}`.padEnd(30)}${fmt(r.requestsPerSec).padStart(10)}${(name === 'direct' ? '' : times(ratio(r.requestsPerSec, plain))).padStart(10)}` +
+          `  ${`${kind === 'raw' ? rawLabel : 'node:http'} / ${name}`.padEnd(30)}${fmt(r.requestsPerSec).padStart(10)}${(name === 'direct' ? '' : times(ratio(r.requestsPerSec, plain))).padStart(10)}` +
             `${fmt(r.latencyUs.p50).padStart(9)}${fmt(r.latencyUs.p99).padStart(9)}${fmt(r.cpuUsPerRequest, 2).padStart(12)}${pct(r.proxyUtil).padStart(11)}` +
             `${pct(r.coreBusy[1]).padStart(6)}${pct(r.coreBusy[0]).padStart(6)}${String(r.errors + r.non2xx).padStart(8)}`,
         );
@@ -1014,7 +1042,10 @@ function fmt(v: number | null | undefined, digits = 0): string {
   if (v === null || v === undefined || !Number.isFinite(v)) return '-';
   return v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 }
-const generatorName = (): string => (cfg.generator === 'native' ? 'native (bench/native/rate.c)' : 'Node (load.ts, backends.ts)');
+const generatorName = (): string =>
+  cfg.generator === 'native'
+    ? 'native (bench/native/rate.c: rate + bulk clients; git, sink, source, raw HTTP backends)'
+    : 'Node (load.ts; backends.ts)';
 const pct = (v: number | null | undefined): string => (v === null || v === undefined || !Number.isFinite(v) ? '-' : `${(v * 100).toFixed(0)}%`);
 const times = (v: number | null): string => (v === null ? '-' : `${v.toFixed(2)}x`);
 
@@ -1032,7 +1063,7 @@ function table(
   const rule = (): void => void out.push('-'.repeat(widths.reduce((a, b) => a + b, 0)));
   out.push(`Switchyard benchmark, ${machine.date}`);
   out.push(`${machine.cpu} x${machine.cpus}, ${machine.os}, Node ${machine.node}; ${machine.pinned ? 'proxy pinned to CPU 1, load generator + backends to CPU 0' : 'not pinned'};` +
-    ` connection-rate load generator + git backends: ${generatorName()}`);
+    ` load generators + backends: ${generatorName()}`);
   out.push(`figures: the fastest of ${cfg.rounds} interleaved runs per target (bulk: of max(${cfg.rounds}, 5)); proxy CPU = utime+stime`);
   out.push(`of the proxy process (all threads) and its child processes (Switchyard's sandbox workers), from /proc`);
   out.push('');
