@@ -180,36 +180,36 @@ interface NativeRate {
   windowEndUs: number;
 }
 
-/** The rate loops in bench/native/rate.c; CPU sampled here at the window's edges, which it marks on stdout. */
-function rateNative(bin: string): void {
+/**
+ * Runs bench/native/rate.c with `argv`: it marks its window's edges on stdout, and CPU times are
+ * sampled here when each mark arrives; `done` gets both samples and its result line. With
+ * `sync`, it waits after the first mark for a line on its stdin, sent once the sample is taken,
+ * so that the sample is not taken while the measured work runs. Killed after `killAfterMs`.
+ */
+function runNative(bin: string, argv: string[], sync: boolean, killAfterMs: number, done: (before: CpuSnapshot, after: CpuSnapshot, last: string) => void): void {
   // The snapshots are taken when the marks arrive, while the generator runs on: warm their code
   // (and /proc's dentries) up first, so that the first edge is sampled as promptly as the second.
   for (let i = 0; i < 3; i++) snapshot(watch);
-  const child = spawn(
-    bin,
-    ['client', '--port', String(port), '--concurrency', String(concurrency), '--warmup-ms', String(Math.round(warmupMs)),
-      '--duration-ms', String(Math.max(1, Math.round(durationMs))), '--max-conns', String(maxConns),
-      '--request-a', requests[0]!.toString('hex'), '--request-b', requests[1]!.toString('hex'),
-      '--expect-head', expectedHead.toString('hex'), '--expect-bytes', String(gitAnswer.length)],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  );
+  const child = spawn(bin, argv, { stdio: [sync ? 'pipe' : 'ignore', 'pipe', 'inherit'] });
+  child.stdin?.on('error', () => undefined); // it may be gone (a failed connect marks both edges at once)
   let before: CpuSnapshot | undefined;
   let after: CpuSnapshot | undefined;
   let last = '';
   let pending = '';
-  child.stdout.setEncoding('latin1');
-  child.stdout.on('data', (text: string) => {
+  child.stdout!.setEncoding('latin1');
+  child.stdout!.on('data', (text: string) => {
     pending += text;
     for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
       const line = pending.slice(0, nl);
       pending = pending.slice(nl + 1);
-      if (line === 'mark start') before = snapshot(watch);
-      else if (line === 'mark end') after = snapshot(watch);
+      if (line === 'mark start') {
+        before = snapshot(watch);
+        child.stdin?.write('go\n');
+      } else if (line === 'mark end') after = snapshot(watch);
       else if (line.startsWith('{')) last = line;
     }
   });
-  // Bounded like the Node loops: the generator bounds itself; this is in case it does not.
-  const killer = setTimeout(() => child.kill('SIGKILL'), warmupMs + durationMs + connTimeoutMs + 5000);
+  const killer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
   child.on('error', (err) => {
     process.stderr.write(`load: ${bin}: ${err.message}\n`);
     process.exit(1);
@@ -220,6 +220,18 @@ function rateNative(bin: string): void {
       process.stderr.write(`load: ${bin} failed (${code ?? signal}), ${last === '' ? 'no result' : last}\n`);
       process.exit(1);
     }
+    done(before, after, last);
+  });
+}
+
+/** The rate loops in bench/native/rate.c; CPU sampled here at the window's edges, which it marks on stdout. */
+function rateNative(bin: string): void {
+  const argv = ['client', '--port', String(port), '--concurrency', String(concurrency), '--warmup-ms', String(Math.round(warmupMs)),
+      '--duration-ms', String(Math.max(1, Math.round(durationMs))), '--max-conns', String(maxConns),
+      '--request-a', requests[0]!.toString('hex'), '--request-b', requests[1]!.toString('hex'),
+      '--expect-head', expectedHead.toString('hex'), '--expect-bytes', String(gitAnswer.length)];
+  // Bounded like the Node loops: the generator bounds itself; this is in case it does not.
+  runNative(bin, argv, false, warmupMs + durationMs + connTimeoutMs + 5000, (before, after, last) => {
     const r = JSON.parse(last) as NativeRate;
     const nan = (v: number | null): number => v ?? Number.NaN;
     const atUs = (s: CpuSnapshot): number => Number(s.atNs / 1000n);
@@ -335,19 +347,8 @@ function bulk(direction: 'up' | 'down'): void {
   });
 }
 
-/** What `rate up|down` prints last (see bench/native/rate.c). */
-interface NativeBulk {
-  mode: 'up' | 'down';
-  bytes: number;
-  transferred: number;
-  ok: boolean;
-  error?: string;
-  seconds: number;
-  mbPerSecond: number;
-  /** CLOCK_MONOTONIC, as process.hrtime */
-  windowStartUs: number;
-  windowEndUs: number;
-}
+/** What `rate up|down` prints last (see bench/native/rate.c): the transfer, and its window in CLOCK_MONOTONIC µs (process.hrtime's clock). */
+type NativeBulk = Omit<BulkResult, 'generator' | 'cpu' | 'sampleLagUs'> & { windowStartUs: number; windowEndUs: number };
 
 /**
  * The transfer made by bench/native/rate.c. It marks the window's edges on its stdout; at the
@@ -357,42 +358,9 @@ interface NativeBulk {
 function bulkNative(bin: string, direction: 'up' | 'down'): void {
   const bytes = Math.floor(numberArg(args, 'bytes', 256 * 1024 * 1024));
   const timeoutMs = numberArg(args, 'timeout-ms', 120_000);
-  for (let i = 0; i < 3; i++) snapshot(watch); // warm up, as rateNative
-  const child = spawn(
-    bin,
-    [direction, '--port', String(port), '--bytes', String(bytes), '--timeout-ms', String(Math.max(1, Math.round(timeoutMs))), '--sync', '1',
-      ...(direction === 'up' ? ['--ack', sinkReady.toString('hex')] : [])],
-    { stdio: ['pipe', 'pipe', 'inherit'] },
-  );
-  child.stdin.on('error', () => undefined); // it may be gone (a failed connect marks both edges at once)
-  let before: CpuSnapshot | undefined;
-  let after: CpuSnapshot | undefined;
-  let last = '';
-  let pending = '';
-  child.stdout.setEncoding('latin1');
-  child.stdout.on('data', (text: string) => {
-    pending += text;
-    for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
-      const line = pending.slice(0, nl);
-      pending = pending.slice(nl + 1);
-      if (line === 'mark start') {
-        before = snapshot(watch);
-        child.stdin.write('go\n');
-      } else if (line === 'mark end') after = snapshot(watch);
-      else if (line.startsWith('{')) last = line;
-    }
-  });
-  const killer = setTimeout(() => child.kill('SIGKILL'), timeoutMs + 5000);
-  child.on('error', (err) => {
-    process.stderr.write(`load: ${bin}: ${err.message}\n`);
-    process.exit(1);
-  });
-  child.on('close', (code, signal) => {
-    clearTimeout(killer);
-    if (code !== 0 || before === undefined || after === undefined || last === '') {
-      process.stderr.write(`load: ${bin} failed (${code ?? signal}), ${last === '' ? 'no result' : last}\n`);
-      process.exit(1);
-    }
+  const argv = [direction, '--port', String(port), '--bytes', String(bytes), '--timeout-ms', String(Math.max(1, Math.round(timeoutMs))), '--sync', '1',
+    ...(direction === 'up' ? ['--ack', sinkReady.toString('hex')] : [])];
+  runNative(bin, argv, true, timeoutMs + 5000, (before, after, last) => {
     const r = JSON.parse(last) as NativeBulk;
     const atUs = (s: CpuSnapshot): number => Number(s.atNs / 1000n);
     const result: BulkResult = {
