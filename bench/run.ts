@@ -102,6 +102,8 @@ const cfg = {
   tenants: args.has('skip-tenants') ? 0 : Math.max(10, Math.floor(numberArg(args, 'tenants', quick ? 100 : 500))),
   sandboxCalls: args.has('skip-sandbox') ? 0 : Math.max(100, Math.floor(numberArg(args, 'sandbox-calls', quick ? 1000 : 10_000))),
 };
+/** Bulk transfers are short and vary more: at least 5 rounds, except in a quick run. */
+const bulkRounds = quick ? cfg.rounds : Math.max(cfg.rounds, 5);
 const outFile = args.get('out') ?? join(root, 'bench', 'results', 'latest.json');
 if (cfg.durationMs > 120_000 || cfg.warmupMs > 60_000 || cfg.rounds > 20 || cfg.concurrency > 4096 || cfg.bulkBytes > 8 * 1024 ** 3 || cfg.routerCalls > 2_000_000
   || cfg.httpDurationS > 120 || cfg.httpRounds > 20 || cfg.idleConns > 100_000 || cfg.tenants > 5000 || cfg.sandboxCalls > 100_000) {
@@ -678,7 +680,6 @@ async function main(): Promise<void> {
   scenarios.rate_c1 = await measure('rate_c1', rateTargets, (t) => rateRun(t, 1));
   scenarios[sat] = await measure(sat, rateTargets, (t) => rateRun(t, cfg.concurrency));
   // Bulk runs are short (a second or less): more rounds, so that one falls in a quiet moment.
-  const bulkRounds = quick ? cfg.rounds : Math.max(cfg.rounds, 5);
   scenarios.bulk_up = await measure(`bulk_up ${cfg.bulkBytes / 1024 ** 2} MiB`, rateTargets, (t) => bulkRun(t, 'up'), bulkRounds);
   scenarios.bulk_down = await measure(`bulk_down ${cfg.bulkBytes / 1024 ** 2} MiB`, rateTargets, (t) => bulkRun(t, 'down'), bulkRounds);
   let diagnosis: Scenario | undefined;
@@ -1064,7 +1065,7 @@ function table(
   out.push(`Switchyard benchmark, ${machine.date}`);
   out.push(`${machine.cpu} x${machine.cpus}, ${machine.os}, Node ${machine.node}; ${machine.pinned ? 'proxy pinned to CPU 1, load generator + backends to CPU 0' : 'not pinned'};` +
     ` load generators + backends: ${generatorName()}`);
-  out.push(`figures: the fastest of ${cfg.rounds} interleaved runs per target (bulk: of max(${cfg.rounds}, 5)); proxy CPU = utime+stime`);
+  out.push(`figures: the fastest of ${cfg.rounds} interleaved runs per target (bulk: of ${bulkRounds}); proxy CPU = utime+stime`);
   out.push(`of the proxy process (all threads) and its child processes (Switchyard's sandbox workers), from /proc`);
   out.push('');
   line(['', 'direct', 'plain', 'switchyard', ...(withHaproxy ? ['haproxy'] : []), 'switchyard/plain']);
