@@ -393,7 +393,7 @@ export class Connection implements RelayOwner {
         .catch((e: unknown) => this.#host.log.warn({ client: this.client, err: (e as Error).message }, 'proxyInactivityError hook failed'));
     }
     if (this.#native !== undefined) {
-      this.#destroyNative(false);
+      this.#destroyNative();
       return;
     }
     this.#upstream?.destroy();
@@ -428,7 +428,7 @@ export class Connection implements RelayOwner {
     if (this.#phase === 'closed') return;
     this.#reason ??= reason;
     if (this.#native !== undefined) {
-      this.#destroyNative(false);
+      this.#destroyNative();
       return;
     }
     // No phase may carry on (a pending router call or connect attempt sees this and stops).
@@ -438,10 +438,14 @@ export class Connection implements RelayOwner {
     this.#client.destroy();
   }
 
-  /** Closes a natively relayed connection now (a closed-down relay calls nobody back). */
-  #destroyNative(reset: boolean): void {
-    const native = this.#native!;
-    const [bytesIn, bytesOut] = native.relay.destroy(native.id, reset);
+  /**
+   * Closes a natively relayed connection now (a closed-down relay calls nobody back). Not once
+   * it has ended: its id may be another connection's by then (the inactivity hook awaits).
+   */
+  #destroyNative(): void {
+    const native = this.#native;
+    if (native === undefined || this.#phase === 'closed') return;
+    const [bytesIn, bytesOut] = native.relay.destroy(native.id);
     this.#finish(bytesIn, bytesOut);
   }
 
@@ -457,18 +461,18 @@ export class Connection implements RelayOwner {
       this.#reason ??= CloseReason.clientClosed;
       this.#cancel?.cancel(new Error('client closed'));
     }
-    this.#finish(0, 0);
+    this.#finish();
   };
 
-  /** finish: log the connection's one line and count it. `relayed` are the native relay's bytes. */
-  #finish(...relayed: readonly [number, number]): void {
+  /** finish: log the connection's one line and count it, with the bytes the native relay moved. */
+  #finish(relayedIn = 0, relayedOut = 0): void {
     if (this.#phase === 'closed') return;
     this.#phase = 'closed';
     this.#disarm();
     const stats = this.#host.stats;
     const before = this.#native?.before ?? [this.#client.bytesRead, this.#client.bytesWritten];
-    const bytesIn = before[0] + relayed[0];
-    const bytesOut = before[1] + relayed[1];
+    const bytesIn = before[0] + relayedIn;
+    const bytesOut = before[1] + relayedOut;
     this.#totals = [bytesIn, bytesOut];
     stats.bytesIn += bytesIn;
     stats.bytesOut += bytesOut;
