@@ -12,7 +12,10 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { NativeRelay, type RelayOwner } from '../src/connection/native-relay.js';
 import { ConnectCancel } from '../src/connection/upstream.js';
-import { deferred, readAll, refusingPort, spawnCli, startCliProxy, startServer, within, writeRouterFile, type TestServer } from './helpers.js';
+import { deferred, eventually, readAll, refusingPort, spawnCli, startCliProxy, startServer, within, writeRouterFile, type TestServer } from './helpers.js';
+
+// Two pipes at most, so that the tests below also run the copying path (past the cap).
+process.env['SWITCHYARD_RELAY_PIPES'] = '2';
 
 interface Ended {
   readonly bytesIn: number;
@@ -295,5 +298,35 @@ describe('native relay', { skip: process.platform !== 'linux' && 'splice(2) is L
     a.inner.destroy();
     server.close();
     assert.equal(relay.stats().relays, 0);
+  });
+
+  it('holds at most SWITCHYARD_RELAY_PIPES pipes for clients that do not read; the rest copy, and no byte is lost', async () => {
+    // More than the kernel's socket buffers hold on the way (several MiB on loopback).
+    const payload = randomBytes(32 * 1024 * 1024);
+    const blaster = await startServer((socket) => socket.end(payload));
+    const front = await startFront(relay, blaster.port);
+    const clients = await Promise.all(
+      Array.from({ length: 6 }, async () => {
+        const socket = connect({ port: front.port, host: '127.0.0.1', allowHalfOpen: true });
+        await once(socket, 'connect');
+        socket.pause(); // reads nothing yet: every relay backs up
+        return socket;
+      }),
+    );
+    await eventually(() => relay.stats().lentPipes === 2, 'the pipes to be taken by stuck directions');
+    const received = clients.map((socket) => {
+      const hash = createHash('sha256');
+      socket.on('data', (b: Buffer) => hash.update(b));
+      socket.on('end', () => socket.end());
+      return once(socket, 'close').then(() => hash.digest('hex'));
+    });
+    assert.equal(relay.stats().lentPipes, 2, 'never more than the cap');
+    for (const socket of clients) socket.resume();
+    const expected = sha(payload);
+    for (const got of await within(Promise.all(received), 60_000, 'every client to get its 32 MiB')) assert.equal(got, expected);
+    await Promise.all(front.relays.map((r) => r.ended));
+    assert.deepEqual([relay.stats().relays, relay.stats().lentPipes], [0, 0]);
+    await front.close();
+    await blaster.close();
   });
 });

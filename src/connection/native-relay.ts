@@ -6,7 +6,7 @@ import type { Dial } from './upstream.js';
 
 /** The addon built from src/native/splice-relay.c (see that file for how it relays). */
 interface Binding {
-  init(onClosed: (id: number, bytesIn: number, bytesOut: number, errno: number) => void, onDialed: (id: number, errno: number) => void): void;
+  init(onClosed: (id: number, bytesIn: number, bytesOut: number, errno: number) => void, onDialed: (id: number, errno: number) => void, maxPipes?: number): void;
   add(clientFd: number, upstreamFd: number, toUpstream?: Buffer, toClient?: Buffer): number;
   dial(ip: string, port: number): number;
   adopt(clientFd: number, id: number, toUpstream?: Buffer, toClient?: Buffer): void;
@@ -14,7 +14,16 @@ interface Binding {
   bytes(id: number): [number, number];
   idleMs(id: number): number;
   destroy(id: number, reset: boolean): [number, number];
-  stats(): { relays: number; sparePipes: number };
+  stats(): RelayStats;
+}
+
+export interface RelayStats {
+  /** Relays open now. */
+  relays: number;
+  /** Pipes holding bytes for a direction now (two descriptors each), at most `maxPipes`. */
+  lentPipes: number;
+  /** Empty pipes kept for reuse (two descriptors each), at most 64. */
+  sparePipes: number;
 }
 
 /** libuv's TCP handle, as far as a handover needs it. */
@@ -58,9 +67,9 @@ export class NativeRelay {
   /** Connects in progress, by relay id: what to call when each finishes. */
   readonly #dials: (((errno: number) => void) | undefined)[] = [];
 
-  private constructor(binding: Binding) {
+  private constructor(binding: Binding, maxPipes: number) {
     this.#binding = binding;
-    binding.init(this.#closed, this.#dialed);
+    binding.init(this.#closed, this.#dialed, maxPipes);
   }
 
   /**
@@ -89,7 +98,7 @@ export class NativeRelay {
     if (process.platform !== 'linux') return { reason: `splice(2) is Linux only (this is ${process.platform})` };
     try {
       const binding = createRequire(import.meta.url)(addonPath) as Binding;
-      return { relay: new NativeRelay(binding) };
+      return { relay: new NativeRelay(binding, maxPipes()) };
     } catch (err) {
       return { reason: `the addon did not load: ${(err as Error).message}` };
     }
@@ -193,8 +202,7 @@ export class NativeRelay {
     return this.#binding.destroy(id, reset);
   }
 
-  /** Relays open now, and pipes kept for reuse (two file descriptors each). */
-  stats(): { relays: number; sparePipes: number } {
+  stats(): RelayStats {
     return this.#binding.stats();
   }
 
@@ -212,6 +220,17 @@ export class NativeRelay {
 }
 
 let loaded: { relay?: NativeRelay; reason?: string } | undefined;
+
+/**
+ * How many pipes directions may hold at once (SWITCHYARD_RELAY_PIPES, default 1024). A pipe is
+ * held while the destination has not taken what was read for it; past the cap a direction
+ * copies through memory instead (at most 64 KiB), so clients that do not read cannot make the
+ * relay use up the process's file descriptors.
+ */
+function maxPipes(): number {
+  const n = Number(process.env['SWITCHYARD_RELAY_PIPES'] ?? 1024);
+  return Number.isInteger(n) && n >= 0 && n <= 1_000_000 ? n : 1024;
+}
 
 function ignore(): void {}
 

@@ -17,7 +17,7 @@
  *     is queued and resumed from an idle handle, after the loop has polled for other I/O.
  *
  * JavaScript sees (ids are small integers, reused once a relay is gone):
- *   init(onClosed, onDialed)
+ *   init(onClosed, onDialed, maxPipes?)                         at most maxPipes lent at once
  *   add(clientFd, upstreamFd, toUpstream?, toClient?) -> id   two connected sockets
  *   dial(ip, port) -> id; then onDialed(id, errno)              the upstream connected here,
  *   adopt(clientFd, id, toUpstream?, toClient?)                 with no net.Socket for it,
@@ -46,6 +46,7 @@
 #define CHUNK (64 * 1024)
 #define TURN_BUDGET (256 * 1024)
 #define SPARE_PIPES 64
+#define DEFAULT_MAX_LENT 1024 /* pipes held by directions at once (two descriptors each) */
 #define MAX_EVENTS 256
 
 typedef struct {
@@ -85,26 +86,37 @@ typedef struct {
   uint32_t live;      /* relays open; the loop is kept alive while there are any */
   int spare[SPARE_PIPES][2];
   int nspare;
+  uint32_t lent, max_lent; /* pipes held by directions now, and the most at once */
   relay_t *queue_head, *queue_tail;
   char buffer[CHUNK];
 } state_t;
 
 /* ---- pipes: a small pool, so a busy relay does not pay pipe2() + close() per chunk ---- */
 
+/*
+ * Lends a pipe to a direction. At most max_lent at once: relays whose destinations do not read
+ * would otherwise hold two descriptors each, which clients could use to exhaust the process's
+ * descriptors (every tenant's). Past the cap, or when pipe2() fails, the caller copies instead.
+ */
 static int pipe_take(state_t *s, direction_t *d) {
   if (d->pipe[0] >= 0) return 1;
+  if (s->lent >= s->max_lent) return 0;
   if (s->nspare > 0) {
     s->nspare--;
     d->pipe[0] = s->spare[s->nspare][0];
     d->pipe[1] = s->spare[s->nspare][1];
-    return 1;
+  } else if (pipe2(d->pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
+    d->pipe[0] = d->pipe[1] = -1;
+    return 0;
   }
-  return pipe2(d->pipe, O_NONBLOCK | O_CLOEXEC) == 0;
+  s->lent++;
+  return 1;
 }
 
 /* An empty pipe goes back to the pool (or is closed when the pool is full). */
 static void pipe_give(state_t *s, direction_t *d) {
   if (d->pipe[0] < 0) return;
+  s->lent--;
   if (d->in_pipe == 0 && s->nspare < SPARE_PIPES) {
     s->spare[s->nspare][0] = d->pipe[0];
     s->spare[s->nspare][1] = d->pipe[1];
@@ -256,8 +268,7 @@ static void release(state_t *s, relay_t *r, int reset) {
     if (r->fd[k] >= 0) close(r->fd[k]); /* the last reference: this also leaves the epoll set */
     direction_t *d = &r->dir[k];
     free(d->pending);
-    d->in_pipe = 0;
-    if (d->pipe[0] >= 0) { close(d->pipe[0]); close(d->pipe[1]); }
+    pipe_give(s, d); /* closed if bytes are still in it */
   }
   s->slots[r->id] = NULL;
   s->free_ids[s->nfree++] = r->id;
@@ -405,10 +416,10 @@ static void cleanup(void *data) {
   /* The handles' memory must outlive their close callbacks, which run after this hook: keep it. */
 }
 
-/* init(onClosed, onDialed) */
+/* init(onClosed, onDialed, maxPipes?) */
 static napi_value js_init(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2], name;
+  size_t argc = 3;
+  napi_value argv[3], name;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (state_of(env) != NULL) {
     napi_throw_error(env, "ERR_RELAY", "native relay: already initialised");
@@ -423,6 +434,11 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   state_t *s = calloc(1, sizeof *s);
   if (s == NULL) return throw_errno(env, "init", ENOMEM);
   s->env = env;
+  s->max_lent = DEFAULT_MAX_LENT;
+  if (argc > 2) {
+    uint32_t max_lent;
+    if (napi_get_value_uint32(env, argv[2], &max_lent) == napi_ok) s->max_lent = max_lent;
+  }
   s->epfd = epoll_create1(EPOLL_CLOEXEC);
   if (s->epfd < 0) { int e = errno; free(s); return throw_errno(env, "epoll_create1", e); }
   CHECK(napi_get_uv_event_loop(env, &s->loop));
@@ -730,7 +746,7 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* stats() -> { relays, sparePipes }: open relays, and pipes kept for reuse (two descriptors each). */
+/* stats() -> { relays, lentPipes, sparePipes }: open relays, pipes holding bytes, pipes kept for reuse. */
 static napi_value js_stats(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result, v;
@@ -738,6 +754,8 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   CHECK(napi_create_object(env, &result));
   CHECK(napi_create_uint32(env, s == NULL ? 0 : s->live, &v));
   CHECK(napi_set_named_property(env, result, "relays", v));
+  CHECK(napi_create_uint32(env, s == NULL ? 0 : s->lent, &v));
+  CHECK(napi_set_named_property(env, result, "lentPipes", v));
   CHECK(napi_create_uint32(env, s == NULL ? 0 : (uint32_t)s->nspare, &v));
   CHECK(napi_set_named_property(env, result, "sparePipes", v));
   return result;
