@@ -51,6 +51,11 @@ describe('metrics', () => {
       assert.ok(sample(text, 'switchyard_sandbox_isolates') >= 1);
       assert.ok(sample(text, 'switchyard_sandbox_heap_bytes') > 100_000);
       assert.ok(sample(text, 'switchyard_sandbox_worker_rss_bytes') > 10_000_000);
+      assert.equal(sample(text, 'switchyard_relay_native'), process.platform === 'linux' ? 1 : 0);
+      if (process.platform === 'linux') {
+        assert.equal(sample(text, 'switchyard_relay_connections'), 0, 'every relayed connection has ended');
+        assert.equal(sample(text, 'switchyard_relay_pipes_lent'), 0);
+      }
       assert.match(text, /^# TYPE switchyard_router_call_duration_seconds histogram$/m);
       for (const line of text.trim().split('\n')) assert.match(line, /^(# (HELP|TYPE) \w+ .+|\w+(\{[^}]*\})? [\d.e+-]+)$/, line);
     } finally {

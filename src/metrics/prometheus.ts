@@ -1,3 +1,4 @@
+import { NativeRelay } from '../connection/native-relay.js';
 import type { TenantListener } from '../listener.js';
 import { routerCallBuckets } from './stats.js';
 
@@ -73,5 +74,11 @@ export function renderMetrics(listeners: readonly TenantListener[], sandbox: San
   e.family('switchyard_sandbox_worker_restarts_total', 'counter', 'Sandbox workers restarted after a crash or a hang.', [[{}, sandbox.restarts]]);
   e.family('switchyard_sandbox_quarantined_tenants', 'gauge', 'Tenants moved to a quarantine worker.', [[{}, sandbox.quarantined]]);
   e.family('switchyard_sandbox_slow_lane_tenants', 'gauge', 'Tenants moved to the low-priority slow-lane worker after repeated time-outs.', [[{}, sandbox.slowLane]]);
+  const relay = NativeRelay.get()?.stats();
+  e.family('switchyard_relay_native', 'gauge', 'Whether established connections are relayed natively (splice) rather than by Node streams.', [[{}, relay === undefined ? 0 : 1]]);
+  if (relay !== undefined) {
+    e.family('switchyard_relay_connections', 'gauge', 'Connections (and backend connects) held by the native relay now.', [[{}, relay.relays]]);
+    e.family('switchyard_relay_pipes_lent', 'gauge', 'Pipes holding bytes for a slow destination now (SWITCHYARD_RELAY_PIPES caps them).', [[{}, relay.lentPipes]]);
+  }
   return e.text();
 }
