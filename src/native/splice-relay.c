@@ -316,18 +316,12 @@ static void service(state_t *s, relay_t *r) {
   int err = 0;
   pump_result a = pump(s, r, 0, &err);
   pump_result b = a == FAILED ? FAILED : pump(s, r, 1, &err);
-  if (a == FAILED || b == FAILED) {
+  if (a == FAILED || b == FAILED || (r->dir[0].shut && r->dir[1].shut)) {
+    /* err is 0 unless a socket failed; a reset is passed on as a reset. */
     uint32_t id = r->id;
     uint64_t in = r->dir[0].read, out = r->dir[1].written;
     release(s, r, err == ECONNRESET);
     report_closed(s, id, in, out, err);
-    return;
-  }
-  if (r->dir[0].shut && r->dir[1].shut) {
-    uint32_t id = r->id;
-    uint64_t in = r->dir[0].read, out = r->dir[1].written;
-    release(s, r, 0);
-    report_closed(s, id, in, out, 0);
     return;
   }
   if (a == MOVED_ALL || b == MOVED_ALL) enqueue(s, r);
@@ -398,6 +392,17 @@ static relay_t *relay_arg(napi_env env, state_t *s, napi_value v) {
     return NULL;
   }
   return s->slots[id];
+}
+
+/* Reads a call's arguments (up to `max`; missing ones are undefined) and the relay the first names. */
+static relay_t *relay_call(napi_env env, napi_callback_info info, size_t max, napi_value *argv, state_t **state) {
+  size_t argc = max;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+    napi_throw_error(env, "ERR_RELAY", "native relay: bad arguments");
+    return NULL;
+  }
+  *state = state_of(env);
+  return relay_arg(env, *state, argc > 0 ? argv[0] : NULL);
 }
 
 static void on_poll_closed(uv_handle_t *handle) { (void)handle; }
@@ -639,9 +644,8 @@ static napi_value js_dial(napi_env env, napi_callback_info info) {
   return id_value(env, r);
 }
 
-/* The relay `id` must be dialed and not yet adopted. */
-static relay_t *dialed_arg(napi_env env, state_t *s, napi_value v) {
-  relay_t *r = relay_arg(env, s, v);
+/* The relay must be dialed and not yet adopted (NULL, with an exception, if not). */
+static relay_t *dialed(napi_env env, relay_t *r) {
   if (r != NULL && (r->dialing || r->fd[0] >= 0)) {
     napi_throw_error(env, "ERR_RELAY", "native relay: that relay is not a connected, unadopted dial");
     return NULL;
@@ -661,7 +665,7 @@ static napi_value js_adopt(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "ERR_RELAY", "native relay: adopt() takes a file descriptor and a relay");
     return NULL;
   }
-  relay_t *r = dialed_arg(env, s, argv[1]);
+  relay_t *r = dialed(env, relay_arg(env, s, argv[1]));
   if (r == NULL) return NULL;
   if (!owed_bytes(env, argc, argv, r)) return NULL;
   if (!take_fd(env, s, r, 0, given)) {
@@ -681,12 +685,9 @@ static napi_value js_adopt(napi_env env, napi_callback_info info) {
 
 /* release(id) -> fd: gives a dialed, unadopted upstream socket to the caller, who must close it. */
 static napi_value js_release(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1], result;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  state_t *s = live_state(env);
-  if (s == NULL) return NULL;
-  relay_t *r = dialed_arg(env, s, argc > 0 ? argv[0] : NULL);
+  state_t *s;
+  relay_t *r = dialed(env, relay_call(env, info, 1, argv, &s));
   if (r == NULL) return NULL;
   int fd = r->fd[1];
   struct epoll_event dummy;
@@ -710,20 +711,17 @@ static napi_value bytes_value(napi_env env, relay_t *r) {
 
 /* bytes(id) -> [bytesIn, bytesOut] */
 static napi_value js_bytes(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  relay_t *r = relay_arg(env, state_of(env), argc > 0 ? argv[0] : NULL);
+  state_t *s;
+  relay_t *r = relay_call(env, info, 1, argv, &s);
   return r == NULL ? NULL : bytes_value(env, r);
 }
 
 /* idleMs(id) -> milliseconds since bytes last moved (or since add()). */
 static napi_value js_idle_ms(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1], result;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  state_t *s = state_of(env);
-  relay_t *r = relay_arg(env, s, argc > 0 ? argv[0] : NULL);
+  state_t *s;
+  relay_t *r = relay_call(env, info, 1, argv, &s);
   if (r == NULL) return NULL;
   uint64_t now = uv_now(s->loop);
   CHECK(napi_create_double(env, now > r->last_activity ? (double)(now - r->last_activity) : 0, &result));
@@ -732,14 +730,12 @@ static napi_value js_idle_ms(napi_env env, napi_callback_info info) {
 
 /* destroy(id, reset) -> [bytesIn, bytesOut]: closes both sockets now; onClosed is not called. */
 static napi_value js_destroy(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  state_t *s = state_of(env);
-  relay_t *r = relay_arg(env, s, argc > 0 ? argv[0] : NULL);
+  state_t *s;
+  relay_t *r = relay_call(env, info, 2, argv, &s);
   if (r == NULL) return NULL;
   bool reset = false;
-  if (argc > 1) napi_get_value_bool(env, argv[1], &reset);
+  napi_get_value_bool(env, argv[1], &reset); /* absent or not a boolean: no reset */
   napi_value result = bytes_value(env, r);
   if (result == NULL) return NULL;
   release(s, r, reset);
