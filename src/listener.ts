@@ -1,6 +1,8 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { Limits } from './config.js';
+import { SocketClient, type Client, type Peer } from './connection/client.js';
 import { Connection, type ConnectionHost, type Rejection } from './connection/connection.js';
+import { NativeRelay } from './connection/native-relay.js';
 import { CloseReason } from './errors.js';
 import type { Logger } from './log.js';
 import { TenantStats } from './metrics/stats.js';
@@ -22,6 +24,7 @@ const rejectionRing = 100;
 /**
  * A tenant's port: accepts clients, enforces the connection limit, and owns the connections
  * until they finish. `close()` stops accepting and waits for them; `destroy()` ends them now.
+ * Node binds the port; the native data path then accepts on it, when it runs.
  */
 export class TenantListener implements ConnectionHost {
   readonly tenant: string;
@@ -33,7 +36,9 @@ export class TenantListener implements ConnectionHost {
   #router: Router;
   /** Open connections per router: a router swapped out is disposed once its last one finishes. */
   readonly #routerUse = new Map<Router, number>();
-  readonly #server: Server;
+  /** Accepting: the native path's listener id, or Node's server. */
+  #accepting: { readonly native: NativeRelay; readonly listener: number } | Server | undefined;
+  #address: AddressInfo | null = null;
   readonly #connections = new Set<Connection>();
   #draining: Promise<void> | undefined;
   #drained: (() => void) | undefined;
@@ -44,23 +49,38 @@ export class TenantListener implements ConnectionHost {
     this.limits = options.limits;
     this.gate = options.gate;
     this.log = options.log.child({ tenant: options.tenant });
-    this.#server = createServer({ allowHalfOpen: true, noDelay: true }, this.#accept);
   }
 
   /** Binds the port; resolves with the bound address (port 0 picks a free one). */
   listen(port: number, host: string): Promise<AddressInfo> {
+    const native = NativeRelay.get();
+    const server = native === undefined ? createServer({ allowHalfOpen: true, noDelay: true }, this.#acceptSocket) : createServer();
     return new Promise((resolve, reject) => {
-      this.#server.once('error', reject);
-      this.#server.listen({ port, host, backlog: 1024 }, () => {
-        this.#server.off('error', reject);
-        this.#server.on('error', (err) => this.log.error({ err }, 'listener error'));
-        resolve(this.#server.address() as AddressInfo);
+      server.once('error', reject);
+      server.listen({ port, host, backlog: 1024 }, () => {
+        server.off('error', reject);
+        const address = server.address() as AddressInfo;
+        if (native === undefined) {
+          server.on('error', (err) => this.log.error({ err }, 'listener error'));
+          this.#accepting = server;
+        } else {
+          try {
+            this.#accepting = { native, listener: native.listen(server, this.#admit) };
+          } catch (err) {
+            server.close();
+            reject(err as Error);
+            return;
+          }
+        }
+        this.#address = address;
+        resolve(address);
       });
     });
   }
 
+  /** The bound address while listening. */
   get address(): AddressInfo | null {
-    return this.#server.address() as AddressInfo | null;
+    return this.#address;
   }
 
   /** The router new connections get. */
@@ -94,32 +114,37 @@ export class TenantListener implements ConnectionHost {
     return this.#connections.size;
   }
 
-  /** accept: a new client. Over the connection limit it is accepted and closed at once. */
-  readonly #accept = (socket: Socket): void => {
+  /** Node accepted a client (the native path does not run). */
+  readonly #acceptSocket = (socket: Socket): void => {
     const { remoteAddress, remotePort, localAddress, localPort } = socket;
     if (remoteAddress === undefined || remotePort === undefined || localAddress === undefined || localPort === undefined) {
       socket.destroy(); // gone before we saw it
       return;
     }
+    this.#admit(new SocketClient(socket), { remoteAddress, remotePort, localAddress, localPort });
+  };
+
+  /** accept: a new client. Over the connection limit it is accepted and closed at once. */
+  readonly #admit = (client: Client, peer: Peer): void => {
+    const { remoteAddress, remotePort, localAddress, localPort } = peer;
     this.stats.connections++;
     if (this.#connections.size >= this.limits.maxConnections) {
-      const client = `${remoteAddress}:${remotePort}`;
+      const address = `${remoteAddress}:${remotePort}`;
       this.stats.rejected(CloseReason.connectionLimit);
       this.rejected({
         time: new Date(),
-        client,
+        client: address,
         reason: CloseReason.connectionLimit,
         message: `over the limit of ${this.limits.maxConnections} connections`,
         firstBytes: Buffer.alloc(0),
       });
-      socket.on('error', () => undefined);
-      socket.destroy();
+      client.destroy();
       return;
     }
     const info: ConnInfo = { tenant: this.tenant, remoteAddress, remotePort, localAddress, localPort };
     const router = this.#router;
     this.#routerUse.set(router, (this.#routerUse.get(router) ?? 0) + 1);
-    const connection = new Connection(this, socket, info, router);
+    const connection = new Connection(this, client, info, router);
     this.#connections.add(connection);
     this.stats.active++;
     connection.accept();
@@ -146,7 +171,7 @@ export class TenantListener implements ConnectionHost {
 
   /** Graceful: stop accepting (new clients are refused), resolve once every connection has finished. */
   close(): Promise<void> {
-    this.#server.close();
+    this.#stopAccepting();
     if (this.#connections.size === 0) return Promise.resolve();
     this.#draining ??= new Promise((resolve) => {
       this.#drained = resolve;
@@ -163,12 +188,22 @@ export class TenantListener implements ConnectionHost {
 
   /** Whether the port is bound now. */
   get listening(): boolean {
-    return this.#server.listening;
+    return this.#accepting !== undefined;
+  }
+
+  /** Closes the port: clients that connect from now on are refused. */
+  #stopAccepting(): void {
+    const accepting = this.#accepting;
+    this.#accepting = undefined;
+    this.#address = null;
+    if (accepting === undefined) return;
+    if ('native' in accepting) accepting.native.unlisten(accepting.listener);
+    else accepting.close();
   }
 
   /** Forced: stop accepting and destroy every open connection now. Resolves with how many were open. */
   destroy(reason: CloseReason = CloseReason.shutdown): number {
-    this.#server.close();
+    this.#stopAccepting();
     const open = this.#connections.size;
     for (const connection of this.#connections) connection.destroy(reason);
     return open;

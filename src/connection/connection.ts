@@ -1,4 +1,3 @@
-import { isIP, Socket } from 'node:net';
 import { maxTimerMs, type Limits } from '../config.js';
 import { CloseReason, ConnectError, RouterError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -8,10 +7,9 @@ import { formatEndpoint } from '../routing/endpoint.js';
 import { admit, type BackendPolicy } from '../routing/policy.js';
 import type { CachingResolver } from '../routing/resolver.js';
 import type { ConnInfo, Router, RouterHooks } from '../sandbox/router.js';
+import type { Client, ClientHandler, Upstream } from './client.js';
 import { proxyProtocolHeader } from './proxy-protocol.js';
-import { DialedUpstream, NativeRelay, type RelayOwner } from './native-relay.js';
-import { abortPeer, splice } from './relay.js';
-import { ConnectCancel, connectUpstream, dialSocket, type Dial } from './upstream.js';
+import { ConnectCancel, connectUpstream } from './upstream.js';
 
 /** What a connection needs from the listener that accepted it. */
 export interface ConnectionHost {
@@ -49,9 +47,10 @@ const lingerMs = 5000;
  *   accept → receive → route (noop: receive more | close | remote) → connect → relay → finish
  *
  * One timer slot serves every phase: the decision deadline while receiving, the inactivity
- * timeout while relaying, and a linger limit once Switchyard has closed its side.
+ * timeout while relaying, and a linger limit once Switchyard has closed its side. The client
+ * is the native data path's or a net.Socket (`Client`); the phases are the same for both.
  */
-export class Connection implements RelayOwner {
+export class Connection implements ClientHandler {
   readonly #host: ConnectionHost;
   /** The router live when the client arrived; a hot swap does not change it mid-connection. */
   readonly #router: Router;
@@ -59,7 +58,7 @@ export class Connection implements RelayOwner {
   get router(): Router {
     return this.#router;
   }
-  #client: Socket;
+  readonly #client: Client;
   readonly #info: ConnInfo;
   readonly #startedAt = Date.now();
   #phase: Phase = 'receiving';
@@ -68,7 +67,6 @@ export class Connection implements RelayOwner {
   /** A router call is in flight; new chunks wait for it to answer. */
   #routing = false;
   #clientEnded = false;
-  #upstream: Socket | undefined;
   #cancel: ConnectCancel | undefined;
   #backend: string | undefined;
   #decision: Decision['kind'] | 'error' | 'none' = 'none';
@@ -76,14 +74,10 @@ export class Connection implements RelayOwner {
   #timer: NodeJS.Timeout | undefined;
   #timerKind: TimerKind = 'decision';
   #inactivityMs = 0;
-  #lastActivity = 0;
-  #openSockets = 1;
-  /** Relaying natively: the relay and its id, and the bytes Node moved before the handover. */
-  #native: { readonly relay: NativeRelay; readonly id: number; readonly before: readonly [number, number] } | undefined;
   /** Bytes from and to the client, once the connection is closed. */
   #totals: readonly [number, number] | undefined;
 
-  constructor(host: ConnectionHost, client: Socket, info: ConnInfo, router: Router) {
+  constructor(host: ConnectionHost, client: Client, info: ConnInfo, router: Router) {
     this.#host = host;
     this.#router = router;
     this.#client = client;
@@ -96,24 +90,19 @@ export class Connection implements RelayOwner {
 
   /** Bytes received from and sent to the client so far. */
   get bytes(): readonly [number, number] {
-    if (this.#totals !== undefined) return this.#totals;
-    const native = this.#native;
-    if (native === undefined) return [this.#client.bytesRead, this.#client.bytesWritten];
-    const [bytesIn, bytesOut] = native.relay.bytes(native.id);
-    return [native.before[0] + bytesIn, native.before[1] + bytesOut];
+    return this.#totals ?? this.#client.bytes();
   }
 
-  /** accept: called once the listener has taken the client. Starts the decision deadline. */
+  /**
+   * accept: called once the listener has taken the client. Starts the decision deadline, the
+   * router's warm-up or proxyAccept, then listens (the first bytes may have come with the accept).
+   */
   accept(): void {
-    const client = this.#client;
-    client.on('data', this.#receive);
-    client.on('end', this.#clientEnd);
-    client.on('error', this.#clientError);
-    client.on('close', this.#socketClosed);
     this.#arm('decision', this.#host.limits.decisionTimeoutMs);
     const hooks = this.#router.hooks;
     if (hooks === undefined) void this.#warm();
     else if (hooks.accept) void this.#route(true);
+    this.#client.listen(this);
   }
 
   /**
@@ -139,7 +128,7 @@ export class Connection implements RelayOwner {
   }
 
   /** receive: a chunk from the client before any decision; buffer it and ask the router again. */
-  readonly #receive = (chunk: Buffer): void => {
+  received(chunk: Buffer): void {
     if (this.#phase !== 'receiving') return;
     this.#buffer += chunk.toString('latin1');
     if (this.#buffer.length > this.#host.limits.maxBufferBytes) {
@@ -147,16 +136,16 @@ export class Connection implements RelayOwner {
       return;
     }
     if (!this.#routing) void this.#route(false);
-  };
+  }
 
   /**
    * The client sent FIN (after its last chunk). A router call in flight still decides on what
    * is there; if the router has seen everything and waits for more, none can come: close.
    */
-  readonly #clientEnd = (): void => {
+  ended(): void {
     this.#clientEnded = true;
     if (this.#phase === 'receiving' && !this.#routing) this.#noMoreData();
-  };
+  }
 
   /**
    * route: ask the router about the whole buffer (or proxyAccept about the new client). One call
@@ -193,7 +182,7 @@ export class Connection implements RelayOwner {
     this.#host.stats.decided(decision.kind);
     switch (decision.kind) {
       case 'noop':
-        if (decision.reply !== undefined) this.#client.write(decision.reply, 'latin1');
+        if (decision.reply !== undefined) this.#client.write(decision.reply);
         this.#waitForMore(seen);
         return;
       case 'close':
@@ -251,7 +240,7 @@ export class Connection implements RelayOwner {
           timeoutMs: clamp(decision.connectTimeoutMs ?? limits.connectTimeoutMs),
         },
         cancel,
-        dialer(),
+        this.#client.dial,
       );
       this.#cancel = undefined;
       this.#backend = formatEndpoint(endpoint);
@@ -281,12 +270,10 @@ export class Connection implements RelayOwner {
 
   /**
    * relay: send the PROXY header if asked, replay the buffer (or the router's `data` in place of
-   * what it saw), send `reply` to the client, then splice both directions until both close.
-   * The native relay takes both sockets when it can; otherwise Node streams relay them.
+   * what it saw), send `reply` to the client, then relay both directions until both close.
    */
-  #relay(dialed: Socket | DialedUpstream, decision: RemoteDecision, seen: number): void {
+  #relay(upstream: Upstream, decision: RemoteDecision, seen: number): void {
     this.#phase = 'relaying';
-    const client = this.#client;
     const header =
       decision.proxyProtocol === undefined
         ? undefined
@@ -298,69 +285,33 @@ export class Connection implements RelayOwner {
           });
     const replay = decision.data === undefined ? this.#buffer : decision.data + this.#buffer.slice(seen);
     this.#buffer = '';
-    this.#inactivityMs = clamp(decision.inactivityTimeoutMs ?? this.#host.limits.inactivityTimeoutMs);
-    if (this.#inactivityMs > 0) this.#arm('inactivity', this.#inactivityMs);
-    if (this.#relayNatively(dialed, header, replay, decision.reply)) return;
-    const upstream = dialed instanceof DialedUpstream ? dialed.relay.socketFor(dialed.id) : dialed;
-
-    this.#upstream = upstream;
-    this.#openSockets++;
-    upstream.on('error', this.#upstreamError);
-    upstream.on('close', this.#socketClosed);
-    if (header !== undefined) upstream.write(header);
-    if (replay.length > 0) upstream.write(replay, 'latin1');
-    if (decision.reply !== undefined) client.write(decision.reply, 'latin1');
-
-    client.off('data', this.#receive);
-    client.off('end', this.#clientEnd);
-    splice(client, upstream, this.#touch);
-    splice(upstream, client, this.#touch);
-    if (this.#clientEnded) upstream.end();
-    client.resume();
-    this.#touch();
-  }
-
-  /** Hands both sides to the native relay, with the bytes owed to each; false if it declines. */
-  #relayNatively(upstream: Socket | DialedUpstream, header: Buffer | undefined, replay: string, reply: string | undefined): boolean {
-    const relay = upstream instanceof DialedUpstream ? upstream.relay : NativeRelay.get();
-    if (relay === undefined) return false;
-    const client = this.#client;
     let toUpstream: Buffer | undefined = replay.length > 0 ? Buffer.from(replay, 'latin1') : undefined;
     if (header !== undefined) toUpstream = toUpstream === undefined ? header : Buffer.concat([header, toUpstream]);
-    const toClient = reply === undefined ? undefined : Buffer.from(reply, 'latin1');
-    const before = [client.bytesRead, client.bytesWritten] as const;
-    const id =
-      upstream instanceof DialedUpstream
-        ? relay.adoptDialed(client, upstream.id, toUpstream, toClient, this)
-          ? upstream.id
-          : undefined
-        : relay.adopt(client, upstream, toUpstream, toClient, this);
-    if (id === undefined) return false;
-    this.#native = { relay, id, before };
-    // The relay holds the socket now: let Node's Socket object go (about 0.9 KiB per connection).
-    this.#client = handedOver;
-    return true;
+    const toClient = decision.reply === undefined ? undefined : Buffer.from(decision.reply, 'latin1');
+    this.#inactivityMs = clamp(decision.inactivityTimeoutMs ?? this.#host.limits.inactivityTimeoutMs);
+    if (this.#inactivityMs > 0) this.#arm('inactivity', this.#inactivityMs);
+    try {
+      this.#client.relay(upstream, toUpstream, toClient);
+    } catch (err) {
+      upstream.destroy();
+      this.#host.log.warn({ client: this.client, backend: this.#backend, err: (err as Error).message }, 'relay could not start');
+      this.#reason = CloseReason.connectFailed;
+      this.#destroyClient();
+    }
   }
 
-  /** The native relay ended: both sides closed, or one failed (`errno`). */
-  relayClosed(bytesIn: number, bytesOut: number, errno: number): void {
-    if (errno !== 0) this.#host.log.debug({ client: this.client, backend: this.#backend, errno }, 'relayed socket failed');
+  /**
+   * unbind: the client is gone, with its relay if it had one: both sides closed, or a socket
+   * failed. Before a decision, that is the client giving up.
+   */
+  closed(bytesIn: number, bytesOut: number, errno: number): void {
+    if (errno !== 0) this.#host.log.debug({ client: this.client, backend: this.#backend, errno }, 'socket failed');
+    if (this.#phase === 'receiving' || this.#phase === 'connecting') {
+      this.#reason ??= CloseReason.clientClosed;
+      this.#cancel?.cancel(new Error('client closed'));
+    }
     this.#finish(bytesIn, bytesOut);
   }
-
-  readonly #touch = (): void => {
-    this.#lastActivity = Date.now();
-  };
-
-  readonly #upstreamError = (err: NodeJS.ErrnoException): void => {
-    this.#host.log.debug({ client: this.client, backend: this.#backend, code: err.code }, 'backend socket error');
-    abortPeer(this.#client, err);
-  };
-
-  readonly #clientError = (err: NodeJS.ErrnoException): void => {
-    this.#host.log.debug({ client: this.client, code: err.code }, 'client socket error');
-    if (this.#upstream !== undefined) abortPeer(this.#upstream, err);
-  };
 
   /** The one timer of the connection fired: what it means depends on the phase. */
   readonly #onTimer = (): void => {
@@ -372,13 +323,13 @@ export class Connection implements RelayOwner {
         }
         return;
       case 'inactivity': {
-        const idle = this.#native === undefined ? Date.now() - this.#lastActivity : this.#native.relay.idleMs(this.#native.id);
+        const idle = this.#client.idleMs();
         if (idle < this.#inactivityMs) this.#arm('inactivity', this.#inactivityMs - idle);
         else void this.#inactive();
         return;
       }
       case 'linger':
-        this.#client.destroy();
+        this.#destroyClient();
         return;
     }
   };
@@ -392,12 +343,7 @@ export class Connection implements RelayOwner {
         .inactivityError(this.#backend ?? '', this.#info)
         .catch((e: unknown) => this.#host.log.warn({ client: this.client, err: (e as Error).message }, 'proxyInactivityError hook failed'));
     }
-    if (this.#native !== undefined) {
-      this.#destroyNative();
-      return;
-    }
-    this.#upstream?.destroy();
-    this.#endClient();
+    this.#destroyClient();
   }
 
   /**
@@ -416,10 +362,7 @@ export class Connection implements RelayOwner {
   #endClient(reply?: string): void {
     this.#phase = 'closing';
     this.#cancel?.cancel(new Error('connection closed'));
-    this.#client.off('data', this.#receive);
-    this.#client.resume();
-    if (reply !== undefined) this.#client.end(reply, 'latin1');
-    else this.#client.end();
+    this.#client.end(reply);
     this.#arm('linger', lingerMs);
   }
 
@@ -427,52 +370,24 @@ export class Connection implements RelayOwner {
   destroy(reason: CloseReason): void {
     if (this.#phase === 'closed') return;
     this.#reason ??= reason;
-    if (this.#native !== undefined) {
-      this.#destroyNative();
-      return;
-    }
     // No phase may carry on (a pending router call or connect attempt sees this and stops).
-    if (this.#phase !== 'relaying') this.#phase = 'closing';
     this.#cancel?.cancel(new Error('connection destroyed'));
-    this.#upstream?.destroy();
-    this.#client.destroy();
+    this.#destroyClient();
   }
 
-  /**
-   * Closes a natively relayed connection now (a closed-down relay calls nobody back). Not once
-   * it has ended: its id may be another connection's by then (the inactivity hook awaits).
-   */
-  #destroyNative(): void {
-    const native = this.#native;
-    if (native === undefined || this.#phase === 'closed') return;
-    const [bytesIn, bytesOut] = native.relay.destroy(native.id);
+  /** Closes the client (and its relay) now, and finishes. Not once closed: the client is gone. */
+  #destroyClient(): void {
+    if (this.#phase === 'closed') return;
+    const [bytesIn, bytesOut] = this.#client.destroy();
     this.#finish(bytesIn, bytesOut);
   }
 
-  /** A socket closed; when both have, the connection is done. */
-  readonly #socketClosed = (): void => {
-    if (--this.#openSockets > 0) {
-      // One side is fully gone; a relay cannot go on with the other.
-      if (this.#upstream?.destroyed === true && !this.#client.destroyed && !this.#client.writableEnded) this.#client.end();
-      if (this.#client.destroyed && this.#upstream !== undefined && !this.#upstream.destroyed) this.#upstream.destroy();
-      return;
-    }
-    if (this.#phase === 'receiving' || this.#phase === 'connecting') {
-      this.#reason ??= CloseReason.clientClosed;
-      this.#cancel?.cancel(new Error('client closed'));
-    }
-    this.#finish();
-  };
-
-  /** finish: log the connection's one line and count it, with the bytes the native relay moved. */
-  #finish(relayedIn = 0, relayedOut = 0): void {
+  /** finish: log the connection's one line and count it. */
+  #finish(bytesIn: number, bytesOut: number): void {
     if (this.#phase === 'closed') return;
     this.#phase = 'closed';
     this.#disarm();
     const stats = this.#host.stats;
-    const before = this.#native?.before ?? [this.#client.bytesRead, this.#client.bytesWritten];
-    const bytesIn = before[0] + relayedIn;
-    const bytesOut = before[1] + relayedOut;
     this.#totals = [bytesIn, bytesOut];
     stats.bytesIn += bytesIn;
     stats.bytesOut += bytesOut;
@@ -506,31 +421,3 @@ export class Connection implements RelayOwner {
 function clamp(ms: number): number {
   return Math.min(Math.ceil(ms), maxTimerMs);
 }
-
-/**
- * How backends are connected: by the native relay, when it runs and the address is an IP (a
- * router's host name, in single-router mode, goes through Node's resolver and a net.Socket,
- * and so does an IPv6 address with a zone).
- */
-function dialer(): Dial<Socket | DialedUpstream> {
-  if (chosenDialer !== undefined) return chosenDialer;
-  const relay = NativeRelay.get();
-  chosenDialer =
-    relay === undefined
-      ? dialSocket
-      : (endpoint, timeoutMs, cancel) => (dialsNatively(endpoint.host) ? relay.dial(endpoint, timeoutMs, cancel) : dialSocket(endpoint, timeoutMs, cancel));
-  return chosenDialer;
-}
-
-let chosenDialer: Dial<Socket | DialedUpstream> | undefined;
-
-/** An IP address the relay's inet_pton takes: not a host name, and no IPv6 zone ("fe80::1%eth0"). */
-function dialsNatively(host: string): boolean {
-  return isIP(host) !== 0 && !host.includes('%');
-}
-
-/**
- * Stands in for the client socket once the native relay holds it. Nothing uses it (every path
- * of a natively relayed connection checks `#native` first); it lets the real one be collected.
- */
-const handedOver = new Socket();

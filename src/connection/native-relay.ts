@@ -1,45 +1,55 @@
 import { createRequire } from 'node:module';
-import { Socket } from 'node:net';
+import { isIP, type Server, type Socket } from 'node:net';
 import { getSystemErrorName } from 'node:util';
 import type { Endpoint } from '../routing/endpoint.js';
-import type { Dial } from './upstream.js';
+import type { Client, ClientHandler, Peer, Upstream } from './client.js';
+import { dialSocket, type Dial } from './upstream.js';
 
-/** The addon built from src/native/splice-relay.c (see that file for how it relays). */
+/** The addon built from src/native/splice-relay.c (see that file for how it works). */
 interface Binding {
-  init(onClosed: (id: number, bytesIn: number, bytesOut: number, errno: number) => void, onDialed: (id: number, errno: number) => void, maxPipes?: number): void;
-  add(clientFd: number, upstreamFd: number, toUpstream?: Buffer, toClient?: Buffer): number;
+  init(
+    onAccepted: (listener: number, id: number, remoteAddress: string, remotePort: number, localAddress: string, localPort: number, chunk: Buffer | null) => void,
+    onReceived: (id: number, chunk: Buffer | null) => void,
+    onClosed: (id: number, bytesIn: number, bytesOut: number, errno: number) => void,
+    onDialed: (id: number, errno: number) => void,
+    maxPipes?: number,
+  ): void;
+  listen(fd: number): number;
+  unlisten(listener: number): void;
+  send(id: number, bytes: Buffer): void;
+  pause(id: number): void;
+  end(id: number, bytes?: Buffer): void;
   dial(ip: string, port: number): number;
-  adopt(clientFd: number, id: number, toUpstream?: Buffer, toClient?: Buffer): void;
-  release(id: number): number;
+  join(id: number, dialed: number, toUpstream?: Buffer, toClient?: Buffer): void;
+  attach(id: number, fd: number, toUpstream?: Buffer, toClient?: Buffer): void;
   bytes(id: number): [number, number];
   idleMs(id: number): number;
   destroy(id: number, reset: boolean): [number, number];
-  stats(): RelayStats;
+  stats(): NativeStats;
 }
 
-export interface RelayStats {
-  /** Relays open now. */
-  relays: number;
+export interface NativeStats {
+  /** Clients, dials and relays open now. */
+  connections: number;
   /** Pipes holding bytes for a direction now (two descriptors each), at most `maxPipes`. */
   lentPipes: number;
   /** Empty pipes kept for reuse (two descriptors each), at most 64. */
   sparePipes: number;
+  /** Clients accepted and closed at once because the process was out of file descriptors. */
+  shed: number;
 }
 
-/** libuv's TCP handle, as far as a handover needs it. */
-interface TcpHandle {
+/** What a listener is told of each client it accepts. */
+export type OnClient = (client: Client, peer: Peer) => void;
+
+/** libuv's handle of a net.Socket or net.Server, as far as the native path needs it. */
+interface UvHandle {
   readonly fd?: number;
   reading?: boolean;
-  readStop(): number;
+  readStop?(): number;
 }
 
-/** Whoever handed a connection over hears how it ended. */
-export interface RelayOwner {
-  /** The relay ended by itself: both sides closed, or a socket failed (`errno` is then non-zero). */
-  relayClosed(bytesIn: number, bytesOut: number, errno: number): void;
-}
-
-/** A backend connected by the native relay, waiting for its client (`NativeRelay.dial`). */
+/** A backend connected by the native path, waiting for its client (`NativeRelay.dial`). */
 export class DialedUpstream {
   constructor(
     readonly relay: NativeRelay,
@@ -56,38 +66,39 @@ export class DialedUpstream {
 const addonPath = '../../../build/Release/splice_relay.node';
 
 /**
- * The native data path for established connections. Once a connection is routed and its
- * backend connected, `adopt()` hands both sockets to the addon: it relays them with splice(2)
- * on this event loop, with no net.Socket, stream or JS callback per chunk, and reports back
- * once, when the relay ends. What Node had already read or was asked to send goes first.
+ * The native data path. A tenant's port is accepted by the addon (`listen()`), each client is
+ * read there and its chunks handed up until the router decides (`NativeClient`), and once the
+ * backend is connected the addon relays both sides with splice(2) on this event loop: no
+ * net.Socket, stream or JS callback per chunk, and one report when the connection ends.
  */
 export class NativeRelay {
   readonly #binding: Binding;
-  readonly #owners: (RelayOwner | undefined)[] = [];
-  /** Connects in progress, by relay id: what to call when each finishes. */
+  readonly #listeners: (OnClient | undefined)[] = [];
+  readonly #handlers: (ClientHandler | undefined)[] = [];
+  /** Connects in progress, by id: what to call when each finishes. */
   readonly #dials: (((errno: number) => void) | undefined)[] = [];
 
   private constructor(binding: Binding, maxPipes: number) {
     this.#binding = binding;
-    binding.init(this.#closed, this.#dialed, maxPipes);
+    binding.init(this.#accepted, this.#received, this.#closed, this.#dialed, maxPipes);
   }
 
   /**
-   * The process's native relay; undefined where it cannot run (not Linux, the addon not built,
-   * or `SWITCHYARD_RELAY=node`), and connections are then relayed by Node streams.
+   * The process's native data path; undefined where it cannot run (not Linux, the addon not
+   * built, or `SWITCHYARD_RELAY=node`), and connections are then accepted and relayed by Node.
    */
   static get(): NativeRelay | undefined {
     if (loaded === undefined) loaded = NativeRelay.#load();
     return loaded.relay;
   }
 
-  /** Why the native relay is not in use, if it is not. */
+  /** Why the native path is not in use, if it is not. */
   static get unavailableReason(): string | undefined {
     NativeRelay.get();
     return loaded?.reason;
   }
 
-  /** For the start-up log line: which relay established connections get, and why not the native one. */
+  /** For the start-up log line: which relay connections get, and why not the native one. */
   static describe(): { relay: 'splice' | 'node'; relayFallback?: string } {
     const reason = NativeRelay.unavailableReason;
     return reason === undefined ? { relay: 'splice' } : { relay: 'node', relayFallback: reason };
@@ -105,42 +116,34 @@ export class NativeRelay {
   }
 
   /**
-   * Takes over `client` and `upstream`: `toUpstream` and `toClient` are sent first, then
-   * whatever Node had read from either side, then the rest as it comes. On success both
-   * sockets are destroyed (the relay holds their duplicates) and the relay's id is returned;
-   * the caller must have removed its own listeners. Undefined, with both sockets untouched,
-   * when they cannot be handed over (bytes still queued in Node for either, say).
+   * Takes over a listening net.Server: the addon accepts on a duplicate of its socket, and the
+   * server itself is closed (Node bound the address, with its own errors and host handling).
+   * Returns the listener's id for `unlisten()`.
    */
-  adopt(client: Socket, upstream: Socket, toUpstream: Buffer | undefined, toClient: Buffer | undefined, owner: RelayOwner): number | undefined {
-    const ch = handleOf(client);
-    const uh = handleOf(upstream);
-    if (ch === undefined || uh === undefined) return undefined;
-    if (client.writableLength > 0 || upstream.writableLength > 0) return undefined;
-    const fromClient = drain(client, ch);
-    const fromUpstream = drain(upstream, uh);
-    let id: number;
-    try {
-      id = this.#binding.add(ch.fd, uh.fd, join(toUpstream, fromClient), join(toClient, fromUpstream));
-    } catch {
-      undrain(client, ch, fromClient);
-      undrain(upstream, uh, fromUpstream);
-      return undefined;
-    }
-    this.#owners[id] = owner;
-    for (const socket of [client, upstream]) {
-      socket.removeAllListeners();
-      socket.on('error', ignore);
-      socket.destroy();
-    }
-    return id;
+  listen(server: Server, onClient: OnClient): number {
+    const fd = (server as unknown as { _handle?: UvHandle | null })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) throw new Error('the server has no listening socket');
+    const listener = this.#binding.listen(fd);
+    this.#listeners[listener] = onClient;
+    server.close();
+    return listener;
+  }
+
+  /** Stops accepting: the port is closed, and new clients are refused. */
+  unlisten(listener: number): void {
+    this.#listeners[listener] = undefined;
+    this.#binding.unlisten(listener);
   }
 
   /**
-   * A connect attempt made by the relay itself, to an IP address: no net.Socket is built for a
-   * backend that the relay will carry anyway. Resolves with the dialed upstream, for
-   * `adoptDialed()` (or `socketFor()` when that declines).
+   * How backends are connected: by the addon when the address is an IP, so that no net.Socket
+   * is built for a side the addon will relay anyway; a host name (single-router mode) or an
+   * IPv6 address with a zone goes through Node's resolver and a net.Socket.
    */
-  readonly dial: Dial<DialedUpstream> = (endpoint, timeoutMs, cancel) =>
+  readonly dial: Dial<Upstream> = (endpoint, timeoutMs, cancel) =>
+    dialsNatively(endpoint.host) ? this.#dial(endpoint, timeoutMs, cancel) : dialSocket(endpoint, timeoutMs, cancel);
+
+  readonly #dial: Dial<DialedUpstream> = (endpoint, timeoutMs, cancel) =>
     new Promise((resolve, reject) => {
       const id = this.#binding.dial(endpoint.host, endpoint.port);
       const timer = setTimeout(() => fail(new Error(`connect timed out after ${timeoutMs} ms`)), timeoutMs);
@@ -160,33 +163,46 @@ export class NativeRelay {
       };
     });
 
+  /** `handler` hears client `id`'s chunks and its end. */
+  own(id: number, handler: ClientHandler): void {
+    this.#handlers[id] = handler;
+  }
+
+  send(id: number, bytes: Buffer): void {
+    this.#binding.send(id, bytes);
+  }
+
+  pause(id: number): void {
+    this.#binding.pause(id);
+  }
+
+  end(id: number, bytes: Buffer | undefined): void {
+    this.#binding.end(id, bytes);
+  }
+
   /**
-   * Relays `client` with the dialed upstream `id`, as `adopt()` does. False, with the client
-   * untouched and the dial still open, when the client cannot be handed over.
+   * Relays client `id` with `upstream`, after the bytes owed to each side. A net.Socket
+   * upstream (a host name was dialed) is taken over: what Node had read from it goes to the
+   * client first, and the socket is destroyed (the addon holds a duplicate).
    */
-  adoptDialed(client: Socket, id: number, toUpstream: Buffer | undefined, toClient: Buffer | undefined, owner: RelayOwner): boolean {
-    const ch = handleOf(client);
-    if (ch === undefined || client.writableLength > 0) return false;
-    const fromClient = drain(client, ch);
-    try {
-      this.#binding.adopt(ch.fd, id, join(toUpstream, fromClient), toClient);
-    } catch {
-      undrain(client, ch, fromClient);
-      return false;
+  relay(id: number, upstream: Upstream, toUpstream: Buffer | undefined, toClient: Buffer | undefined): void {
+    if (upstream instanceof DialedUpstream) {
+      this.#binding.join(id, upstream.id, toUpstream, toClient);
+      return;
     }
-    this.#owners[id] = owner;
-    client.removeAllListeners();
-    client.on('error', ignore);
-    client.destroy();
-    return true;
+    const handle = handleOf(upstream);
+    if (handle === undefined) throw new Error('the backend closed before it could be relayed');
+    const fromUpstream = drain(upstream, handle);
+    try {
+      this.#binding.attach(id, handle.fd, toUpstream, join(toClient, fromUpstream));
+    } finally {
+      upstream.removeAllListeners();
+      upstream.on('error', ignore);
+      upstream.destroy();
+    }
   }
 
-  /** The dialed upstream `id` as a net.Socket, for Node streams to relay; the id is gone. */
-  socketFor(id: number): Socket {
-    return new Socket({ fd: this.#binding.release(id), readable: true, writable: true, allowHalfOpen: true });
-  }
-
-  /** Bytes from and to the client that the relay has moved. */
+  /** Bytes from and to the client so far. */
   bytes(id: number): readonly [number, number] {
     return this.#binding.bytes(id);
   }
@@ -196,27 +212,99 @@ export class NativeRelay {
     return this.#binding.idleMs(id);
   }
 
-  /** Closes both sides now (with a reset when asked); the owner is not called. Returns the bytes moved. */
+  /** Closes it now (with a reset when asked); nobody is called back. Returns the bytes moved. */
   destroy(id: number, reset = false): readonly [number, number] {
-    this.#owners[id] = undefined;
+    this.#handlers[id] = undefined;
     return this.#binding.destroy(id, reset);
   }
 
-  stats(): RelayStats {
+  stats(): NativeStats {
     return this.#binding.stats();
   }
+
+  readonly #accepted = (
+    listener: number,
+    id: number,
+    remoteAddress: string,
+    remotePort: number,
+    localAddress: string,
+    localPort: number,
+    chunk: Buffer | null,
+  ): void => {
+    const onClient = this.#listeners[listener];
+    if (onClient === undefined) this.#binding.destroy(id, false);
+    else onClient(new NativeClient(this, id, chunk), { remoteAddress, remotePort, localAddress, localPort });
+  };
+
+  readonly #received = (id: number, chunk: Buffer | null): void => {
+    const handler = this.#handlers[id];
+    if (chunk === null) handler?.ended();
+    else handler?.received(chunk);
+  };
+
+  readonly #closed = (id: number, bytesIn: number, bytesOut: number, errno: number): void => {
+    const handler = this.#handlers[id];
+    this.#handlers[id] = undefined;
+    handler?.closed(bytesIn, bytesOut, errno);
+  };
 
   readonly #dialed = (id: number, errno: number): void => {
     const done = this.#dials[id];
     this.#dials[id] = undefined;
     done?.(errno);
   };
+}
 
-  readonly #closed = (id: number, bytesIn: number, bytesOut: number, errno: number): void => {
-    const owner = this.#owners[id];
-    this.#owners[id] = undefined;
-    owner?.relayClosed(bytesIn, bytesOut, errno);
-  };
+/** A client accepted by the native path: a small id, with the bytes that came with the accept. */
+export class NativeClient implements Client {
+  readonly #native: NativeRelay;
+  readonly #id: number;
+  #first: Buffer | null;
+
+  constructor(native: NativeRelay, id: number, first: Buffer | null) {
+    this.#native = native;
+    this.#id = id;
+    this.#first = first;
+  }
+
+  get dial(): Dial<Upstream> {
+    return this.#native.dial;
+  }
+
+  listen(handler: ClientHandler): void {
+    this.#native.own(this.#id, handler);
+    const first = this.#first;
+    this.#first = null;
+    if (first !== null) handler.received(first);
+  }
+
+  bytes(): readonly [number, number] {
+    return this.#native.bytes(this.#id);
+  }
+
+  write(bytes: string): void {
+    this.#native.send(this.#id, Buffer.from(bytes, 'latin1'));
+  }
+
+  pause(): void {
+    this.#native.pause(this.#id);
+  }
+
+  end(reply?: string): void {
+    this.#native.end(this.#id, reply === undefined ? undefined : Buffer.from(reply, 'latin1'));
+  }
+
+  relay(upstream: Upstream, toUpstream: Buffer | undefined, toClient: Buffer | undefined): void {
+    this.#native.relay(this.#id, upstream, toUpstream, toClient);
+  }
+
+  idleMs(): number {
+    return this.#native.idleMs(this.#id);
+  }
+
+  destroy(): readonly [number, number] {
+    return this.#native.destroy(this.#id);
+  }
 }
 
 let loaded: { relay?: NativeRelay; reason?: string } | undefined;
@@ -232,30 +320,29 @@ function maxPipes(): number {
   return Number.isInteger(n) && n >= 0 && n <= 1_000_000 ? n : 1024;
 }
 
+/** An IP address the addon's inet_pton takes: not a host name, and no IPv6 zone ("fe80::1%eth0"). */
+function dialsNatively(host: string): boolean {
+  return isIP(host) !== 0 && !host.includes('%');
+}
+
 function ignore(): void {}
 
-function handleOf(socket: Socket): (TcpHandle & { fd: number }) | undefined {
-  const handle = (socket as unknown as { _handle?: TcpHandle | null })._handle;
+function handleOf(socket: Socket): (UvHandle & { fd: number }) | undefined {
+  const handle = (socket as unknown as { _handle?: UvHandle | null })._handle;
   if (handle == null || typeof handle.fd !== 'number' || handle.fd < 0 || socket.destroyed || socket.connecting) return undefined;
-  return handle as TcpHandle & { fd: number };
+  return handle as UvHandle & { fd: number };
 }
 
 /**
  * Stops Node reading the socket and takes what it had read but not delivered. `reading` is
  * left true so that `read()` does not start the handle again (net.Socket's `_read` checks it).
  */
-function drain(socket: Socket, handle: TcpHandle): Buffer[] {
-  handle.readStop();
+function drain(socket: Socket, handle: UvHandle): Buffer[] {
+  handle.readStop?.();
   handle.reading = true;
   const chunks: Buffer[] = [];
   for (let chunk: Buffer | null; (chunk = socket.read() as Buffer | null) !== null; ) chunks.push(chunk);
   return chunks;
-}
-
-/** Puts drained bytes back, in order, and lets Node read again. */
-function undrain(socket: Socket, handle: TcpHandle, chunks: Buffer[]): void {
-  for (let i = chunks.length - 1; i >= 0; i--) socket.unshift(chunks[i]!);
-  handle.reading = false;
 }
 
 function join(first: Buffer | undefined, rest: Buffer[]): Buffer | undefined {

@@ -75,10 +75,11 @@ export function renderMetrics(listeners: readonly TenantListener[], sandbox: San
   e.family('switchyard_sandbox_quarantined_tenants', 'gauge', 'Tenants moved to a quarantine worker.', [[{}, sandbox.quarantined]]);
   e.family('switchyard_sandbox_slow_lane_tenants', 'gauge', 'Tenants moved to the low-priority slow-lane worker after repeated time-outs.', [[{}, sandbox.slowLane]]);
   const relay = NativeRelay.get()?.stats();
-  e.family('switchyard_relay_native', 'gauge', 'Whether established connections are relayed natively (splice) rather than by Node streams.', [[{}, relay === undefined ? 0 : 1]]);
+  e.family('switchyard_relay_native', 'gauge', 'Whether connections are accepted and relayed by the native data path (splice) rather than by Node streams.', [[{}, relay === undefined ? 0 : 1]]);
   if (relay !== undefined) {
-    e.family('switchyard_relay_connections', 'gauge', 'Connections (and backend connects) held by the native relay now.', [[{}, relay.relays]]);
+    e.family('switchyard_relay_connections', 'gauge', 'Client connections (and backend connects) held by the native data path now.', [[{}, relay.connections]]);
     e.family('switchyard_relay_pipes_lent', 'gauge', 'Pipes holding bytes for a slow destination now (SWITCHYARD_RELAY_PIPES caps them).', [[{}, relay.lentPipes]]);
+    e.family('switchyard_relay_shed_total', 'counter', 'Clients accepted and closed at once because the process was out of file descriptors.', [[{}, relay.shed]]);
   }
   return e.text();
 }
