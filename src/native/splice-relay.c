@@ -72,6 +72,7 @@ typedef struct {
   uint64_t read, written;
   uint8_t eof;        /* the source sent FIN */
   uint8_t shut;       /* FIN forwarded to the destination */
+  uint8_t streaming;  /* reads fill the buffer: splice, rather than copy message by message */
 } direction_t;
 
 typedef enum { RECEIVING, CLOSING, DIALING, DIALED, RELAYING } entry_state;
@@ -79,7 +80,7 @@ typedef enum { RECEIVING, CLOSING, DIALING, DIALED, RELAYING } entry_state;
 typedef struct relay {
   int fd[2];          /* 0 = client, 1 = upstream */
   uint8_t readable[2], writable[2];
-  uint8_t hangup;     /* the client's FIN or an error was reported: read it to the end */
+  uint8_t hangup[2];  /* a FIN or an error was reported: a short read does not mean drained */
   uint8_t error;      /* an error was reported on the client (a reset): noticed even while paused */
   direction_t dir[2]; /* dir[i] reads fd[i] and writes fd[1 - i]; dir[1] also carries replies */
   uint64_t last_activity;
@@ -212,6 +213,13 @@ static int keep(direction_t *d, const char *bytes, size_t len) {
  * Moves bytes from fd[i] to fd[1 - i] until the source has none, the destination is full,
  * or the turn's budget is spent. Returns FAILED (with *err) when a socket failed, WAITING
  * when it stopped on readiness, MOVED_ALL when it stopped on the budget with more to do.
+ *
+ * Two ways, chosen per direction as it goes. Messages (a request, a response) are copied:
+ * read(2) into the shared buffer and write(2) out, and a read shorter than the buffer means
+ * the socket is drained (edge-triggered, anything newer is a new event), so no third call
+ * meets EAGAIN. A read that fills the buffer means a stream: splice(2) through a pipe from
+ * then on, with no copy, until the source goes quiet again. A splice's length cannot tell
+ * drained (the pipe may have stopped it), so a stream reads on until EAGAIN.
  */
 static pump_result pump(state_t *s, relay_t *r, int i, int *err) {
   direction_t *d = &r->dir[i];
@@ -230,7 +238,8 @@ static pump_result pump(state_t *s, relay_t *r, int i, int *err) {
     if (!r->readable[i] || !r->writable[1 - i]) return WAITING;
     if (moved >= TURN_BUDGET) return MOVED_ALL;
     ssize_t n;
-    if (pipe_take(s, d)) {
+    int copied = !d->streaming || !pipe_take(s, d);
+    if (!copied) {
       n = splice(src, NULL, d->pipe[1], NULL, CHUNK, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) d->in_pipe = (size_t)n;
     } else {
@@ -247,7 +256,11 @@ static pump_result pump(state_t *s, relay_t *r, int i, int *err) {
       int e = errno;
       pipe_give(s, d);
       if (e == EINTR) continue;
-      if (e == EAGAIN) { r->readable[i] = 0; return WAITING; }
+      if (e == EAGAIN) {
+        r->readable[i] = 0;
+        if (moved < CHUNK) d->streaming = 0; /* quiet again: messages */
+        return WAITING;
+      }
       *err = e;
       return FAILED;
     }
@@ -259,6 +272,9 @@ static pump_result pump(state_t *s, relay_t *r, int i, int *err) {
     d->read += (uint64_t)n;
     moved += (size_t)n;
     r->last_activity = uv_now(s->loop);
+    if (!copied) continue;
+    if ((size_t)n == CHUNK) d->streaming = 1;
+    else if (!r->hangup[i]) r->readable[i] = 0; /* a short read: drained */
   }
 }
 
@@ -414,7 +430,7 @@ static void receive(state_t *s, relay_t *r) {
       moved += (size_t)n;
       r->last_activity = uv_now(s->loop);
       /* A short read drained the socket: edge-triggered, more data (or a FIN) is a new event. */
-      if ((size_t)n < CHUNK && !r->hangup) r->readable[0] = 0;
+      if ((size_t)n < CHUNK && !r->hangup[0]) r->readable[0] = 0;
     }
     if (r->state != RECEIVING) continue; /* CLOSING: dropped */
     report_received(s, id, s->buffer, (size_t)n);
@@ -579,7 +595,7 @@ static void on_epoll(uv_poll_t *handle, int status, int events) {
     uint32_t e = ev[k].events;
     if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) r->readable[side] = 1;
     if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) r->writable[side] = 1;
-    if (side == 0 && (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) r->hangup = 1;
+    if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) r->hangup[side] = 1;
     if (side == 0 && (e & EPOLLERR)) r->error = 1;
     service(s, r);
   }
@@ -1010,6 +1026,7 @@ static napi_value js_join(napi_env env, napi_callback_info info) {
   }
   r->readable[1] = u->readable[1];
   r->writable[1] = u->writable[1];
+  r->hangup[1] = u->hangup[1];
   u->fd[1] = -1;
   release(s, u, 0);
   return owed(env, s, r, argv);
