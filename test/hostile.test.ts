@@ -204,7 +204,8 @@ describe('hostile routers', () => {
           assert.match(bad.data, outcome.receives);
         }
         const good = await exchange(proxy.port, ['good']);
-        assert.equal(good.data, `${echo.port}:good`, 'the router serves the next connection');
+        const told = (): string => proxy.log.records.filter((r) => r.client === good.client).map((r) => JSON.stringify(r)).join('\n');
+        assert.equal(good.data, `${echo.port}:good`, `the router serves the next connection; its log:\n${told()}`);
       } finally {
         await proxy.close();
       }
