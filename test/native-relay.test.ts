@@ -298,6 +298,62 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     assert.equal(code, 0);
   });
 
+  it('out of file descriptors, closes waiting clients at once rather than spin, and accepts again once some are free', async () => {
+    // A process allowed 64 descriptors, which greets each client and keeps it open; "stats"
+    // is answered with how many clients were shed.
+    const script = `
+      import { createServer } from 'node:net';
+      import { NativeRelay } from ${JSON.stringify(new URL('../src/connection/native-relay.js', import.meta.url).href)};
+      const relay = NativeRelay.get();
+      const server = createServer().listen(0, '127.0.0.1', () => {
+        const port = server.address().port;
+        relay.listen(server, (client) => {
+          client.listen({
+            received(chunk) { if (chunk.toString() === 'stats') client.end('shed=' + relay.stats().shed); },
+            ended() { client.end(); },
+            closed() {},
+          });
+          client.write('hi');
+        });
+        console.log(port);
+      });`;
+    const child = spawn('prlimit', ['--nofile=64:64', process.execPath, '--no-node-snapshot', '--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    try {
+      const [line] = (await within(once(child.stdout, 'data'), 10_000, 'the port')) as [Buffer];
+      const port = Number(line.toString().trim());
+      // Each settles as greeted (accepted, holding a descriptor) or closed without a byte (shed).
+      const outcome = (socket: Socket): Promise<'greeted' | 'shed'> =>
+        new Promise((resolve) => {
+          socket.on('error', () => undefined);
+          socket.once('data', () => resolve('greeted'));
+          socket.once('close', () => resolve('shed'));
+        });
+      const sockets = Array.from({ length: 100 }, () => connect({ port, host: '127.0.0.1' }));
+      const outcomes = await within(Promise.all(sockets.map(outcome)), 20_000, 'every client greeted or shed');
+      const shed = outcomes.filter((o) => o === 'shed').length;
+      assert.ok(shed > 0 && shed < 100, `greeted ${100 - shed}, shed ${shed}`);
+      for (const socket of sockets) socket.destroy();
+      // Until the process has closed those, a new client may be shed too: ask until greeted.
+      let later = 0;
+      const greeted = async (): Promise<Socket> => {
+        for (;;) {
+          const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+          if ((await outcome(socket)) === 'greeted') return socket;
+          later++;
+        }
+      };
+      const asking = await within(greeted(), 10_000, 'a client greeted once descriptors are free');
+      const answer = readAll(asking);
+      asking.on('end', () => asking.end());
+      asking.write('stats');
+      assert.equal(await within(answer, 10_000, 'the stats'), `shed=${shed + later}`);
+    } finally {
+      child.kill();
+    }
+  });
+
   it('leaves no file descriptor behind once its clients and relays have ended', async () => {
     // One relay first, so that whatever Node opens lazily is open before the count.
     const warm = await startFront(relay, relayingTo(relay, echo.port));
