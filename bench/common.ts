@@ -88,6 +88,22 @@ export function processTicks(pid: number, tid?: number): number | undefined {
   return Number(rest[11]) + Number(rest[12]);
 }
 
+/** Linux scheduling policies by number (sched.h), as `chrt` names them. */
+const policyNames: Record<number, string> = { 0: 'other', 1: 'fifo', 2: 'rr', 3: 'batch', 5: 'idle', 6: 'deadline' };
+
+/** A process's scheduling policy ("batch" for SCHED_BATCH), from /proc; undefined once it is gone. */
+export function schedulingPolicy(pid: number): string | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'latin1');
+  } catch {
+    return undefined;
+  }
+  // Field 41 is the policy; rest[0] is field 3.
+  const policy = Number(text.slice(text.lastIndexOf(')') + 2).split(' ')[38]);
+  return policyNames[policy] ?? String(policy);
+}
+
 /** Context switches (voluntary + involuntary) of every thread of a process; undefined once it is gone. */
 export function contextSwitches(pid: number): number | undefined {
   let total = 0;
@@ -172,6 +188,8 @@ export interface TreeSample {
   readonly children: Record<string, number>;
   /** context switches of every thread of the root and its descendants */
   readonly switches: number | undefined;
+  /** the descendants' scheduling policies (Switchyard's workers run under "batch") */
+  readonly policies: readonly string[];
 }
 
 export interface CpuSnapshot {
@@ -186,14 +204,17 @@ export function snapshot(pids: readonly number[]): CpuSnapshot {
   for (const pid of pids) {
     const [, ...descendants] = processTree(pid, ppids);
     const children: Record<string, number> = {};
+    const policies = new Set<string>();
     let switches = contextSwitches(pid);
     for (const child of descendants) {
       const t = processTicks(child);
       if (t !== undefined) children[child] = t;
       const c = contextSwitches(child);
       if (switches !== undefined && c !== undefined) switches += c;
+      const policy = schedulingPolicy(child);
+      if (policy !== undefined) policies.add(policy);
     }
-    trees[pid] = { root: processTicks(pid), main: processTicks(pid, pid), children, switches };
+    trees[pid] = { root: processTicks(pid), main: processTicks(pid, pid), children, switches, policies: [...policies] };
   }
   return { atNs: process.hrtime.bigint(), trees, cores: coreTimes() };
 }
@@ -209,6 +230,8 @@ export interface TreeDelta {
   readonly childrenMs: number;
   readonly children: number;
   readonly contextSwitches: number | null;
+  /** the descendants' scheduling policies at the end of the interval */
+  readonly policies: readonly string[];
 }
 
 export interface CpuDelta {
@@ -237,6 +260,7 @@ export function delta(a: CpuSnapshot, b: CpuSnapshot): CpuDelta {
       childrenMs,
       children: Object.keys(y.children).length,
       contextSwitches: x.switches === undefined || y.switches === undefined ? null : y.switches - x.switches,
+      policies: y.policies,
     };
   }
   const coreBusy = a.cores.map((c, i) => {

@@ -367,6 +367,8 @@ interface Row {
   /** CPU of the proxy's child processes (Switchyard's sandbox workers) */
   workersUsPerConn?: number | null;
   contextSwitchesPerConn?: number | null;
+  /** the scheduling policy of the proxy's child processes (Switchyard's workers: "batch"), if any */
+  workerPolicy: string | null;
   cpuMsPerGiB?: number | null;
 }
 
@@ -405,6 +407,7 @@ function row(target: Target, runs: readonly (RateResult | BulkResult)[]): Row {
     proxyUtil: ratio(cpuMs, raw.cpu.wallMs),
     mainThreadShare: ratio(mainMs, cpuMs),
     coreBusy: raw.cpu.coreBusy,
+    workerPolicy: tree === undefined || tree.policies.length === 0 ? null : tree.policies.join('/'),
   };
   if (raw.mode === 'rate') {
     const perConn = (v: number | null, scale: number): number | null => (v === null || raw.connections === 0 ? null : (v * scale) / raw.connections);
@@ -1111,6 +1114,7 @@ function table(
       numbers('  proxy CPU per connection (µs)', (r) => r.cpuUsPerConn, 1, true, true);
       numbers('    of which main thread (µs)', (r) => r.mainThreadUsPerConn, 1, true, true);
       if (s?.workersUsPerConn) numbers('    of which sandbox worker process', (r) => r.workersUsPerConn, 1, false, true);
+      if (s?.workerPolicy) line(['    sandbox worker scheduling policy', '-', '-', s.workerPolicy, ...(withHaproxy ? ['-'] : []), '']);
       numbers('  proxy context switches per conn.', (r) => r.contextSwitchesPerConn, 1, true, true);
       shares('  proxy + workers CPU (of one core)', (r) => r.proxyUtil, true);
       shares('  CPU 1 busy (proxy core)', (r) => r.coreBusy[1]);

@@ -179,6 +179,8 @@ describe('sandbox workers', () => {
       assert.equal(niceness(shared), 0);
       // Workers run under SCHED_BATCH (started through chrt, which every Linux here has).
       for (const pid of [shared, lanePid]) assert.equal(Number(procStat(pid)[38]), schedBatch, `policy of worker ${pid}`);
+      const started = log.records.filter((r) => r.msg === 'sandbox worker started');
+      assert.ok(started.length >= 2 && started.every((r) => r.scheduling === 'batch'), 'each start-up line says so');
       // The good tenant stays where it was.
       assert.equal((await exchange(good.port, ['fine'])).data, `${echo.port}:fine`);
       assert.equal((good.router as ProcessRouter).pid, shared);

@@ -319,7 +319,7 @@ export class SandboxPool {
 
   readonly #spawn = (name: string): WorkerProcess => {
     const proc = new WorkerProcess(name, this.#options.concurrency, this.#onResponse);
-    this.#log[name.startsWith('check:') ? 'debug' : 'info']({ worker: name, workerPid: proc.child.pid }, 'sandbox worker started');
+    this.#log[name.startsWith('check:') ? 'debug' : 'info']({ worker: name, workerPid: proc.child.pid, scheduling: proc.scheduling }, 'sandbox worker started');
     void proc.exited.then(() => this.#onExit(proc));
     proc.child.on('error', (err) => this.#log.error({ worker: name, err: err.message }, 'sandbox worker failed to start'));
     return proc;

@@ -61,6 +61,8 @@ export class WorkerProcess {
   /** Slots whose script was sent to this process. */
   readonly loaded = new Set<number>();
   readonly exited: Promise<void>;
+  /** The scheduling policy it was started under: "batch" (SCHED_BATCH, through chrt) or the default. */
+  readonly scheduling: 'batch' | 'other';
   alive = true;
   /** Replaced by a newer process; killed once its calls drain. */
   retiring = false;
@@ -70,7 +72,8 @@ export class WorkerProcess {
   constructor(name: string, concurrency: number, onResponse: (proc: WorkerProcess, r: Response) => void) {
     this.name = name;
     const node = [process.execPath, '--no-node-snapshot', ...workerFlags(), workerPath];
-    const [command, ...args] = batchScheduling() ? ['chrt', '--batch', '0', ...node] : node;
+    this.scheduling = batchScheduling() ? 'batch' : 'other';
+    const [command, ...args] = this.scheduling === 'batch' ? ['chrt', '--batch', '0', ...node] : node;
     this.child = spawn(command!, args, {
       stdio: ['ignore', 'inherit', 'inherit', 'pipe'],
       env: { ...process.env, SWITCHYARD_WORKER_CONCURRENCY: String(concurrency) },
