@@ -287,7 +287,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
         console.log(port);
       });`;
     const child = spawn(process.execPath, ['--no-node-snapshot', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const exited = once(child, 'exit');
+    const exited = once(child, 'close'); // after its stdio closed too: no pipe left open here
     const [line] = (await within(once(child.stdout, 'data'), 10_000, 'the port')) as [Buffer];
     await new Promise((r) => setTimeout(r, 200)); // a process with nothing holding it would be gone by now
     const socket = connect({ port: Number(line.toString().trim()), host: '127.0.0.1', allowHalfOpen: true });
@@ -320,6 +320,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     const child = spawn('prlimit', ['--nofile=64:64', process.execPath, '--no-node-snapshot', '--input-type=module', '-e', script], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
+    const closed = once(child, 'close');
     try {
       const [line] = (await within(once(child.stdout, 'data'), 10_000, 'the port')) as [Buffer];
       const port = Number(line.toString().trim());
@@ -351,6 +352,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
       assert.equal(await within(answer, 10_000, 'the stats'), `shed=${shed + later}`);
     } finally {
       child.kill();
+      await closed; // its stdio too: the next test counts this process's descriptors
     }
   });
 
