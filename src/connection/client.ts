@@ -59,7 +59,6 @@ export class SocketClient implements Client {
   readonly #socket: Socket;
   #handler: ClientHandler | undefined;
   #relay: NodeRelay | undefined;
-  #ended = false;
   #errno = 0;
   #done = false;
 
@@ -103,7 +102,7 @@ export class SocketClient implements Client {
     socket.off('end', this.#end);
     socket.off('error', this.#error);
     socket.off('close', this.#close);
-    this.#relay = new NodeRelay(socket, upstream, toUpstream, toClient, this.#ended, (errno) => this.#closed(errno));
+    this.#relay = new NodeRelay(socket, upstream, toUpstream, toClient, socket.readableEnded, (errno) => this.#closed(errno));
   }
 
   idleMs(): number {
@@ -120,10 +119,7 @@ export class SocketClient implements Client {
 
   readonly #data = (chunk: Buffer): void => this.#handler?.received(chunk);
 
-  readonly #end = (): void => {
-    this.#ended = true;
-    this.#handler?.ended();
-  };
+  readonly #end = (): void => this.#handler?.ended();
 
   readonly #error = (err: NodeJS.ErrnoException): void => {
     this.#errno = Math.abs(err.errno ?? 0);
