@@ -39,6 +39,8 @@ export class TenantListener implements ConnectionHost {
   /** Accepting: the native path's listener id, or Node's server. */
   #accepting: { readonly native: NativeRelay; readonly listener: number } | Server | undefined;
   #address: AddressInfo | null = null;
+  /** Closed or destroyed: it never accepts again. */
+  #stopped = false;
   readonly #connections = new Set<Connection>();
   #draining: Promise<void> | undefined;
   #drained: (() => void) | undefined;
@@ -59,6 +61,12 @@ export class TenantListener implements ConnectionHost {
       server.once('error', reject);
       server.listen({ port, host, backlog: 1024 }, () => {
         server.off('error', reject);
+        // Closed while the port was being bound: it stays closed.
+        if (this.#stopped) {
+          server.close();
+          reject(new Error('listener closed while binding'));
+          return;
+        }
         const address = server.address() as AddressInfo;
         if (native === undefined) {
           server.on('error', (err) => this.log.error({ err }, 'listener error'));
@@ -193,6 +201,7 @@ export class TenantListener implements ConnectionHost {
 
   /** Closes the port: clients that connect from now on are refused. */
   #stopAccepting(): void {
+    this.#stopped = true;
     const accepting = this.#accepting;
     this.#accepting = undefined;
     this.#address = null;

@@ -21,6 +21,8 @@ export interface ServeOptions {
   readonly workers: number;
   readonly maxWarmIsolates: number;
   readonly maxWarmMb?: number;
+  /** How often a tenant port that could not be bound at start is tried again (default 5 s). */
+  readonly rebindAfterMs?: number;
   readonly log: Logger;
   /** Where the generated operator token is announced, once. */
   readonly announce: (line: string) => void;
@@ -52,7 +54,7 @@ async function operatorToken(o: ServeOptions): Promise<string> {
 }
 
 /** `switchyard serve`: the store, the sandbox pool, every tenant's port, and the admin API. */
-export async function startHosting(o: ServeOptions): Promise<Service & { adminPort: number }> {
+export async function startHosting(o: ServeOptions): Promise<Service & { adminPort: number; pendingRebinds(): number }> {
   await mkdir(o.dataDir, { recursive: true, mode: 0o700 });
   const token = await operatorToken(o);
   const store = await SqliteTenantStore.open(o.dataDir);
@@ -74,6 +76,7 @@ export async function startHosting(o: ServeOptions): Promise<Service & { adminPo
       allow: o.allow,
       defaults: o.defaults,
       ownPorts: () => [adminPort],
+      ...(o.rebindAfterMs === undefined ? {} : { rebindAfterMs: o.rebindAfterMs }),
     });
     admin = new AdminServer(service, token, o.log);
     const address = await admin.listen(o.admin.port, o.admin.host);
@@ -90,6 +93,7 @@ export async function startHosting(o: ServeOptions): Promise<Service & { adminPo
         await store.close();
       },
       destroy: () => service.destroy(),
+      pendingRebinds: () => service.pendingRebinds,
     };
   } catch (err) {
     await admin?.close();

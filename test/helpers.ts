@@ -632,6 +632,8 @@ export interface TestHosting {
   readonly log: CapturedLog;
   /** Lines passed to `announce` (the generated operator token, on first start). */
   readonly announced: string[];
+  /** Tenant ports that could not be bound at start and wait to be tried again. */
+  pendingRebinds(): number;
   /** Closes every connection and the service (the data directory is kept). */
   close(): Promise<void>;
 }
@@ -642,7 +644,7 @@ export interface TestHosting {
  * `allow` is a list of `--allow` rules.
  */
 export async function startTestHosting(
-  options: { dataDir?: string; ports?: readonly [number, number]; portCount?: number; allow?: readonly string[]; limits?: Partial<Limits> } = {},
+  options: { dataDir?: string; ports?: readonly [number, number]; portCount?: number; allow?: readonly string[]; limits?: Partial<Limits>; rebindAfterMs?: number } = {},
 ): Promise<TestHosting> {
   const { startHosting } = await import('../src/serve.js');
   const { parseAllowRule } = await import('../src/routing/policy.js');
@@ -666,6 +668,7 @@ export async function startTestHosting(
     maxWarmIsolates: 1000,
     log: log.logger,
     announce: (line) => announced.push(line),
+    ...(options.rebindAfterMs === undefined ? {} : { rebindAfterMs: options.rebindAfterMs }),
   });
   const fromEnv = process.env.SWITCHYARD_ADMIN_TOKEN;
   const operatorToken = fromEnv !== undefined && fromEnv !== '' ? fromEnv : readFileNow(joinPath(dataDir, 'admin-token'), 'utf8').trim();
@@ -677,6 +680,7 @@ export async function startTestHosting(
     api: new AdminApi(service.adminPort, operatorToken),
     log,
     announced,
+    pendingRebinds: () => service.pendingRebinds(),
     close: async () => {
       service.destroy();
       await service.close();

@@ -64,7 +64,13 @@ function roundTrip(socket: Socket, line: string, expected: string): Promise<void
  * half-open, so this side is then ended too), a reset, or a full close.
  */
 function closed(socket: Socket, what: string): Promise<unknown> {
-  if (socket.destroyed || socket.readableEnded) return Promise.resolve();
+  if (socket.destroyed) return Promise.resolve();
+  // The FIN came before this was asked: end this side too, or the socket stays half-open (and
+  // keeps this process alive).
+  if (socket.readableEnded) {
+    socket.end();
+    return Promise.resolve();
+  }
   return within(
     new Promise<void>((resolve) => {
       socket.once('end', () => {
@@ -625,6 +631,47 @@ describe('hosting: /healthz', () => {
     } finally {
       await h?.close();
       if (occupant !== undefined) await new Promise<void>((resolve) => occupant!.close(() => resolve()));
+      removeDir(dataDir);
+    }
+  });
+
+  it('a port that could not be bound at start is tried again until it binds; once the service is closed, never', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'switchyard-rebind-'));
+    const ports = await freePortRange(4);
+    let h: TestHosting | undefined = await startTestHosting({ dataDir, ports, rebindAfterMs: 20 });
+    let occupant: Awaited<ReturnType<typeof occupyPort>> | undefined;
+    const release = async (): Promise<void> => {
+      const o = occupant;
+      occupant = undefined;
+      if (o !== undefined) await new Promise<void>((resolve) => o.close(() => resolve()));
+    };
+    try {
+      await h.api.createTenant('one', ports[0]);
+      await h.close();
+
+      occupant = await occupyPort(ports[0]);
+      h = await startTestHosting({ dataDir, ports, rebindAfterMs: 20 });
+      assert.notEqual((await httpCall(h.adminPort, 'GET', '/healthz')).status, 200);
+      assert.equal(h.pendingRebinds(), 1);
+      await release();
+      await eventually(async () => (await httpCall(h!.adminPort, 'GET', '/healthz')).status === 200, 'the freed port is bound');
+      assert.equal(await tryConnect(ports[0]), 'connected');
+      assert.equal(h.pendingRebinds(), 0);
+      await h.close();
+
+      // Closed while waiting to try again: nothing is left to bind the port later.
+      occupant = await occupyPort(ports[0]);
+      h = await startTestHosting({ dataDir, ports, rebindAfterMs: 20 });
+      assert.equal(h.pendingRebinds(), 1);
+      const closing = h;
+      h = undefined;
+      await closing.close();
+      assert.equal(closing.pendingRebinds(), 0);
+      await release();
+      assert.equal(await tryConnect(ports[0]), 'ECONNREFUSED');
+    } finally {
+      await h?.close();
+      await release();
       removeDir(dataDir);
     }
   });

@@ -29,6 +29,8 @@ export interface HostingOptions {
   readonly defaults: Limits;
   /** Ports of the service itself besides the tenant range (the admin API): never a backend. */
   readonly ownPorts: () => readonly number[];
+  /** A stored tenant's port that could not be bound at start is tried again this often (default 5 s). */
+  readonly rebindAfterMs?: number;
 }
 
 /** One tenant, live: its port, its router, its table and limits. */
@@ -73,6 +75,9 @@ export class HostingService {
   readonly #resolver = new CachingResolver();
   /** Each tenant's changes, one after another (see #exclusive). */
   readonly #queues = new Map<string, Promise<unknown>>();
+  /** Ports waiting to be bound again; closing the service stops them. */
+  readonly #rebinds = new Set<NodeJS.Timeout>();
+  #closed = false;
 
   private constructor(options: HostingOptions) {
     this.#o = options;
@@ -100,11 +105,19 @@ export class HostingService {
     try {
       await t.listener.listen(t.port, this.#o.bindHost);
     } catch (err) {
-      this.#log.error({ tenant: t.name, port: t.port, err: (err as Error).message }, 'tenant port could not be bound; trying again in 5 s');
-      setTimeout(() => {
-        if (this.#tenants.get(t.name) === t && !t.listener.listening) void this.#bind(t);
-      }, 5000).unref();
+      const afterMs = this.#o.rebindAfterMs ?? 5000;
+      this.#log.error({ tenant: t.name, port: t.port, err: (err as Error).message, retryInMs: afterMs }, 'tenant port could not be bound; trying again');
+      const timer = setTimeout(() => {
+        this.#rebinds.delete(timer);
+        if (!this.#closed && this.#tenants.get(t.name) === t && !t.listener.listening) void this.#bind(t);
+      }, afterMs).unref();
+      this.#rebinds.add(timer);
     }
+  }
+
+  /** Ports waiting to be bound again. */
+  get pendingRebinds(): number {
+    return this.#rebinds.size;
   }
 
   /** Every tenant port is listening. */
@@ -352,12 +365,21 @@ export class HostingService {
 
   /** Stops accepting on every port; resolves once every connection has finished. */
   async close(): Promise<void> {
+    this.#stopRebinding();
     await Promise.all([...this.#tenants.values()].map((t) => t.listener.close()));
   }
 
   /** Closes every connection now. */
   destroy(): void {
+    this.#stopRebinding();
     for (const t of this.#tenants.values()) t.listener.destroy();
+  }
+
+  /** A closed service binds nothing again, not even a port that failed at start. */
+  #stopRebinding(): void {
+    this.#closed = true;
+    for (const timer of this.#rebinds) clearTimeout(timer);
+    this.#rebinds.clear();
   }
 
   /**
