@@ -7,6 +7,10 @@ export interface SandboxFigures {
   readonly workers: number;
   readonly isolates: number;
   readonly heapBytes: number;
+  /** Blank isolates built ahead of tenants' cold starts. */
+  readonly spareIsolates: number;
+  /** Isolates built from a spare by the workers alive now (not a counter: it restarts with a worker). */
+  readonly coldStartsFromSpare: number;
   readonly workerRssBytes: number;
   readonly restarts: number;
   readonly quarantined: number;
@@ -70,6 +74,7 @@ export function renderMetrics(listeners: readonly TenantListener[], sandbox: San
   e.family('switchyard_sandbox_workers', 'gauge', 'Sandbox worker processes.', [[{}, sandbox.workers]]);
   e.family('switchyard_sandbox_isolates', 'gauge', 'Router isolates alive in the sandbox workers.', [[{}, sandbox.isolates]]);
   e.family('switchyard_sandbox_heap_bytes', 'gauge', 'V8 heap used by router isolates.', [[{}, sandbox.heapBytes]]);
+  e.family('switchyard_sandbox_spare_isolates', 'gauge', 'Blank isolates built ahead of router cold starts.', [[{}, sandbox.spareIsolates]]);
   e.family('switchyard_sandbox_worker_rss_bytes', 'gauge', 'Resident memory of the sandbox workers.', [[{}, sandbox.workerRssBytes]]);
   e.family('switchyard_sandbox_worker_restarts_total', 'counter', 'Sandbox workers restarted after a crash or a hang.', [[{}, sandbox.restarts]]);
   e.family('switchyard_sandbox_quarantined_tenants', 'gauge', 'Tenants moved to a quarantine worker.', [[{}, sandbox.quarantined]]);

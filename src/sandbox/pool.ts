@@ -123,6 +123,8 @@ export class SandboxPool {
     const procs = this.#hosts().map((h) => h.current).filter((p) => p.alive);
     let isolates = 0;
     let heapBytes = 0;
+    let spareIsolates = 0;
+    let coldStartsFromSpare = 0;
     let workerRssBytes = 0;
     await Promise.all(
       procs.map(async (p) => {
@@ -131,14 +133,16 @@ export class SandboxPool {
         const timer = setTimeout(() => pending.resolve({ id: 0, status: Status.routerError, payload: '' }), 1000);
         const r = await pending.promise.finally(() => clearTimeout(timer));
         if (r.status !== Status.ok) return;
-        const s = JSON.parse(r.payload) as { isolates: number; heapBytes: number };
+        const s = JSON.parse(r.payload) as { isolates: number; heapBytes: number; spares: number; sparesTaken: number };
         isolates += s.isolates;
         heapBytes += s.heapBytes;
+        spareIsolates += s.spares;
+        coldStartsFromSpare += s.sparesTaken;
       }),
     );
     const quarantined = [...this.#tenants.values()].filter((t) => t.quarantined).length;
     const slowLane = [...this.#tenants.values()].filter((t) => t.host === this.#slowLane && !t.quarantined).length;
-    return { workers: procs.length, isolates, heapBytes, workerRssBytes: Math.round(workerRssBytes), restarts: this.#restarts, quarantined, slowLane };
+    return { workers: procs.length, isolates, heapBytes, spareIsolates, coldStartsFromSpare, workerRssBytes: Math.round(workerRssBytes), restarts: this.#restarts, quarantined, slowLane };
   }
 
   /** The pid of the worker that serves a tenant now. */

@@ -2,7 +2,7 @@ import ivm from 'isolated-vm';
 import { scriptLimits } from '../config.js';
 import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
 import { loadedHooks, type Envelope } from './envelope.js';
-import { preludeSource } from './prelude.js';
+import { buildBlank, takeSpare } from './blank.js';
 import type { RouterHooks } from './router.js';
 
 /** What it takes to build a tenant's isolate. Plain data, so it can travel to a worker process. */
@@ -251,9 +251,6 @@ function release(isolate: ivm.Isolate): void {
   if (!isolate.isDisposed) isolate.dispose();
 }
 
-/** V8's code cache for the prelude, made by the first isolate and reused by every later one. */
-let preludeCache: ivm.ExternalCopy<ArrayBuffer> | undefined;
-
 const syntaxPosition = /\[[^\]]*:(\d+):(\d+)\]$/;
 
 /** Compiles the script without running it: no tenant code runs, and a syntax error gets its line and column. */
@@ -268,45 +265,21 @@ async function compileCheck(isolate: ivm.Isolate, spec: IsolateSpec): Promise<vo
 }
 
 /**
- * Builds an isolate: prelude, a compile check of the script (unless checked before), then the
- * script itself. With `sync` (in a worker process) the trusted, bounded steps (the context and
- * the prelude, from V8's code cache) run synchronously, which saves a thread hand-off each
- * (about 0.8 ms of a cold start); the table and the tenant's code always run asynchronously,
- * under their time limit, so a slow script cannot hold the worker's other tenants.
+ * Builds a tenant's isolate: a blank one (the spare, if the worker prepared one for this
+ * memory limit), a compile check of the script (unless checked before), the table, then the
+ * script itself. The table and the tenant's code always run asynchronously, under their time
+ * limit, so a slow script cannot hold the worker's other tenants.
  */
 async function build(spec: IsolateSpec, sync = false): Promise<{ instance: Instance; hooks: RouterHooks; envelope: string }> {
-  const isolate = new ivm.Isolate({ memoryLimit: spec.memoryMb });
+  const { isolate, api } = (await takeSpare(spec.memoryMb)) ?? (await buildBlank(spec.memoryMb, sync));
+  const { setTable, load } = api;
   try {
-    const context = sync ? isolate.createContextSync() : await isolate.createContext();
-    const options = {
-      filename: 'switchyard:prelude',
-      ...(preludeCache === undefined ? { produceCachedData: true } : { cachedData: preludeCache }),
-    };
-    const prelude = sync ? isolate.compileScriptSync(preludeSource, options) : await isolate.compileScript(preludeSource, options);
-    preludeCache ??= (prelude as ivm.Script & ivm.CachedDataResult).cachedData;
-    if (sync) prelude.runSync(context);
-    else await prelude.run(context);
-    const names = ['setTable', 'load', 'route', 'accept', 'hook'] as const;
-    let refs: ivm.Reference<unknown>[];
-    if (sync) {
-      const api = context.global.getSync('__switchyard', { reference: true });
-      refs = names.map((name) => api.getSync(name, { reference: true }) as ivm.Reference<unknown>);
-      context.global.deleteSync('__switchyard');
-      api.release();
-    } else {
-      const api = await context.global.get('__switchyard', { reference: true });
-      refs = await Promise.all(names.map((name) => api.get(name, { reference: true }) as Promise<ivm.Reference<unknown>>));
-      await context.global.delete('__switchyard');
-      api.release();
-    }
-    const [setTable, load, route, accept, hook] = refs;
-
     if (spec.checked !== true) await compileCheck(isolate, spec);
-    if (spec.table !== undefined) await setTable!.apply(undefined, [spec.table], { timeout: scriptLimits.loadTimeoutMs });
+    if (spec.table !== undefined) await setTable.apply(undefined, [spec.table], { timeout: scriptLimits.loadTimeoutMs });
 
     let text: unknown;
     try {
-      text = await load!.apply(undefined, [spec.source], { timeout: scriptLimits.loadTimeoutMs });
+      text = await load.apply(undefined, [spec.source], { timeout: scriptLimits.loadTimeoutMs });
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       if (isolate.isDisposed || /memory/i.test(message)) {
@@ -319,7 +292,7 @@ async function build(spec: IsolateSpec, sync = false): Promise<{ instance: Insta
     }
     if (typeof text !== 'string') throw new RouterLoadError('ERR_ROUTER_THROW', 'sandbox returned no load result');
     const hooks = loadedHooks(JSON.parse(text) as Envelope);
-    return { instance: { isolate, entry: { route: route!, accept: accept!, hook: hook! } }, hooks, envelope: text };
+    return { instance: { isolate, entry: { route: api.route, accept: api.accept, hook: api.hook } }, hooks, envelope: text };
   } catch (err) {
     release(isolate);
     throw err;

@@ -7,9 +7,12 @@
  * Scheduling: one call per tenant at a time (an isolate runs one call at a time anyway),
  * tenants with work taken round-robin, and at most `SWITCHYARD_WORKER_CONCURRENCY` calls
  * running at once, so a tenant that spins at its time limit holds one slot, not the worker.
+ * When it has nothing to do, it builds a spare blank isolate for the next tenant's cold start
+ * (blank.ts), of the memory limit of the tenant it loaded last.
  */
 import { Socket } from 'node:net';
 import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
+import { prepareSpare, spareReady, sparesTaken } from './blank.js';
 import { connArgs } from './isolate-router.js';
 import { type EntryPoint, type IsolateSpec, TenantIsolate } from './tenant-isolate.js';
 import { decodeConn, decodeRequest, encodeResponse, FrameReader, FrameWriter, Hook, Op, type Request, Status } from './wire.js';
@@ -37,6 +40,13 @@ const tenants = new Map<number, Tenant>();
 /** Tenants with queued calls and none running, in turn order. */
 const ready: Tenant[] = [];
 let running = 0;
+/** Loads being built, and the memory limit of the latest: the size of the spare. */
+let loading = 0;
+let spareMemoryMb: number | undefined;
+const spareAfterIdleMs = 20;
+let spareTimer: NodeJS.Timeout | undefined;
+/** When the latest load or call arrived (not counting stats requests). */
+let lastArrival = 0;
 
 channel.on('data', (chunk: Buffer) => {
   reader.push(chunk, (body) => handle(decodeRequest(body)));
@@ -49,6 +59,7 @@ channel.on('error', () => process.exit(0));
 function handle(r: Request): void {
   switch (r.op) {
     case Op.load:
+      lastArrival = performance.now();
       load(r.id, r.slot, JSON.parse(r.body.toString('utf8', r.at)) as IsolateSpec & { tenant: string });
       return;
     case Op.unload:
@@ -67,6 +78,7 @@ function handle(r: Request): void {
     case Op.route:
     case Op.accept:
     case Op.hook: {
+      lastArrival = performance.now();
       const t = tenants.get(r.slot);
       if (t === undefined) {
         respondError(r.id, new RouterError(CloseReason.routerUnavailable, 'router not loaded in this worker'));
@@ -92,10 +104,12 @@ function load(id: number, slot: number, spec: IsolateSpec & { tenant: string }):
   // Loading a slot again (after the pool unloaded it, or twice) replaces what was there.
   const previous = tenants.get(slot);
   if (previous !== undefined) retire(previous);
+  loading++;
+  spareMemoryMb = isolateSpec.memoryMb;
   const created = TenantIsolate.create(isolateSpec, { syncCalls: true });
   const tenant: Tenant = { name, isolate: created.then((c) => c.isolate), queue: [], running: false, retired: false };
   tenants.set(slot, tenant);
-  created.then(
+  void created.then(
     async ({ isolate, envelope }) => {
       const heap = await isolate.heap();
       const heapBytes = heap === undefined ? 0 : heap.used_heap_size + heap.externally_allocated_size;
@@ -106,7 +120,10 @@ function load(id: number, slot: number, spec: IsolateSpec & { tenant: string }):
       const e = err instanceof RouterLoadError ? err : new RouterLoadError('ERR_ROUTER_THROW', String(err));
       writer.write(encodeResponse(id, Status.loadError, JSON.stringify({ code: e.code, message: e.message, line: e.line, column: e.column })));
     },
-  );
+  ).finally(() => {
+    loading--;
+    whenIdle();
+  });
   tenant.isolate.catch(() => undefined);
 }
 
@@ -134,7 +151,28 @@ async function run(tenant: Tenant, job: Job): Promise<void> {
     if (tenant.queue.length > 0) ready.push(tenant);
     else if (tenant.retired) retire(tenant);
     pump();
+    whenIdle();
   }
+}
+
+function idle(): boolean {
+  return running === 0 && loading === 0 && ready.length === 0;
+}
+
+/**
+ * Idle and without a spare: prepare one once nothing has arrived for `spareAfterIdleMs`, so
+ * that building it (creating the isolate holds this thread for ~2 ms) does not delay the call
+ * that usually follows a load, the new tenant's first decision.
+ */
+function whenIdle(): void {
+  if (spareTimer !== undefined || spareMemoryMb === undefined || !idle() || spareReady(spareMemoryMb)) return;
+  const wait = Math.max(1, spareAfterIdleMs - (performance.now() - lastArrival));
+  spareTimer = setTimeout(() => {
+    spareTimer = undefined;
+    if (!idle() || spareMemoryMb === undefined) return;
+    if (performance.now() - lastArrival >= spareAfterIdleMs) prepareSpare(spareMemoryMb);
+    else whenIdle();
+  }, wait).unref();
 }
 
 /** Disposes an unloaded tenant's isolate now, or after the calls it still has. */
@@ -154,7 +192,7 @@ async function stats(): Promise<string> {
     isolates++;
     heapBytes += heap.used_heap_size + heap.externally_allocated_size;
   }
-  return JSON.stringify({ isolates, heapBytes });
+  return JSON.stringify({ isolates, heapBytes, spares: spareMemoryMb !== undefined && spareReady(spareMemoryMb) ? 1 : 0, sparesTaken: sparesTaken() });
 }
 
 function respondError(id: number, err: RouterError): void {
