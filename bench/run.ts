@@ -463,7 +463,11 @@ interface IdleScenario {
 }
 interface TenantsResult {
   tenants: number;
+  idleTenants: number;
+  /** One at a time, the worker idle before each (a spare isolate ready). */
   coldStartMs: { p50: number; p99: number };
+  /** Back to back: no spare ever ready. */
+  coldStartBurstMs: { p50: number; p99: number };
   warmCallMs: { p50: number; p99: number };
   workerRssMb: { before: number; after: number };
   rssPerWarmTenantMb: number;
@@ -960,8 +964,8 @@ function targets(
     const row = rows.at(-1)!;
     if (row.met === false && (busy[0] ?? 0) >= 0.98 && (busy[1] ?? 1) < 0.95) row.loadBound = true;
   }
-  add('cold start of a tenant (p50)', '<=', 5, '<= 5 ms', tenants?.coldStartMs.p50 ?? null,
-    tenants === undefined ? 'skipped' : `p50 ${fmt(tenants.coldStartMs.p50, 2)} ms, p99 ${fmt(tenants.coldStartMs.p99, 2)} ms`);
+  add('cold start of a tenant (p50, worker idle before it)', '<=', 5, '<= 5 ms', tenants?.coldStartMs.p50 ?? null,
+    tenants === undefined ? 'skipped' : `p99 ${fmt(tenants.coldStartMs.p99, 2)} ms; back to back: p50 ${fmt(tenants.coldStartBurstMs.p50, 2)}, p99 ${fmt(tenants.coldStartBurstMs.p99, 2)} ms`);
   add('warm tenants within 2 GiB', '>=', 1000, '>= 1,000', tenants?.warmTenantsPer2GiB ?? null,
     tenants === undefined ? 'skipped' : `${fmt(tenants.rssPerWarmTenantMb, 2)} MiB RSS per warm tenant`);
   const f = sandbox?.fairness;
@@ -1034,7 +1038,8 @@ function extraTables(http: HttpScenario | undefined, idle: IdleScenario | undefi
     }
   }
   if (tenants !== undefined) {
-    out.push(`tenants (bench/tenants.ts, ${tenants.tenants} tenants, one worker, pinned to CPU 1): cold start p50 ${fmt(tenants.coldStartMs.p50, 2)} ms, p99 ${fmt(tenants.coldStartMs.p99, 2)} ms;` +
+    out.push(`tenants (bench/tenants.ts, ${tenants.tenants} tenants, one worker, pinned to CPU 1): cold start with the worker idle before it (a spare isolate ready, ${tenants.idleTenants} tenants)` +
+      ` p50 ${fmt(tenants.coldStartMs.p50, 2)} ms, p99 ${fmt(tenants.coldStartMs.p99, 2)} ms; back to back p50 ${fmt(tenants.coldStartBurstMs.p50, 2)} ms, p99 ${fmt(tenants.coldStartBurstMs.p99, 2)} ms;` +
       ` worker RSS ${fmt(tenants.workerRssMb.before)} -> ${fmt(tenants.workerRssMb.after)} MiB, ${fmt(tenants.rssPerWarmTenantMb, 2)} MiB per warm tenant -> ${fmt(tenants.warmTenantsPer2GiB)} per 2 GiB`);
   }
   if (sandbox !== undefined) {
