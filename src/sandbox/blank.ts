@@ -73,7 +73,7 @@ export function sparesTaken(): number {
 export function prepareSpare(memoryMb: number): void {
   if (spare?.memoryMb === memoryMb) return;
   dropSpare();
-  const entry = {
+  const entry: NonNullable<typeof spare> = {
     memoryMb,
     ready: false,
     // Off this thread where isolated-vm allows it, so calls that arrive meanwhile are not held up.
@@ -82,7 +82,11 @@ export function prepareSpare(memoryMb: number): void {
         entry.ready = true;
         return b;
       },
-      () => undefined,
+      () => {
+        // Not built (out of memory, say): none is waiting, so the next idle spell tries again.
+        if (spare === entry) spare = undefined;
+        return undefined;
+      },
     ),
   };
   spare = entry;
