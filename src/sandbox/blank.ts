@@ -92,9 +92,9 @@ export function prepareSpare(memoryMb: number): void {
   spare = entry;
 }
 
-/** Whether a spare is built and waiting: for this memory limit, or for any. */
-export function spareReady(memoryMb?: number): boolean {
-  return spare !== undefined && spare.ready && (memoryMb === undefined || spare.memoryMb === memoryMb);
+/** Whether a spare for this memory limit is built and waiting. */
+export function spareReady(memoryMb: number): boolean {
+  return spare !== undefined && spare.ready && spare.memoryMb === memoryMb;
 }
 
 /** Takes the spare for this memory limit, built or still being built, if there is one. */
@@ -107,7 +107,7 @@ export function takeSpare(memoryMb: number): Promise<Blank | undefined> | undefi
 }
 
 /** Disposes the spare, if any. */
-export function dropSpare(): void {
+function dropSpare(): void {
   const old = spare;
   spare = undefined;
   void old?.blank.then((b) => {

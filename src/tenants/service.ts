@@ -105,6 +105,7 @@ export class HostingService {
     try {
       await t.listener.listen(t.port, this.#o.bindHost);
     } catch (err) {
+      if (this.#closed) return; // closed while binding: nothing to try again
       const afterMs = this.#o.rebindAfterMs ?? 5000;
       this.#log.error({ tenant: t.name, port: t.port, err: (err as Error).message, retryInMs: afterMs }, 'tenant port could not be bound; trying again');
       const timer = setTimeout(() => {
