@@ -1,8 +1,10 @@
 #!/usr/bin/env -S node --no-node-snapshot
 /**
- * The `switchyard` command. The only place that exits the process: it parses flags, starts
- * the service, and turns signals into a graceful or a bounded shutdown.
+ * The `switchyard` command. The only place that exits the process (with runtime-gate.ts, which
+ * it imports first): it parses flags, starts the service, and turns signals into a graceful or
+ * a bounded shutdown.
  */
+import './runtime-gate.js'; // first: refuses an unsupported Node.js before any native addon loads
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { defaultLimits, shutdownGraceMs, type Limits } from './config.js';
