@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { AdminServer } from './admin/server.js';
 import type { Limits } from './config.js';
 import { NativeRelay } from './connection/native-relay.js';
+import { runtimeInfo } from './runtime.js';
 import type { Logger } from './log.js';
 import type { AllowRule } from './routing/policy.js';
 import { SandboxPool } from './sandbox/pool.js';
@@ -81,7 +82,7 @@ export async function startHosting(o: ServeOptions): Promise<Service & { adminPo
     admin = new AdminServer(service, token, o.log);
     const address = await admin.listen(o.admin.port, o.admin.host);
     adminPort = address.port;
-    o.log.info({ admin: `${address.address}:${address.port}`, ports: `${o.ports[0]}-${o.ports[1]}`, bind: o.bindHost, data: o.dataDir, ...NativeRelay.describe() }, 'serving');
+    o.log.info({ admin: `${address.address}:${address.port}`, ports: `${o.ports[0]}-${o.ports[1]}`, bind: o.bindHost, data: o.dataDir, ...NativeRelay.describe(), runtime: runtimeInfo() }, 'serving');
     const adminServer = admin;
     return {
       address,

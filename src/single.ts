@@ -3,6 +3,7 @@ import { basename } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { Limits } from './config.js';
 import { NativeRelay } from './connection/native-relay.js';
+import { runtimeInfo } from './runtime.js';
 import { TenantListener } from './listener.js';
 import type { Logger } from './log.js';
 import { RouterConsole } from './sandbox/console.js';
@@ -47,7 +48,7 @@ export async function startSingleRouter(o: SingleRouterOptions): Promise<Service
     await pool.close();
     throw err;
   }
-  listener.log.info({ host: address.address, port: address.port, router: o.file, ...NativeRelay.describe() }, 'listening');
+  listener.log.info({ host: address.address, port: address.port, router: o.file, ...NativeRelay.describe(), runtime: runtimeInfo() }, 'listening');
   return {
     address,
     close: async () => {

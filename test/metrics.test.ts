@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { renderMetrics } from '../src/metrics/prometheus.js';
+import { runtimeInfo } from '../src/runtime.js';
 import { exchange, startEchoBackend, startProxy } from './helpers.js';
 
 function sample(text: string, series: string): number {
@@ -57,6 +58,9 @@ describe('metrics', () => {
         assert.equal(sample(text, 'switchyard_relay_pipes_lent'), 0);
       }
       assert.match(text, /^# TYPE switchyard_router_call_duration_seconds histogram$/m);
+      const build = `switchyard_build_info{version="0.1.0",node="${process.versions.node}",v8="${process.versions.v8}",isolated_vm="${runtimeInfo().isolatedVm}"}`;
+      assert.equal(sample(text, build), 1);
+      assert.match(runtimeInfo().isolatedVm, /^7\./);
       for (const line of text.trim().split('\n')) assert.match(line, /^(# (HELP|TYPE) \w+ .+|\w+(\{[^}]*\})? [\d.e+-]+)$/, line);
     } finally {
       await proxy.close();

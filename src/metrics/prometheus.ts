@@ -1,5 +1,6 @@
 import { NativeRelay } from '../connection/native-relay.js';
 import type { TenantListener } from '../listener.js';
+import { runtimeInfo } from '../runtime.js';
 import { routerCallBuckets } from './stats.js';
 
 /** Process-wide figures of the sandbox. */
@@ -47,6 +48,8 @@ export function renderMetrics(listeners: readonly TenantListener[], sandbox: San
       return typeof r === 'number' ? [[{ tenant: l.tenant }, r]] : [...r];
     });
 
+  const r = runtimeInfo();
+  e.family('switchyard_build_info', 'gauge', 'The running Switchyard and its runtime; always 1.', [[{ version: r.version, node: r.node, v8: r.v8, isolated_vm: r.isolatedVm }, 1]]);
   e.family('switchyard_connections_active', 'gauge', 'Client connections open now.', per((l) => l.stats.active));
   e.family('switchyard_connections_total', 'counter', 'Client connections accepted.', per((l) => l.stats.connections));
   e.family('switchyard_decisions_total', 'counter', 'Router decisions, by kind.', per((l) => Object.entries(l.stats.decisions).map(([kind, n]) => [{ tenant: l.tenant, kind }, n])));
