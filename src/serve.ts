@@ -1,5 +1,6 @@
 import { mkdir, open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { AdminConnectionOptions } from './admin/connections.js';
 import { AdminServer } from './admin/server.js';
 import type { Limits } from './config.js';
 import { NativeRelay } from './connection/native-relay.js';
@@ -25,6 +26,8 @@ export interface ServeOptions {
   /** How often a tenant port that could not be bound at start is tried again (default 5 s). */
   readonly rebindAfterMs?: number;
   readonly log: Logger;
+  /** The admin API's connection cap and deadlines (admin/connections.ts); its defaults otherwise. */
+  readonly adminConnections?: Partial<AdminConnectionOptions>;
   /** Where the generated operator token is announced, once. */
   readonly announce: (line: string) => void;
 }
@@ -79,7 +82,7 @@ export async function startHosting(o: ServeOptions): Promise<Service & { adminPo
       ownPorts: () => [adminPort],
       ...(o.rebindAfterMs === undefined ? {} : { rebindAfterMs: o.rebindAfterMs }),
     });
-    admin = new AdminServer(service, token, o.log);
+    admin = new AdminServer(service, token, o.log, o.adminConnections);
     const address = await admin.listen(o.admin.port, o.admin.host);
     adminPort = address.port;
     o.log.info({ admin: `${address.address}:${address.port}`, ports: `${o.ports[0]}-${o.ports[1]}`, bind: o.bindHost, data: o.dataDir, ...NativeRelay.describe(), runtime: runtimeInfo() }, 'serving');

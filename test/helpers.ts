@@ -644,7 +644,15 @@ export interface TestHosting {
  * `allow` is a list of `--allow` rules.
  */
 export async function startTestHosting(
-  options: { dataDir?: string; ports?: readonly [number, number]; portCount?: number; allow?: readonly string[]; limits?: Partial<Limits>; rebindAfterMs?: number } = {},
+  options: {
+    dataDir?: string;
+    ports?: readonly [number, number];
+    portCount?: number;
+    allow?: readonly string[];
+    limits?: Partial<Limits>;
+    rebindAfterMs?: number;
+    adminConnections?: Partial<import('../src/admin/connections.js').AdminConnectionOptions>;
+  } = {},
 ): Promise<TestHosting> {
   const { startHosting } = await import('../src/serve.js');
   const { parseAllowRule } = await import('../src/routing/policy.js');
@@ -669,6 +677,7 @@ export async function startTestHosting(
     log: log.logger,
     announce: (line) => announced.push(line),
     ...(options.rebindAfterMs === undefined ? {} : { rebindAfterMs: options.rebindAfterMs }),
+    ...(options.adminConnections === undefined ? {} : { adminConnections: options.adminConnections }),
   });
   const fromEnv = process.env.SWITCHYARD_ADMIN_TOKEN;
   const operatorToken = fromEnv !== undefined && fromEnv !== '' ? fromEnv : readFileNow(joinPath(dataDir, 'admin-token'), 'utf8').trim();

@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../log.js';
 import { scriptLimits } from '../config.js';
+import { adminConnectionDefaults, type AdminConnectionOptions, ConnectionGate, serverTimeouts } from './connections.js';
 import { AdminError, type HostingService, validName } from '../tenants/service.js';
 import { TenantNotFoundError } from '../tenants/store.js';
 import { hashToken, sameHash } from '../tenants/tokens.js';
@@ -43,15 +44,24 @@ export class AdminServer {
   readonly #operatorHash: string;
   readonly #log: Logger;
   readonly #routes: [RegExp, Partial<Record<string, Handler>>][];
+  readonly #gate: ConnectionGate;
 
-  constructor(service: HostingService, operatorToken: string, log: Logger) {
+  constructor(service: HostingService, operatorToken: string, log: Logger, connections: Partial<AdminConnectionOptions> = {}) {
     this.#service = service;
     this.#operatorHash = hashToken(operatorToken);
     this.#log = log.child({ component: 'admin' });
     this.#routes = this.#table();
-    this.#server = createServer({ requestTimeout: 30_000, headersTimeout: 10_000 }, (req, res) => {
-      void this.#handle(req, res);
+    const limits = { ...adminConnectionDefaults, ...connections };
+    this.#server = createServer(serverTimeouts(limits), (req, res) => {
+      if (this.#gate.begin(req, res)) void this.#handle(req, res);
+      else this.#send(req, res, { status: 503, json: { error: `too many admin connections (at most ${limits.maxConnections}, each in the middle of a request)` } });
     });
+    this.#gate = new ConnectionGate(this.#server, limits);
+  }
+
+  /** Admin connections open now. */
+  get connections(): number {
+    return this.#gate.size;
   }
 
   listen(port: number, host: string): Promise<AddressInfo> {
@@ -203,6 +213,7 @@ export class AdminServer {
 
   #send(req: IncomingMessage, res: ServerResponse, reply: Reply): void {
     if (reply.status === 401) res.setHeader('www-authenticate', 'Bearer');
+    if (reply.status === 503) res.setHeader('connection', 'close');
     if (reply.status === 405 && typeof reply.json === 'object' && reply.json !== null && 'allow' in reply.json) {
       res.setHeader('allow', (reply.json.allow as string[]).join(', '));
     }
