@@ -7,13 +7,15 @@
 import './runtime-gate.js'; // first: refuses an unsupported Node.js before any native addon loads
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { defaultLimits, shutdownGraceMs, type Limits } from './config.js';
+import { defaultLimits, limitTable, shutdownGraceMs, type Limits } from './config.js';
 import { RouterLoadError } from './errors.js';
-import { createLogger, type Logger } from './log.js';
+import { join } from 'node:path';
+import { createLogger, type Logger, logLevels, setLogLevel } from './log.js';
+import { changedKeys, type Resolved, resolveSettings, SettingsError, type Source } from './settings.js';
 import { parseAllowRule, type AllowRule } from './routing/policy.js';
 import { addClientCommands } from './client/admin-client.js';
 import { startHosting } from './serve.js';
-import { startSingleRouter, type Service } from './single.js';
+import { startSingleRouter, type Service, type SingleRouterService } from './single.js';
 import { sandboxDefaults } from './config.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -27,47 +29,21 @@ function integer(min: number, max: number) {
   };
 }
 
-/** Limit flags shared by every mode, each defaulting to config.ts. */
+/** Limit flags shared by every mode, from config.ts's table, each defaulting to its default there. */
 function limitOptions(): Option[] {
-  const d = defaultLimits;
-  const ms = integer(1, 2_147_483_647);
-  return [
-    new Option('--router-timeout <ms>', 'time limit of one router call').argParser(ms).default(d.routerTimeoutMs),
-    new Option('--memory <mb>', 'heap limit of a router isolate').argParser(integer(8, 4096)).default(d.memoryMb),
-    new Option('--max-buffer <bytes>', 'bytes buffered before a decision').argParser(integer(1, 64 * 1024 * 1024)).default(d.maxBufferBytes),
-    new Option('--decision-timeout <ms>', 'time from accept to a decision').argParser(ms).default(d.decisionTimeoutMs),
-    new Option('--max-connections <n>', 'concurrent client connections').argParser(integer(1, 10_000_000)).default(d.maxConnections),
-    new Option('--connect-timeout <ms>', 'time one connect attempt may take').argParser(ms).default(d.connectTimeoutMs),
-    new Option('--connect-tries <n>', 'connect attempts per backend before the next').argParser(integer(1, 1000)).default(d.connectTries),
-    new Option('--connect-retry-delay <ms>', 'pause between connect attempts').argParser(integer(0, 600_000)).default(d.connectRetryDelayMs),
-    new Option('--inactivity-timeout <ms>', 'idle relay timeout when the router sets none (0: none)').argParser(integer(0, 2_147_483_647)).default(d.inactivityTimeoutMs),
-  ];
+  return limitTable.map((l) => new Option(`${l.flag} <${l.arg}>`, l.help).argParser(integer(l.min, l.max)).default(defaultLimits[l.key]));
 }
 
-interface LimitFlags {
-  routerTimeout: number;
-  memory: number;
-  maxBuffer: number;
-  decisionTimeout: number;
-  maxConnections: number;
-  connectTimeout: number;
-  connectTries: number;
-  connectRetryDelay: number;
-  inactivityTimeout: number;
+/** The limits from parsed flags: each table entry's option, by its attribute name. */
+function limitsFrom(opts: Record<string, unknown>): Limits {
+  const limits: Record<string, unknown> = {};
+  for (const l of limitTable) limits[l.key] = opts[camel(l.flag)];
+  return limits as unknown as Limits;
 }
 
-function limitsFrom(f: LimitFlags): Limits {
-  return {
-    routerTimeoutMs: f.routerTimeout,
-    memoryMb: f.memory,
-    maxBufferBytes: f.maxBuffer,
-    decisionTimeoutMs: f.decisionTimeout,
-    maxConnections: f.maxConnections,
-    connectTimeoutMs: f.connectTimeout,
-    connectTries: f.connectTries,
-    connectRetryDelayMs: f.connectRetryDelay,
-    inactivityTimeoutMs: f.inactivityTimeout,
-  };
+/** commander's attribute name for a flag: --router-timeout → routerTimeout. */
+function camel(flag: string): string {
+  return flag.replace(/^--/, '').replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 }
 
 /**
@@ -78,8 +54,10 @@ function limitsFrom(f: LimitFlags): Limits {
  * The handlers are installed before the service starts, so a signal that arrives while it
  * starts (or right after it says "listening") is acted on as soon as the service exists.
  */
-function handleSignals(log: Logger): { attach(service: Service): void } {
+function handleSignals(log: Logger): { attach(service: Service, reload: () => Promise<void>): void } {
   let service: Service | undefined;
+  let reload: (() => Promise<void>) | undefined;
+  let reloading = Promise.resolve();
   let requested: NodeJS.Signals | undefined;
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
@@ -110,9 +88,20 @@ function handleSignals(log: Logger): { attach(service: Service): void } {
     });
   };
   for (const signal of ['SIGQUIT', 'SIGTERM', 'SIGINT'] as const) process.on(signal, () => stop(signal));
+  // HUP reloads, one reload after another; it never stops the service.
+  process.on('SIGHUP', () => {
+    if (reload === undefined || stopping) {
+      log.warn({ signal: 'SIGHUP' }, stopping ? 'shutting down: not reloading' : 'not started yet: nothing to reload');
+      return;
+    }
+    const run = reload;
+    log.info({ signal: 'SIGHUP' }, 'reloading');
+    reloading = reloading.then(run).catch((err: unknown) => log.error({ err: (err as Error).message }, 'reload failed; nothing changed'));
+  });
   return {
-    attach(s: Service): void {
+    attach(s: Service, r: () => Promise<void>): void {
       service = s;
+      reload = r;
       if (requested !== undefined) stop(requested);
     },
   };
@@ -132,17 +121,17 @@ const program = new Command('switchyard')
   .option('-c, --config <file>', 'router script (single-router mode)')
   .option('-h, --host <host>', 'address to listen on', '0.0.0.0')
   .option('-p, --port <port>', 'port to listen on (0: any free port)', integer(0, 65535), 5432)
-  .option('--log-level <level>', 'fatal, error, warn, info, debug or trace', 'info');
+  .option('--log-level <level>', `${logLevels.join(', ')}`, logLevel, 'info');
 for (const option of limitOptions()) program.addOption(option);
 
-program.action(async (opts: LimitFlags & { config?: string; host: string; port: number; logLevel: string }) => {
+program.action(async (opts: Record<string, unknown> & { config?: string; host: string; port: number; logLevel: string }) => {
   if (opts.config === undefined) {
     program.outputHelp({ error: true });
     fail('missing -c ROUTER.js');
   }
   const log = createLogger(opts.logLevel);
   const signals = handleSignals(log);
-  let service: Service;
+  let service: SingleRouterService;
   try {
     service = await startSingleRouter({ file: opts.config, host: opts.host, port: opts.port, limits: limitsFrom(opts), log });
   } catch (err) {
@@ -156,7 +145,8 @@ program.action(async (opts: LimitFlags & { config?: string; host: string; port: 
     if (e.code === 'EACCES') fail(`not allowed to listen on ${opts.host}:${opts.port}`);
     fail(e.message);
   }
-  signals.attach(service);
+  const running = service;
+  signals.attach(running, () => running.reload());
 });
 
 function hostPort(text: string): { host: string; port: number } {
@@ -174,6 +164,11 @@ function portRange(text: string): [number, number] {
   return [lo, hi];
 }
 
+function logLevel(text: string): string {
+  if (!(logLevels as readonly string[]).includes(text)) throw new InvalidArgumentError(`expected one of ${logLevels.join(', ')}`);
+  return text;
+}
+
 function allowRule(text: string, previous: AllowRule[] = []): AllowRule[] {
   const rule = parseAllowRule(text);
   if (typeof rule === 'string') throw new InvalidArgumentError(rule);
@@ -185,6 +180,7 @@ const serve = program
   .description('hosting mode: tenants, each with a port and a router, managed over the admin API')
   .helpOption('--help', 'show this help')
   .option('--data <dir>', 'data directory', './switchyard-data')
+  .option('--config-file <file>', 'configuration file (JSON; default: DATA/switchyard.json when it exists); flags override it')
   .option('--admin <host:port>', 'admin API address', hostPort, { host: '127.0.0.1', port: 7070 })
   .option('--ports <lo-hi>', 'tenant ports (inclusive)', portRange, [20000, 20999] as [number, number])
   .option('--bind <host>', 'address tenant ports are bound on', '0.0.0.0')
@@ -192,48 +188,100 @@ const serve = program
   .option('--sandbox-workers <n>', 'sandbox worker processes', integer(1, 64), sandboxDefaults.workers)
   .option('--max-warm-isolates <n>', 'router isolates kept built; past it the least recently used are unloaded', integer(1, 1_000_000), sandboxDefaults.maxWarmIsolates)
   .option('--max-warm-mb <mb>', 'V8 heap of the isolates kept built; past it the least recently used are unloaded', integer(16, 1_000_000), sandboxDefaults.maxWarmMb)
-  .option('--log-level <level>', 'fatal, error, warn, info, debug or trace', 'info');
+  .option('--log-level <level>', `${logLevels.join(', ')}`, logLevel, 'info');
 for (const option of limitOptions()) serve.addOption(option);
 
-serve.action(
-  async (
-    opts: LimitFlags & {
-      data: string;
-      admin: { host: string; port: number };
-      ports: [number, number];
-      bind: string;
-      allow: AllowRule[];
-      sandboxWorkers: number;
-      maxWarmIsolates: number;
-      maxWarmMb: number;
-      logLevel: string;
-    },
-  ) => {
-    const log = createLogger(opts.logLevel);
-    const signals = handleSignals(log);
-    let service: Service;
+/** What `serve` runs with once flags and the configuration file are resolved. */
+interface ServeValues {
+  data: string;
+  configFile?: string;
+  admin: { host: string; port: number };
+  ports: [number, number];
+  bind: string;
+  allow: AllowRule[];
+  sandboxWorkers: number;
+  maxWarmIsolates: number;
+  maxWarmMb: number;
+  logLevel: string;
+}
+
+/** Settings that apply to a running service on SIGHUP; a change to any other needs a restart. */
+const liveSettings = (key: string): boolean => key === 'allow' || key === 'logLevel' || key.startsWith('limits.');
+
+serve.action(async (opts: ServeValues) => {
+  const file = opts.configFile ?? join(opts.data, 'switchyard.json');
+  /** The configuration file's JSON; none when the default file does not exist. */
+  const readConfig = (): unknown => {
+    let text: string;
     try {
-      service = await startHosting({
-        dataDir: opts.data,
-        admin: opts.admin,
-        ports: opts.ports,
-        bindHost: opts.bind,
-        allow: opts.allow,
-        defaults: limitsFrom(opts),
-        workers: opts.sandboxWorkers,
-        maxWarmIsolates: opts.maxWarmIsolates,
-        maxWarmMb: opts.maxWarmMb,
-        log,
-        announce: (line) => process.stderr.write(`${line}\n`),
-      });
+      text = readFileSync(file, 'utf8');
     } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      if (e.code === 'EADDRINUSE') fail(`the admin address ${opts.admin.host}:${opts.admin.port} is already in use`);
-      fail(e.message);
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && opts.configFile === undefined) return undefined;
+      throw new SettingsError(`${file}: ${(err as Error).message}`);
     }
-    signals.attach(service);
-  },
-);
+    try {
+      return JSON.parse(text) as unknown;
+    } catch (err) {
+      throw new SettingsError(`${file} is not valid JSON: ${(err as Error).message}`);
+    }
+  };
+  let settings: Resolved;
+  try {
+    settings = resolveSettings(serve, readConfig());
+  } catch (err) {
+    if (err instanceof SettingsError) fail(`configuration: ${err.message.startsWith(file) ? '' : `${file}: `}${err.message}`);
+    throw err;
+  }
+  const v = settings.values as unknown as ServeValues;
+  const log = createLogger(v.logLevel);
+  log.info({ file, settings: settings.view, sources: settings.sources }, 'configuration');
+  const signals = handleSignals(log);
+  let service: Awaited<ReturnType<typeof startHosting>>;
+  try {
+    service = await startHosting({
+      dataDir: opts.data,
+      admin: v.admin,
+      ports: v.ports,
+      bindHost: v.bind,
+      allow: v.allow,
+      defaults: limitsFrom(v as unknown as Record<string, unknown>),
+      workers: v.sandboxWorkers,
+      maxWarmIsolates: v.maxWarmIsolates,
+      maxWarmMb: v.maxWarmMb,
+      log,
+      announce: (line) => process.stderr.write(`${line}\n`),
+      describeConfig: () => ({ file, settings: settings.view, sources: settings.sources, pendingRestart }),
+    });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'EADDRINUSE') fail(`the admin address ${v.admin.host}:${v.admin.port} is already in use`);
+    fail(e.message);
+  }
+  /** Settings changed in the file that take effect only at the next start. */
+  let pendingRestart: Record<string, unknown> = {};
+  const running = service;
+  signals.attach(running, async () => {
+    const next = resolveSettings(serve, readConfig());
+    const changed = changedKeys(settings, next);
+    const live = changed.filter(liveSettings);
+    const later = Object.keys(next.view).filter((k) => !liveSettings(k) && JSON.stringify(next.view[k]) !== JSON.stringify(settings.view[k]) && !(k in pendingRestart && JSON.stringify(pendingRestart[k]) === JSON.stringify(next.view[k])));
+    const nv = next.values as unknown as ServeValues;
+    await running.reconfigure({ allow: nv.allow, defaults: limitsFrom(next.values) });
+    setLogLevel(log, nv.logLevel);
+    // What runs now: the new live settings, the old ones for everything that needs a restart.
+    const view: Record<string, unknown> = { ...next.view };
+    const sources: Record<string, Source> = { ...next.sources };
+    pendingRestart = {};
+    for (const k of Object.keys(next.view)) {
+      if (liveSettings(k) || JSON.stringify(next.view[k]) === JSON.stringify(settings.view[k])) continue;
+      pendingRestart[k] = next.view[k];
+      view[k] = settings.view[k];
+      sources[k] = settings.sources[k] ?? 'default';
+    }
+    settings = { values: settings.values, view, sources };
+    log.info({ file, applied: live, needRestart: Object.keys(pendingRestart), newlyNeedRestart: later }, 'configuration reloaded');
+  });
+});
 
 addClientCommands(program);
 

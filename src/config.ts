@@ -37,6 +37,32 @@ export const defaultLimits: Limits = Object.freeze({
   inactivityTimeoutMs: 0,
 });
 
+/**
+ * Every limit, declared once: its command-line flag and help, the values it accepts, and
+ * whether a tenant's own value may be set (`PUT …/limits`, keyed by `key`, as in the
+ * configuration file's `limits`). The CLI options and the validation of per-tenant and
+ * configuration-file values are all derived from this table.
+ */
+export const limitTable = [
+  { key: 'routerTimeoutMs', flag: '--router-timeout', arg: 'ms', min: 1, max: 60_000, tenant: true, help: 'time limit of one router call' },
+  { key: 'memoryMb', flag: '--memory', arg: 'mb', min: 8, max: 4096, tenant: true, help: 'heap limit of a router isolate' },
+  { key: 'maxBufferBytes', flag: '--max-buffer', arg: 'bytes', min: 1, max: 64 * 1024 * 1024, tenant: true, help: 'bytes buffered before a decision' },
+  { key: 'decisionTimeoutMs', flag: '--decision-timeout', arg: 'ms', min: 1, max: 3_600_000, tenant: true, help: 'time from accept to a decision' },
+  { key: 'maxConnections', flag: '--max-connections', arg: 'n', min: 0, max: 10_000_000, tenant: true, help: 'concurrent client connections (0: refuse every client)' },
+  { key: 'connectTimeoutMs', flag: '--connect-timeout', arg: 'ms', min: 1, max: 3_600_000, tenant: true, help: 'time one connect attempt may take' },
+  { key: 'connectTries', flag: '--connect-tries', arg: 'n', min: 1, max: 1000, tenant: false, help: 'connect attempts per backend before the next' },
+  { key: 'connectRetryDelayMs', flag: '--connect-retry-delay', arg: 'ms', min: 0, max: 600_000, tenant: false, help: 'pause between connect attempts' },
+  { key: 'inactivityTimeoutMs', flag: '--inactivity-timeout', arg: 'ms', min: 0, max: 2_147_483_647, tenant: false, help: 'idle relay timeout when the router sets none (0: none)' },
+] as const satisfies readonly { key: keyof Limits; flag: string; arg: string; min: number; max: number; tenant: boolean; help: string }[];
+
+export type LimitSpec = (typeof limitTable)[number];
+
+/** Whether `value` is a valid `spec` value; the reason when it is not. */
+export function checkLimit(spec: LimitSpec, value: unknown): string | undefined {
+  if (typeof value === 'number' && Number.isInteger(value) && value >= spec.min && value <= spec.max) return undefined;
+  return `${spec.key} must be an integer from ${spec.min} to ${spec.max}`;
+}
+
 /** Caps on what a router may hand back (CONTRACT §2). */
 export const decisionLimits = Object.freeze({
   /** `host:port` of one candidate: a 253-character name, brackets and a port. */

@@ -1,16 +1,10 @@
-import type { Limits } from '../config.js';
+import { checkLimit, limitTable, type LimitSpec, type Limits } from '../config.js';
 import { type AllowRule, parseAllowRule } from '../routing/policy.js';
 
-/** The per-tenant limits an operator may set (CONTRACT §5), with the values each accepts. */
-const ranges = {
-  routerTimeoutMs: [1, 60_000],
-  memoryMb: [8, 4096],
-  maxBufferBytes: [1, 64 * 1024 * 1024],
-  decisionTimeoutMs: [1, 3_600_000],
-  maxConnections: [0, 10_000_000],
-  connectTimeoutMs: [1, 3_600_000],
-} as const satisfies Partial<Record<keyof Limits, readonly [number, number]>>;
-type NumericKey = keyof typeof ranges;
+/** The per-tenant limits an operator may set (CONTRACT §5): config.ts's table, where `tenant` is set. */
+type TenantSpec = Extract<LimitSpec, { tenant: true }>;
+const tenantLimits = new Map<string, TenantSpec>(limitTable.filter((l): l is TenantSpec => l.tenant).map((l) => [l.key, l]));
+type NumericKey = TenantSpec['key'];
 
 /** A tenant's limits as stored: only what the operator set. */
 export type LimitOverrides = Partial<Record<NumericKey, number>> & { allow?: string[] };
@@ -46,17 +40,15 @@ export function updateOverrides(current: LimitOverrides, body: unknown): LimitOv
       next.allow = [...(value as string[])];
       continue;
     }
-    if (!Object.hasOwn(ranges, key)) return `unknown limit "${key}"; known: ${[...Object.keys(ranges), 'allow'].join(', ')}`;
-    const k = key as NumericKey;
+    const spec = tenantLimits.get(key);
+    if (spec === undefined) return `unknown limit "${key}"; known: ${[...tenantLimits.keys(), 'allow'].join(', ')}`;
     if (value === null) {
-      delete next[k];
+      delete next[spec.key];
       continue;
     }
-    const [lo, hi] = ranges[k];
-    if (typeof value !== 'number' || !Number.isInteger(value) || value < lo || value > hi) {
-      return `${key} must be an integer from ${lo} to ${hi}`;
-    }
-    next[k] = value;
+    const wrong = checkLimit(spec, value);
+    if (wrong !== undefined) return wrong;
+    next[spec.key] = value as number;
   }
   return next;
 }
