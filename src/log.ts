@@ -13,8 +13,29 @@ export type { Logger };
  * turn, and the rest are written out when the process exits, however it exits.
  */
 export function createLogger(level = process.env.SWITCHYARD_LOG_LEVEL ?? 'info'): Logger {
-  return pino({ level, base: { pid: process.pid } }, new TurnBatchedStdout());
+  const children = new Set<WeakRef<Logger>>();
+  const root = pino({ level, base: { pid: process.pid }, onChild: (child) => children.add(new WeakRef(child)) }, new TurnBatchedStdout());
+  families.set(root, children);
+  return root;
 }
+
+/** Each root logger's children (pino children keep the level they were created with). */
+const families = new WeakMap<Logger, Set<WeakRef<Logger>>>();
+
+/** Sets the level of a logger made by createLogger and of every child it has. */
+export function setLogLevel(root: Logger, level: string): void {
+  root.level = level;
+  const children = families.get(root);
+  if (children === undefined) return;
+  for (const ref of children) {
+    const child = ref.deref();
+    if (child === undefined) children.delete(ref);
+    else child.level = level;
+  }
+}
+
+/** The levels a logger accepts. */
+export const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 /** Characters of lines after which a busy turn writes what it has without waiting for its end. */
 const batchChars = 16 * 1024;

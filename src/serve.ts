@@ -28,6 +28,8 @@ export interface ServeOptions {
   readonly log: Logger;
   /** The admin API's connection cap and deadlines (admin/connections.ts); its defaults otherwise. */
   readonly adminConnections?: Partial<AdminConnectionOptions>;
+  /** The configuration as `GET /v1/config` shows it. */
+  readonly describeConfig?: () => unknown;
   /** Where the generated operator token is announced, once. */
   readonly announce: (line: string) => void;
 }
@@ -58,7 +60,14 @@ async function operatorToken(o: ServeOptions): Promise<string> {
 }
 
 /** `switchyard serve`: the store, the sandbox pool, every tenant's port, and the admin API. */
-export async function startHosting(o: ServeOptions): Promise<Service & { adminPort: number; pendingRebinds(): number }> {
+export interface HostingRun extends Service {
+  readonly adminPort: number;
+  pendingRebinds(): number;
+  /** New operator rules and limits' defaults for new connections (a reloaded configuration). */
+  reconfigure(o: { readonly allow: readonly AllowRule[]; readonly defaults: Limits }): Promise<void>;
+}
+
+export async function startHosting(o: ServeOptions): Promise<HostingRun> {
   await mkdir(o.dataDir, { recursive: true, mode: 0o700 });
   const token = await operatorToken(o);
   const store = await SqliteTenantStore.open(o.dataDir);
@@ -82,7 +91,7 @@ export async function startHosting(o: ServeOptions): Promise<Service & { adminPo
       ownPorts: () => [adminPort],
       ...(o.rebindAfterMs === undefined ? {} : { rebindAfterMs: o.rebindAfterMs }),
     });
-    admin = new AdminServer(service, token, o.log, o.adminConnections);
+    admin = new AdminServer(service, token, o.log, o.adminConnections, o.describeConfig);
     const address = await admin.listen(o.admin.port, o.admin.host);
     adminPort = address.port;
     o.log.info({ admin: `${address.address}:${address.port}`, ports: `${o.ports[0]}-${o.ports[1]}`, bind: o.bindHost, data: o.dataDir, ...NativeRelay.describe(), runtime: runtimeInfo() }, 'serving');
@@ -98,6 +107,7 @@ export async function startHosting(o: ServeOptions): Promise<Service & { adminPo
       },
       destroy: () => service.destroy(),
       pendingRebinds: () => service.pendingRebinds,
+      reconfigure: (c) => service.reconfigure(c),
     };
   } catch (err) {
     await admin?.close();

@@ -27,8 +27,14 @@ export interface Service {
   destroy(): void;
 }
 
+/** Single-router mode: SIGHUP loads the router file again. */
+export interface SingleRouterService extends Service {
+  /** Loads the router file again and makes it live for new connections; rejects, changing nothing, when it does not load. */
+  reload(): Promise<void>;
+}
+
 /** `switchyard -c ROUTER.js`: loads the router (its file's base name is the tenant) and listens. */
-export async function startSingleRouter(o: SingleRouterOptions): Promise<Service> {
+export async function startSingleRouter(o: SingleRouterOptions): Promise<SingleRouterService> {
   const source = await readFile(o.file, 'utf8');
   // CONTRACT §2: in single-router mode the tenant is the router file's base name (git.js).
   const tenant = basename(o.file);
@@ -36,12 +42,11 @@ export async function startSingleRouter(o: SingleRouterOptions): Promise<Service
   const pool = new SandboxPool({ log: o.log, workers: 1 });
   let listener: TenantListener;
   let address: AddressInfo;
+  const console = new RouterConsole(o.log, tenant);
+  const load = (text: string): Promise<ProcessRouter> =>
+    ProcessRouter.load(pool, { tenant, source: text, filename: basename(o.file), routerTimeoutMs: o.limits.routerTimeoutMs, memoryMb: o.limits.memoryMb }, console);
   try {
-    const router = await ProcessRouter.load(
-      pool,
-      { tenant, source, filename: basename(o.file), routerTimeoutMs: o.limits.routerTimeoutMs, memoryMb: o.limits.memoryMb },
-      new RouterConsole(o.log, tenant),
-    );
+    const router = await load(source);
     listener = new TenantListener({ tenant, router, limits: o.limits, log: o.log });
     address = await listener.listen(o.port, o.host);
   } catch (err) {
@@ -57,6 +62,10 @@ export async function startSingleRouter(o: SingleRouterOptions): Promise<Service
     },
     destroy: () => {
       listener.destroy();
+    },
+    reload: async () => {
+      listener.setRouter(await load(await readFile(o.file, 'utf8')));
+      listener.log.info({ router: o.file }, 'router reloaded');
     },
   };
 }

@@ -45,9 +45,11 @@ export class AdminServer {
   readonly #log: Logger;
   readonly #routes: [RegExp, Partial<Record<string, Handler>>][];
   readonly #gate: ConnectionGate;
+  readonly #describeConfig: () => unknown;
 
-  constructor(service: HostingService, operatorToken: string, log: Logger, connections: Partial<AdminConnectionOptions> = {}) {
+  constructor(service: HostingService, operatorToken: string, log: Logger, connections: Partial<AdminConnectionOptions> = {}, describeConfig: () => unknown = () => ({})) {
     this.#service = service;
+    this.#describeConfig = describeConfig;
     this.#operatorHash = hashToken(operatorToken);
     this.#log = log.child({ component: 'admin' });
     this.#routes = this.#table();
@@ -86,6 +88,7 @@ export class AdminServer {
     const name = '([^/]+)';
     return [
       [/^\/healthz$/, { GET: { access: 'anyone', body: 'none', run: () => (s.healthy ? { status: 200, json: { ok: true } } : { status: 503, json: { error: `tenant ports not listening: ${s.notListening.join(', ')}` } }) } }],
+      [/^\/v1\/config$/, { GET: { access: 'operator', body: 'none', run: () => ({ status: 200, json: this.#describeConfig() }) } }],
       [/^\/metrics$/, { GET: { access: 'operator', body: 'none', run: async () => ({ status: 200, text: await s.metrics() }) } }],
       [
         /^\/v1\/tenants$/,

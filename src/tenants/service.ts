@@ -71,7 +71,9 @@ export class HostingService {
   readonly #o: HostingOptions;
   readonly #log: Logger;
   readonly #tenants = new Map<string, Tenant>();
-  readonly #policy: BackendPolicy;
+  /** The operator's policy and limits' defaults: replaced by reconfigure() (SIGHUP). */
+  #policy: BackendPolicy;
+  #defaults: Limits;
   readonly #resolver = new CachingResolver();
   /** Each tenant's changes, one after another (see #exclusive). */
   readonly #queues = new Map<string, Promise<unknown>>();
@@ -84,6 +86,19 @@ export class HostingService {
     this.#log = options.log;
     const [lo, hi] = options.ports;
     this.#policy = new BackendPolicy(options.allow, (p) => (p >= lo && p <= hi) || options.ownPorts().includes(p));
+    this.#defaults = options.defaults;
+  }
+
+  /**
+   * New operator rules and limits' defaults, from a reloaded configuration: every tenant's
+   * effective limits and policy are worked out again for its new connections; a tenant whose
+   * router's time or memory limit changed gets its router rebuilt with them.
+   */
+  async reconfigure(o: { readonly allow: readonly AllowRule[]; readonly defaults: Limits }): Promise<void> {
+    const [lo, hi] = this.#o.ports;
+    this.#policy = new BackendPolicy(o.allow, (p) => (p >= lo && p <= hi) || this.#o.ownPorts().includes(p));
+    this.#defaults = o.defaults;
+    await Promise.all([...this.#tenants.keys()].map((name) => this.#exclusive(name, (t) => this.#applyLimits(t))));
   }
 
   /** Opens every stored tenant's port; routers start cold and are built on their first connection. */
@@ -302,17 +317,22 @@ export class HostingService {
     const next = updateOverrides(t.overrides, body);
     if (typeof next === 'string') throw new AdminError(400, next);
     await this.#o.store.setLimits(name, next);
-    const before = t.effective.limits;
     t.overrides = next;
-    t.effective = effectiveLimits(this.#o.defaults, next);
+    await this.#applyLimits(t);
+    return t.effective.view;
+  }
+
+  /** Works out a tenant's limits and policy again (its overrides or the defaults changed). */
+  async #applyLimits(t: Tenant): Promise<void> {
+    const before = t.effective.limits;
+    t.effective = effectiveLimits(this.#defaults, t.overrides);
     t.listener.limits = t.effective.limits;
     t.listener.gate = { policy: this.#policy.with(t.effective.allow), resolver: this.#resolver };
     const sandbox = before.routerTimeoutMs !== t.effective.limits.routerTimeoutMs || before.memoryMb !== t.effective.limits.memoryMb;
     if (sandbox && t.version !== null) {
-      const live = await this.#o.store.liveRouter(name);
+      const live = await this.#o.store.liveRouter(t.name);
       if (live !== undefined) this.#swap(t, this.#coldRouter(t, live.source), t.version);
     }
-    return t.effective.view;
   }
 
   /** A dry run: what the live router decides for `data`, and whether policy allows it. No backend is contacted. */
@@ -407,7 +427,7 @@ export class HostingService {
 
   #runtime(record: TenantRecord, table: string | undefined): Tenant {
     const overrides = storedOverrides(record.limits);
-    const effective = effectiveLimits(this.#o.defaults, overrides);
+    const effective = effectiveLimits(this.#defaults, overrides);
     const listener = new TenantListener({
       tenant: record.name,
       router: new MissingRouter(),
