@@ -4,7 +4,7 @@ import { TenantListener } from '../listener.js';
 import type { Logger } from '../log.js';
 import { renderMetrics } from '../metrics/prometheus.js';
 import { type Decision, decisionView } from '../routing/decision.js';
-import { admit, type AllowRule, BackendPolicy } from '../routing/policy.js';
+import { admissionReason, admit, type AllowRule, BackendPolicy } from '../routing/policy.js';
 import { CachingResolver } from '../routing/resolver.js';
 import { RouterConsole } from '../sandbox/console.js';
 import type { SandboxPool, TenantSpec } from '../sandbox/pool.js';
@@ -336,10 +336,9 @@ export class HostingService {
     const durationMs = ms();
     if (decision.kind !== 'remote') return { decision: decisionView(decision), allowed: true, durationMs };
     const gate = t.listener.gate!;
-    const { candidates, denied, unresolved } = await admit(decision.remotes, gate.policy, gate.resolver);
-    if (candidates.length > 0) return { decision: decisionView(decision), allowed: true, durationMs };
-    const reason = denied.length > 0 ? `backend not allowed: ${denied.join('; ')}` : `${unresolved.join(', ')} did not resolve`;
-    return { decision: decisionView(decision), allowed: false, reason, durationMs };
+    const admission = await admit(decision.remotes, gate.policy, gate.resolver);
+    if (admission.candidates.length > 0) return { decision: decisionView(decision), allowed: true, durationMs };
+    return { decision: decisionView(decision), allowed: false, reason: admissionReason(admission), durationMs };
   }
 
   rejections(name: string): { time: string; client: string; reason: string; detail: string; firstBytes: string }[] {
