@@ -4,7 +4,7 @@ import type { NetworkInterfaceInfo } from 'node:os';
 import { after, before, describe, it } from 'node:test';
 import { parseEndpoint, type Endpoint } from '../src/routing/endpoint.js';
 import { HostAddresses } from '../src/routing/host-addresses.js';
-import { type AllowRule, BackendPolicy, parseAllowRule } from '../src/routing/policy.js';
+import { admissionReason, admit, type AllowRule, BackendPolicy, parseAllowRule } from '../src/routing/policy.js';
 import { CachingResolver } from '../src/routing/resolver.js';
 import { allowedByDefault, deniedByDefault, hostAddress } from './address-table.js';
 import { exchange, startEchoBackend, startProxy, type TestServer } from './helpers.js';
@@ -168,6 +168,25 @@ describe('BackendPolicy', () => {
     assert.equal(p.check('127.0.0.1', 20001).allowed, true);
     assert.equal(p.check('93.184.216.34', 20001).allowed, true);
     assert.equal(p.check('8.8.8.8', 7070).allowed, true, 'another machine’s port 7070 is not ours');
+  });
+});
+
+describe('admit', () => {
+  const policy = new BackendPolicy([], () => false, fakeHost());
+
+  it('connects to an IPv4-mapped address as IPv4, keeps the order, and says why nothing is left', async () => {
+    const resolver = new CachingResolver({ lookup: async () => ['8.8.4.4', '10.0.0.1'] });
+    const a = await admit([endpoint('[::ffff:8.8.8.8]:53'), endpoint('dns.example:53'), endpoint('10.0.0.9:53')], policy, resolver);
+    assert.deepEqual(a.candidates, [
+      { host: '8.8.8.8', port: 53 },
+      { host: '8.8.4.4', port: 53 },
+    ]);
+    assert.equal(a.denied.length, 2);
+    const none = await admit([endpoint('10.0.0.9:53')], policy, new CachingResolver({ lookup: async () => Promise.reject(Object.assign(new Error('nope'), { code: 'ENOTFOUND' })) }));
+    assert.equal(admissionReason(none), 'backend not allowed: 10.0.0.9 is in 10.0.0.0/8 (private, RFC 1918) and no --allow rule covers 10.0.0.9:53');
+    const missing = await admit([endpoint('gone.example:53')], policy, new CachingResolver({ lookup: async () => Promise.reject(Object.assign(new Error('nope'), { code: 'ENOTFOUND' })) }));
+    assert.deepEqual(missing.unresolved, ['gone.example:53']);
+    assert.equal(admissionReason(missing), 'not resolved: gone.example did not resolve (ENOTFOUND)');
   });
 });
 

@@ -306,7 +306,7 @@ export class HostingService {
     t.overrides = next;
     t.effective = effectiveLimits(this.#o.defaults, next);
     t.listener.limits = t.effective.limits;
-    t.listener.gate = { policy: this.#policy.with(t.effective.allow), resolver: this.#resolver };
+    t.listener.gate = { policy: this.#policy.with(t.effective.allow), resolver: this.#resolver.forTenant(name) };
     const sandbox = before.routerTimeoutMs !== t.effective.limits.routerTimeoutMs || before.memoryMb !== t.effective.limits.memoryMb;
     if (sandbox && t.version !== null) {
       const live = await this.#o.store.liveRouter(name);
@@ -412,7 +412,7 @@ export class HostingService {
       router: new MissingRouter(),
       limits: effective.limits,
       log: this.#log,
-      gate: { policy: this.#policy.with(effective.allow), resolver: this.#resolver },
+      gate: { policy: this.#policy.with(effective.allow), resolver: this.#resolver.forTenant(record.name) },
     });
     return {
       name: record.name,
