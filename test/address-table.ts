@@ -72,7 +72,7 @@ export const deniedByDefault: readonly DeniedRow[] = [
   { remote: '[64:ff9b::a9fe:a9fe]:80', reason: ['64:ff9b::a9fe:a9fe carries 169.254.169.254 (NAT64, RFC 6052)', ...metadata] },
   { remote: '[64:ff9b::a00:5]:80', reason: ['carries 10.0.0.5 (NAT64', '10.0.0.0/8 (private'] },
   { remote: '[64:ff9b:1::808:808]:80', reason: ['64:ff9b:1::/48 (local-use IPv4/IPv6 translation, RFC 8215)'] },
-  { remote: '[64:ff9b:1::7f00:1]:80', reason: ['64:ff9b:1::/48'] },
+  { remote: '[64:ff9b:1::7f00:1]:80', reason: ['64:ff9b:1::/48', 'no --allow rule covers [64:ff9b:1::7f00:1]:80; it carries 127.0.0.1 (local-use NAT64, RFC 8215, read as a /96)'] },
   { remote: '[2002:7f00:1::]:80', reason: ['2002:7f00:1:: carries 127.0.0.1 (6to4, RFC 3056)', ...loopback] },
   { remote: '[2002:a9fe:a9fe::]:80', reason: ['2002:a9fe:a9fe:: carries 169.254.169.254 (6to4, RFC 3056)', ...metadata] },
   { remote: '[2002:c0a8:101::1]:80', reason: ['carries 192.168.1.1 (6to4', '192.168.0.0/16 (private'] },

@@ -144,6 +144,10 @@ describe('BackendPolicy', () => {
     assert.equal(p.check('2001:0:a00:5::f7f7:f7f7', 80).allowed, true, 'Teredo: server 10.0.0.5 opened, client 8.8.8.8 public');
     assert.equal(p.check('2001:0:a00:5::80ff:fffe', 80).allowed, false, 'Teredo: the client 127.0.0.1 is still denied');
     assert.equal(base.check('127.0.0.1', 8080).allowed, false, 'with() leaves the base policy alone');
+    const localNat64 = base.with(rules('[64:ff9b:1::]/48'));
+    assert.deepEqual(localNat64.check('64:ff9b:1::808:808', 80), { allowed: true }, 'the local-use NAT64 prefix opened');
+    const v = localNat64.check('64:ff9b:1::7f00:1', 80);
+    assert.ok(!v.allowed && v.reason.includes('carries 127.0.0.1 (local-use NAT64, RFC 8215, read as a /96): 127.0.0.1 is in 127.0.0.0/8'), v.allowed ? 'allowed' : v.reason);
   });
 
   it('opens a cloud metadata address only by a rule for that address, not by a rule for its range', () => {

@@ -97,7 +97,10 @@ export class BackendPolicy {
       const shown = formatIp(s.ip);
       return deny(`${carried(s)}${shown} is an address of this host (${mine.interface}); only a rule for that address opens it, such as --allow ${exactRule(s.ip, port)}`);
     }
-    if (denied !== undefined && !this.#opens(ip, port, denied.exact === true)) return deny(inRange(address, ip, denied, port));
+    if (denied !== undefined && !this.#opens(ip, port, denied.exact === true)) {
+      const carries = embedded.map((c) => `${formatIp(c.ip)} (${c.via})`).join(' and ');
+      return deny(inRange(address, ip, denied, port) + (carries === '' ? '' : `; it carries ${carries}`));
+    }
     for (const c of embedded) {
       const range = classify(c.ip).denied;
       if (range !== undefined && !this.#opens(c.ip, port, range.exact === true)) return deny(carried(c) + inRange(formatIp(c.ip), c.ip, range, port));

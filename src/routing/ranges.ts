@@ -63,7 +63,7 @@ export const embeddingForms: readonly EmbeddingForm[] = [
   {
     network: cidr('64:ff9b:1::/48'),
     text: '64:ff9b:1::/48',
-    name: 'local-use NAT64, RFC 8215 (as a /96)',
+    name: 'local-use NAT64, RFC 8215, read as a /96',
     embedded: last32,
     denied: range('64:ff9b:1::/48', 'local-use IPv4/IPv6 translation, RFC 8215'),
   },
