@@ -89,7 +89,10 @@ describe('IPv4 parsing', () => {
 
 describe('networks', () => {
   it('masks the base, and contains by prefix', () => {
-    assert.deepEqual(parseCidr('10.1.2.3/8'), { family: 4, base: 0x0a000000n, bits: 8 });
+    assert.deepEqual(parseCidr('10.1.2.3/8'), { family: 4, base: 0x0a000000n, bits: 8, mask: 0xff000000n, base4: 0x0a000000, mask4: 0xff000000 });
+    assert.ok(contains(cidr('255.255.255.255/32'), parseIp('255.255.255.255')!), 'the top address: no sign trouble');
+    assert.ok(contains(cidr('128.0.0.0/1'), parseIp('200.1.2.3')!));
+    assert.ok(!contains(cidr('128.0.0.0/1'), parseIp('127.255.255.255')!));
     assert.ok(contains(cidr('100.64.0.0/10'), parseIp('100.127.255.255')!));
     assert.ok(!contains(cidr('100.64.0.0/10'), parseIp('100.128.0.0')!));
     assert.ok(contains(cidr('fc00::/7'), parseIp('fdff::1')!));

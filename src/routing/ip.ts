@@ -7,11 +7,25 @@
 
 export type Ip = { readonly family: 4; readonly value: number } | { readonly family: 6; readonly value: bigint };
 
-/** A network: an address and a prefix length. */
+/** A network: an address and a prefix length (with its mask, kept for `contains`). */
 export interface Cidr {
   readonly family: 4 | 6;
   readonly base: bigint;
   readonly bits: number;
+  readonly mask: bigint;
+  /** An IPv4 network's base and mask as numbers: IPv4 checks need no bigint arithmetic. */
+  readonly base4: number;
+  readonly mask4: number;
+}
+
+/** The network of `base` (masked here) and `bits`. */
+export function cidrOf(family: 4 | 6, base: bigint, bits: number): Cidr {
+  const width = family === 4 ? 32n : 128n;
+  const mask = ((1n << width) - 1n) ^ ((1n << (width - BigInt(bits))) - 1n);
+  const masked = base & mask;
+  return family === 4
+    ? { family, base: masked, bits, mask, base4: Number(masked), mask4: Number(mask) }
+    : { family, base: masked, bits, mask, base4: 0, mask4: 0 };
 }
 
 const octet = /^(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]\d|\d)$/;
@@ -110,8 +124,7 @@ export function parseCidr(text: string): Cidr | string {
   const width = ip.family === 4 ? 32 : 128;
   const bitsText = slash < 0 ? String(width) : text.slice(slash + 1);
   if (!/^\d{1,3}$/.test(bitsText) || Number(bitsText) > width) return `/${bitsText} is not a valid prefix for ${addressText}`;
-  const bits = Number(bitsText);
-  return { family: ip.family, base: BigInt(ip.value) & mask(ip.family, bits), bits };
+  return cidrOf(ip.family, BigInt(ip.value), Number(bitsText));
 }
 
 /** The CIDR literal for code that knows it is valid (tables of ranges). */
@@ -122,15 +135,11 @@ export function cidr(text: string): Cidr {
 }
 
 export function contains(network: Cidr, ip: Ip): boolean {
-  return network.family === ip.family && (BigInt(ip.value) & mask(ip.family, network.bits)) === network.base;
+  if (ip.family === 4) return network.family === 4 && (ip.value & network.mask4) >>> 0 === network.base4;
+  return network.family === 6 && (ip.value & network.mask) === network.base;
 }
 
 export function formatCidr(c: Cidr): string {
   const address = c.family === 4 ? formatIPv4(Number(c.base)) : formatIPv6(c.base);
   return `${address}/${c.bits}`;
-}
-
-function mask(family: 4 | 6, bits: number): bigint {
-  const width = family === 4 ? 32n : 128n;
-  return ((1n << width) - 1n) ^ ((1n << (width - BigInt(bits))) - 1n);
 }

@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { type Endpoint, formatEndpoint } from './endpoint.js';
 import { HostAddresses } from './host-addresses.js';
-import { type Cidr, contains, formatCidr, formatIp, type Ip, parseCidr, parseIp } from './ip.js';
+import { type Cidr, contains, formatCidr, formatIp, type Ip, cidrOf, parseCidr, parseIp } from './ip.js';
 import { type Carried, classify, type DeniedRange } from './ranges.js';
 import type { CachingResolver } from './resolver.js';
 
@@ -42,9 +42,8 @@ export function parseAllowRule(text: string): AllowRule | string {
 }
 
 function mappedToIPv4(c: Cidr): Cidr {
-  const mapped = 0xffffn << 32n;
   if (c.family !== 6 || c.bits < 96 || c.base >> 32n !== 0xffffn) return c;
-  return { family: 4, base: c.base ^ mapped, bits: c.bits - 96 };
+  return cidrOf(4, c.base & 0xffffffffn, c.bits - 96);
 }
 
 export type PolicyVerdict = { readonly allowed: true } | { readonly allowed: false; readonly reason: string };
@@ -86,16 +85,17 @@ export class BackendPolicy {
     const { denied, embedded } = classify(ip);
     const subjects: readonly Carried[] = [{ ip, via: '' }, ...embedded];
     const carried = (c: Carried): string => (c.ip === ip ? '' : `${address} carries ${formatIp(c.ip)} (${c.via}): `);
-    const own = subjects.find((s) => reachesThisHost(s.ip) || this.#host.find(s.ip) !== undefined);
+    const mine = subjects.map((s) => this.#host.find(s.ip));
+    const own = subjects.find((s, i) => reachesThisHost(s.ip) || mine[i] !== undefined);
     if (own !== undefined && this.#ownPorts(port)) {
       return deny(`${carried(own)}${formatEndpoint({ host: formatIp(own.ip), port })} is one of the service's own ports`);
     }
-    for (const s of subjects) {
-      const mine = this.#host.find(s.ip);
+    for (const [i, s] of subjects.entries()) {
+      const ours = mine[i];
       // Loopback and unspecified addresses are their ranges' to deny (and a range rule opens them).
-      if (mine === undefined || reachesThisHost(s.ip) || this.#opens(s.ip, port, true)) continue;
+      if (ours === undefined || reachesThisHost(s.ip) || this.#opens(s.ip, port, true)) continue;
       const shown = formatIp(s.ip);
-      return deny(`${carried(s)}${shown} is an address of this host (${mine.interface}); only a rule for that address opens it, such as --allow ${exactRule(s.ip, port)}`);
+      return deny(`${carried(s)}${shown} is an address of this host (${ours.interface}); only a rule for that address opens it, such as --allow ${exactRule(s.ip, port)}`);
     }
     if (denied !== undefined && !this.#opens(ip, port, denied.exact === true)) {
       const carries = embedded.map((c) => `${formatIp(c.ip)} (${c.via})`).join(' and ');

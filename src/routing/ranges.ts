@@ -82,6 +82,8 @@ export const embeddingForms: readonly EmbeddingForm[] = [
 /** `::/96` (IPv4-compatible, RFC 4291, deprecated) after `::` and `::1`. */
 const compatible: EmbeddingForm = { network: cidr('::/96'), text: '::/96', name: 'IPv4-compatible, RFC 4291', embedded: last32 };
 
+const allForms = [...embeddingForms, compatible];
+
 export const deniedIPv6: readonly DeniedRange[] = [
   range('::1/128', 'loopback, RFC 4291'),
   range('::/128', 'unspecified, RFC 4291; reaches this host'),
@@ -121,7 +123,7 @@ export function classify(ip: Ip): Classification {
     return denied === undefined ? { embedded: [] } : { denied, embedded: [] };
   }
   const unspecifiedOrLoopback = ip.value === 0n || ip.value === 1n;
-  const form = unspecifiedOrLoopback ? undefined : [...embeddingForms, compatible].find((f) => contains(f.network, ip));
+  const form = unspecifiedOrLoopback ? undefined : allForms.find((f) => contains(f.network, ip));
   if (form !== undefined) {
     const embedded = form.embedded(ip.value).map(({ value, role }): Carried => ({ ip: { family: 4, value }, via: role === undefined ? form.name : `${form.name}, ${role}` }));
     return form.denied === undefined ? { embedded } : { denied: form.denied, embedded };
