@@ -4,7 +4,7 @@ import { TenantListener } from '../listener.js';
 import type { Logger } from '../log.js';
 import { renderMetrics } from '../metrics/prometheus.js';
 import { type Decision, decisionView } from '../routing/decision.js';
-import { admit, type AllowRule, BackendPolicy } from '../routing/policy.js';
+import { admissionReason, admit, type AllowRule, BackendPolicy } from '../routing/policy.js';
 import { CachingResolver } from '../routing/resolver.js';
 import { RouterConsole } from '../sandbox/console.js';
 import type { SandboxPool, TenantSpec } from '../sandbox/pool.js';
@@ -327,7 +327,7 @@ export class HostingService {
     const before = t.effective.limits;
     t.effective = effectiveLimits(this.#defaults, t.overrides);
     t.listener.limits = t.effective.limits;
-    t.listener.gate = { policy: this.#policy.with(t.effective.allow), resolver: this.#resolver };
+    t.listener.gate = { policy: this.#policy.with(t.effective.allow), resolver: this.#resolver.forTenant(name) };
     const sandbox = before.routerTimeoutMs !== t.effective.limits.routerTimeoutMs || before.memoryMb !== t.effective.limits.memoryMb;
     if (sandbox && t.version !== null) {
       const live = await this.#o.store.liveRouter(t.name);
@@ -356,10 +356,9 @@ export class HostingService {
     const durationMs = ms();
     if (decision.kind !== 'remote') return { decision: decisionView(decision), allowed: true, durationMs };
     const gate = t.listener.gate!;
-    const { candidates, denied, unresolved } = await admit(decision.remotes, gate.policy, gate.resolver);
-    if (candidates.length > 0) return { decision: decisionView(decision), allowed: true, durationMs };
-    const reason = denied.length > 0 ? `backend not allowed: ${denied.join('; ')}` : `${unresolved.join(', ')} did not resolve`;
-    return { decision: decisionView(decision), allowed: false, reason, durationMs };
+    const admission = await admit(decision.remotes, gate.policy, gate.resolver);
+    if (admission.candidates.length > 0) return { decision: decisionView(decision), allowed: true, durationMs };
+    return { decision: decisionView(decision), allowed: false, reason: admissionReason(admission), durationMs };
   }
 
   rejections(name: string): { time: string; client: string; reason: string; detail: string; firstBytes: string }[] {
@@ -433,7 +432,7 @@ export class HostingService {
       router: new MissingRouter(),
       limits: effective.limits,
       log: this.#log,
-      gate: { policy: this.#policy.with(effective.allow), resolver: this.#resolver },
+      gate: { policy: this.#policy.with(effective.allow), resolver: this.#resolver.forTenant(record.name) },
     });
     return {
       name: record.name,
