@@ -423,6 +423,24 @@ describe('admin API', () => {
     assert.equal((await api.call('PUT', '/v1/tenants/delta/table', { body: { pad: 'y'.repeat(100 * 1024) } })).status, 200);
   });
 
+  it('400, not 500, for JSON nested too deep: a 5,000-deep table, limits and dry run; the table in force is kept', async () => {
+    await create('deep');
+    assert.equal((await api.call('PUT', '/v1/tenants/deep/table', { body: { kept: 1 } })).status, 200);
+    const deep = (n: number): string => '{"a":'.repeat(n) + '1' + '}'.repeat(n);
+    for (const [method, path, body] of [
+      ['PUT', '/v1/tenants/deep/table', deep(5000)],
+      ['PUT', '/v1/tenants/deep/table', '[' .repeat(65) + ']'.repeat(65)],
+      ['PUT', '/v1/tenants/deep/limits', deep(100)],
+      ['POST', '/v1/tenants/deep/route', deep(100)],
+    ] as const) {
+      const r = await api.call(method, path, { body, headers: { 'content-type': 'application/json' } });
+      assertError(r, 400, `${method} ${path}`);
+      assert.match(r.json.error, /^the body is JSON nested deeper than 64 levels/);
+    }
+    assert.equal((await api.call('PUT', '/v1/tenants/deep/table', { body: deep(63) })).status, 200, '64 levels are fine');
+    assert.equal((await api.call('GET', '/v1/tenants/deep')).status, 200);
+  });
+
   it('413 for other bodies over 64 KiB (create, limits, dry run, and bodies on routes that take none)', async () => {
     const pad = (prefix: string, suffix: string, size: number): string => prefix + 'z'.repeat(size - prefix.length - suffix.length) + suffix;
     const over = 64 * 1024 + 1;

@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../log.js';
 import { scriptLimits } from '../config.js';
+import { parseJsonBody } from './json-body.js';
 import { adminConnectionDefaults, type AdminConnectionOptions, ConnectionGate, serverTimeouts } from './connections.js';
 import { AdminError, type HostingService, validName } from '../tenants/service.js';
 import { TenantNotFoundError } from '../tenants/store.js';
@@ -288,9 +289,7 @@ async function readBody(req: IncomingMessage, kind: BodyKind): Promise<unknown> 
     throw new AdminError(400, 'the body is not UTF-8');
   }
   if (kind === 'script') return text;
-  try {
-    return JSON.parse(text) as unknown;
-  } catch {
-    throw new AdminError(400, 'the body is not valid JSON');
-  }
+  const parsed = parseJsonBody(text);
+  if (!parsed.ok) throw new AdminError(400, `the body is ${parsed.reason}`);
+  return parsed.value;
 }

@@ -327,7 +327,7 @@ export class HostingService {
     const before = t.effective.limits;
     t.effective = effectiveLimits(this.#defaults, t.overrides);
     t.listener.limits = t.effective.limits;
-    t.listener.gate = { policy: this.#policy.with(t.effective.allow), resolver: this.#resolver.forTenant(name) };
+    t.listener.gate = { policy: this.#policy.with(t.effective.allow), resolver: this.#resolver.forTenant(t.name) };
     const sandbox = before.routerTimeoutMs !== t.effective.limits.routerTimeoutMs || before.memoryMb !== t.effective.limits.memoryMb;
     if (sandbox && t.version !== null) {
       const live = await this.#o.store.liveRouter(t.name);
