@@ -15,6 +15,7 @@ import { changedKeys, type Resolved, resolveSettings, SettingsError, type Source
 import { parseAllowRule, type AllowRule } from './routing/policy.js';
 import { addClientCommands } from './client/admin-client.js';
 import { startHosting } from './serve.js';
+import { quotaDefaults } from './tenants/quotas.js';
 import { startSingleRouter, type Service, type SingleRouterService } from './single.js';
 import { sandboxDefaults } from './config.js';
 
@@ -188,6 +189,8 @@ const serve = program
   .option('--sandbox-workers <n>', 'sandbox worker processes', integer(1, 64), sandboxDefaults.workers)
   .option('--max-warm-isolates <n>', 'router isolates kept built; past it the least recently used are unloaded', integer(1, 1_000_000), sandboxDefaults.maxWarmIsolates)
   .option('--max-warm-mb <mb>', 'V8 heap of the isolates kept built; past it the least recently used are unloaded', integer(16, 1_000_000), sandboxDefaults.maxWarmMb)
+  .option('--router-versions <n>', 'router versions kept per tenant; rollback reaches back within them', integer(1, 1000), quotaDefaults.routerVersions)
+  .option('--pushes-per-minute <n>', "a tenant's router and table pushes a minute (bursts of up to a third of it, at least 1)", integer(1, 6000), quotaDefaults.pushesPerMinute)
   .option('--log-level <level>', `${logLevels.join(', ')}`, logLevel, 'info');
 for (const option of limitOptions()) serve.addOption(option);
 
@@ -202,6 +205,8 @@ interface ServeValues {
   sandboxWorkers: number;
   maxWarmIsolates: number;
   maxWarmMb: number;
+  routerVersions: number;
+  pushesPerMinute: number;
   logLevel: string;
 }
 
@@ -248,6 +253,7 @@ serve.action(async (opts: ServeValues) => {
       workers: v.sandboxWorkers,
       maxWarmIsolates: v.maxWarmIsolates,
       maxWarmMb: v.maxWarmMb,
+      quotas: { routerVersions: v.routerVersions, pushesPerMinute: v.pushesPerMinute, pushBurst: Math.max(1, Math.floor(v.pushesPerMinute / 3)) },
       log,
       announce: (line) => process.stderr.write(`${line}\n`),
       describeConfig: () => ({ file, settings: settings.view, sources: settings.sources, pendingRestart }),

@@ -88,3 +88,23 @@ export class ConnectError extends SwitchyardError {
     this.backend = backend;
   }
 }
+
+/**
+ * Why the tenant service refused a request, as a kind the admin API maps to a status code
+ * (admin/server.ts) and a stable `code`. The domain knows nothing of HTTP.
+ */
+export type RefusalKind = 'invalid' | 'not_found' | 'conflict' | 'rejected' | 'too_many' | 'busy';
+
+export class ServiceRefusal extends SwitchyardError {
+  readonly kind: RefusalKind;
+  /** Fields the answer carries besides `error` (a script's `line` and `column`, say). */
+  readonly details: Readonly<Record<string, unknown>>;
+  /** For `too_many` and `busy`: when to try again, in seconds. */
+  readonly retryAfterS: number | undefined;
+  constructor(kind: RefusalKind, code: string, message: string, options: { details?: Record<string, unknown>; retryAfterS?: number } = {}) {
+    super(code, message);
+    this.kind = kind;
+    this.details = options.details ?? {};
+    this.retryAfterS = options.retryAfterS;
+  }
+}

@@ -9,7 +9,7 @@ import type { Logger } from './log.js';
 import type { AllowRule } from './routing/policy.js';
 import { SandboxPool } from './sandbox/pool.js';
 import type { Service } from './single.js';
-import { HostingService } from './tenants/service.js';
+import { HostingService, type Quotas } from './tenants/service.js';
 import { SqliteTenantStore } from './tenants/sqlite-store.js';
 import { newToken } from './tenants/tokens.js';
 
@@ -28,6 +28,8 @@ export interface ServeOptions {
   readonly log: Logger;
   /** The admin API's connection cap and deadlines (admin/connections.ts); its defaults otherwise. */
   readonly adminConnections?: Partial<AdminConnectionOptions>;
+  /** Push rate, script checks and router versions kept (tenants/quotas.ts). */
+  readonly quotas?: Partial<Quotas>;
   /** The configuration as `GET /v1/config` shows it. */
   readonly describeConfig?: () => unknown;
   /** Where the generated operator token is announced, once. */
@@ -90,6 +92,7 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
       defaults: o.defaults,
       ownPorts: () => [adminPort],
       ...(o.rebindAfterMs === undefined ? {} : { rebindAfterMs: o.rebindAfterMs }),
+      ...(o.quotas === undefined ? {} : { quotas: o.quotas }),
     });
     admin = new AdminServer(service, token, o.log, o.adminConnections, o.describeConfig);
     const address = await admin.listen(o.admin.port, o.admin.host);

@@ -91,7 +91,7 @@ describe('admin API', () => {
 
   before(async () => {
     backend = await startEchoBackend();
-    h = await startTestHosting({ portCount: 24, allow: ['127.0.0.0/8'] });
+    h = await startTestHosting({ portCount: 24, allow: ['127.0.0.0/8'], quotas: { pushesPerMinute: 6000, pushBurst: 1000 } }); // pushes without pause: quotas.test.ts tests the push rate
     api = h.api;
     [lo, hi] = h.ports;
   });

@@ -652,6 +652,7 @@ export async function startTestHosting(
     limits?: Partial<Limits>;
     rebindAfterMs?: number;
     adminConnections?: Partial<import('../src/admin/connections.js').AdminConnectionOptions>;
+    quotas?: Partial<import('../src/tenants/service.js').Quotas>;
   } = {},
 ): Promise<TestHosting> {
   const { startHosting } = await import('../src/serve.js');
@@ -678,6 +679,7 @@ export async function startTestHosting(
     announce: (line) => announced.push(line),
     ...(options.rebindAfterMs === undefined ? {} : { rebindAfterMs: options.rebindAfterMs }),
     ...(options.adminConnections === undefined ? {} : { adminConnections: options.adminConnections }),
+    ...(options.quotas === undefined ? {} : { quotas: options.quotas }),
   });
   const fromEnv = process.env.SWITCHYARD_ADMIN_TOKEN;
   const operatorToken = fromEnv !== undefined && fromEnv !== '' ? fromEnv : readFileNow(joinPath(dataDir, 'admin-token'), 'utf8').trim();

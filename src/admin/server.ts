@@ -4,12 +4,27 @@ import type { Logger } from '../log.js';
 import { scriptLimits } from '../config.js';
 import { parseJsonBody } from './json-body.js';
 import { adminConnectionDefaults, type AdminConnectionOptions, ConnectionGate, serverTimeouts } from './connections.js';
-import { AdminError, type HostingService, validName } from '../tenants/service.js';
+import { type RefusalKind, ServiceRefusal } from '../errors.js';
+import { type HostingService, validName } from '../tenants/service.js';
 import { TenantNotFoundError } from '../tenants/store.js';
 import { hashToken, sameHash } from '../tenants/tokens.js';
 
 /** Body size limits (CONTRACT §4): scripts 256 KiB, tables 4 MiB, anything else 64 KiB. */
 const bodyLimits = { script: scriptLimits.maxScriptBytes, table: 4 * 1024 * 1024, other: 64 * 1024 } as const;
+
+/** A failure of the request itself (path, method, token, access, body): its status code, said here only. */
+class AdminError extends Error {
+  readonly status: number;
+  readonly extra: Record<string, unknown>;
+  constructor(status: number, message: string, extra: Record<string, unknown> = {}) {
+    super(message);
+    this.status = status;
+    this.extra = extra;
+  }
+}
+
+/** The status code of each kind of refusal from the tenant service. */
+const refusalStatus: Record<RefusalKind, number> = { invalid: 400, not_found: 404, conflict: 409, rejected: 422, too_many: 429, busy: 503 };
 
 type Who = 'operator' | { readonly tenant: string };
 type Access = 'anyone' | 'operator' | 'tenant';
@@ -174,6 +189,10 @@ export class AdminServer {
       reply = await this.#dispatch(req);
     } catch (err) {
       if (err instanceof AdminError) reply = { status: err.status, json: { error: err.message, ...err.extra } };
+      else if (err instanceof ServiceRefusal) {
+        reply = { status: refusalStatus[err.kind], json: { error: err.message, ...err.details } };
+        if (err.retryAfterS !== undefined) res.setHeader('retry-after', String(Math.max(1, Math.ceil(err.retryAfterS))));
+      }
       else if (err instanceof TenantNotFoundError) reply = { status: 404, json: { error: err.message } };
       else {
         this.#log.error({ err, method: req.method, url: req.url }, 'admin request failed');

@@ -1,5 +1,5 @@
 import type { Limits } from '../config.js';
-import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
+import { CloseReason, RouterError, RouterLoadError, ServiceRefusal } from '../errors.js';
 import { TenantListener } from '../listener.js';
 import type { Logger } from '../log.js';
 import { renderMetrics } from '../metrics/prometheus.js';
@@ -13,6 +13,7 @@ import type { Router } from '../sandbox/router.js';
 import { effectiveLimits, type EffectiveLimits, type LimitOverrides, storedOverrides, updateOverrides } from './limits.js';
 import { MissingRouter } from './missing-router.js';
 import { StoreConflictError, type TenantRecord, type TenantStore } from './store.js';
+import { CheckGate, PushQuota, quotaDefaults, type Quotas } from './quotas.js';
 import { hashToken, newToken } from './tokens.js';
 
 export interface HostingOptions {
@@ -31,7 +32,11 @@ export interface HostingOptions {
   readonly ownPorts: () => readonly number[];
   /** A stored tenant's port that could not be bound at start is tried again this often (default 5 s). */
   readonly rebindAfterMs?: number;
+  /** Push rate, script checks and versions kept (quotas.ts); its defaults otherwise. */
+  readonly quotas?: Partial<Quotas>;
 }
+
+export type { Quotas } from './quotas.js';
 
 /** One tenant, live: its port, its router, its table and limits. */
 interface Tenant {
@@ -45,16 +50,6 @@ interface Tenant {
   effective: EffectiveLimits;
 }
 
-/** A failure the admin API turns into a status code. */
-export class AdminError extends Error {
-  readonly status: number;
-  readonly extra: Record<string, unknown>;
-  constructor(status: number, message: string, extra: Record<string, unknown> = {}) {
-    super(message);
-    this.status = status;
-    this.extra = extra;
-  }
-}
 
 const namePattern = /^[a-z0-9][a-z0-9-]{0,62}$/;
 
@@ -80,9 +75,15 @@ export class HostingService {
   /** Ports waiting to be bound again; closing the service stops them. */
   readonly #rebinds = new Set<NodeJS.Timeout>();
   #closed = false;
+  readonly #quotas: Quotas;
+  readonly #pushes: PushQuota;
+  readonly #checks: CheckGate;
 
   private constructor(options: HostingOptions) {
     this.#o = options;
+    this.#quotas = { ...quotaDefaults, ...options.quotas };
+    this.#pushes = new PushQuota(this.#quotas.pushesPerMinute, this.#quotas.pushBurst);
+    this.#checks = new CheckGate(this.#quotas.checksRunning, this.#quotas.checksQueued);
     this.#log = options.log;
     const [lo, hi] = options.ports;
     this.#policy = new BackendPolicy(options.allow, (p) => (p >= lo && p <= hi) || options.ownPorts().includes(p));
@@ -151,12 +152,12 @@ export class HostingService {
 
   /** Creates a tenant on `port` or the lowest free port of the range; resolves with its token. */
   async create(name: string, port: number | undefined): Promise<{ name: string; port: number; token: string }> {
-    if (!validName(name)) throw new AdminError(400, 'name must match [a-z0-9][a-z0-9-]{0,62}');
-    if (this.#tenants.has(name)) throw new AdminError(409, `tenant "${name}" exists`);
+    if (!validName(name)) throw new ServiceRefusal('invalid', 'ERR_TENANT_NAME', 'name must match [a-z0-9][a-z0-9-]{0,62}');
+    if (this.#tenants.has(name)) throw new ServiceRefusal('conflict', 'ERR_TENANT_EXISTS', `tenant "${name}" exists`);
     const [lo, hi] = this.#o.ports;
-    if (port !== undefined && (port < lo || port > hi)) throw new AdminError(400, `port must be within ${lo}-${hi}`);
+    if (port !== undefined && (port < lo || port > hi)) throw new ServiceRefusal('invalid', 'ERR_PORT_RANGE', `port must be within ${lo}-${hi}`);
     const taken = new Set([...this.#tenants.values()].map((t) => t.port));
-    if (port !== undefined && taken.has(port)) throw new AdminError(409, `port ${port} is taken`);
+    if (port !== undefined && taken.has(port)) throw new ServiceRefusal('conflict', 'ERR_PORT_TAKEN', `port ${port} is taken`);
 
     const token = newToken('sy_tn');
     const record: TenantRecord = { name, port: port ?? lo, limits: {}, liveVersion: null, createdAt: new Date().toISOString() };
@@ -169,14 +170,14 @@ export class HostingService {
         tenant = t;
         break;
       } catch (err) {
-        if (port !== undefined) throw new AdminError(409, `port ${port} cannot be bound: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+        if (port !== undefined) throw new ServiceRefusal('conflict', 'ERR_PORT_UNBINDABLE', `port ${port} cannot be bound: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
       }
     }
-    if (tenant === undefined) throw new AdminError(409, `no free port left in ${lo}-${hi}`);
+    if (tenant === undefined) throw new ServiceRefusal('conflict', 'ERR_NO_FREE_PORT', `no free port left in ${lo}-${hi}`);
     // Another request may have taken the name while the port was being bound.
     if (this.#tenants.has(name)) {
       tenant.listener.destroy();
-      throw new AdminError(409, `tenant "${name}" exists`);
+      throw new ServiceRefusal('conflict', 'ERR_TENANT_EXISTS', `tenant "${name}" exists`);
     }
     this.#tenants.set(name, tenant);
     try {
@@ -184,7 +185,7 @@ export class HostingService {
     } catch (err) {
       this.#tenants.delete(name);
       tenant.listener.destroy();
-      if (err instanceof StoreConflictError) throw new AdminError(409, err.message);
+      if (err instanceof StoreConflictError) throw new ServiceRefusal('conflict', 'ERR_TENANT_EXISTS', err.message);
       throw err;
     }
     this.#log.info({ tenant: name, port: tenant.port }, 'tenant created');
@@ -231,11 +232,14 @@ export class HostingService {
     t.listener.destroy(CloseReason.killed);
     t.listener.router.dispose();
     await this.#o.store.deleteTenant(name);
+    this.#pushes.forget(name);
     this.#log.info({ tenant: name }, 'tenant deleted');
   }
 
   /** Checks a script in a throwaway process, stores it as the next version, makes it live. */
   putRouter(name: string, source: string): Promise<number> {
+    this.#get(name);
+    this.#pushes.take(name);
     return this.#exclusive(name, (t) => this.#putRouter(t, source));
   }
 
@@ -243,19 +247,19 @@ export class HostingService {
     const name = t.name;
     let router: ProcessRouter;
     try {
-      router = await ProcessRouter.load(this.#o.pool, this.#spec(t, source), t.console);
+      router = await this.#checks.run(() => ProcessRouter.load(this.#o.pool, this.#spec(t, source), t.console));
     } catch (err) {
       if (err instanceof RouterLoadError) {
         const extra: Record<string, unknown> = {};
         if (err.line !== undefined) extra.line = err.line;
         if (err.column !== undefined) extra.column = err.column;
-        throw new AdminError(422, err.message, { code: err.code, ...extra });
+        throw new ServiceRefusal('rejected', err.code, err.message, { details: { code: err.code, ...extra } });
       }
       throw err;
     }
     let version: number;
     try {
-      version = await this.#o.store.addRouterVersion(name, source);
+      version = await this.#o.store.addRouterVersion(name, source, this.#quotas.routerVersions);
     } catch (err) {
       router.dispose();
       throw err;
@@ -272,15 +276,17 @@ export class HostingService {
   async #rollback(t: Tenant): Promise<number> {
     const name = t.name;
     const version = await this.#o.store.rollbackRouter(name);
-    if (version === undefined) throw new AdminError(409, 'there is no earlier router version to roll back to');
+    if (version === undefined) throw new ServiceRefusal('conflict', 'ERR_NO_EARLIER_VERSION', 'there is no earlier router version to roll back to');
     const live = await this.#o.store.liveRouter(name);
-    if (live === undefined) throw new AdminError(500, 'the rolled-back version could not be read');
+    if (live === undefined) throw new Error('the rolled-back version could not be read');
     this.#swap(t, this.#coldRouter(t, live.source), version);
     return version;
   }
 
   /** Stores a new routing table; new connections see it at once. */
   putTable(name: string, json: string): Promise<void> {
+    this.#get(name);
+    this.#pushes.take(name);
     return this.#exclusive(name, (t) => this.#putTable(t, json));
   }
 
@@ -291,9 +297,9 @@ export class HostingService {
     if (live !== undefined) {
       // The script must still load with the new table (it reads it at load, in a heap of its own).
       try {
-        router = await ProcessRouter.load(this.#o.pool, { ...this.#spec(t, live.source), table: json }, t.console);
+        router = await this.#checks.run(() => ProcessRouter.load(this.#o.pool, { ...this.#spec(t, live.source), table: json }, t.console));
       } catch (err) {
-        if (err instanceof RouterLoadError) throw new AdminError(400, `the router does not load with this table: ${err.message}`);
+        if (err instanceof RouterLoadError) throw new ServiceRefusal('invalid', 'ERR_TABLE_BREAKS_ROUTER', `the router does not load with this table: ${err.message}`);
         throw err;
       }
     }
@@ -315,7 +321,7 @@ export class HostingService {
   async #putLimits(t: Tenant, body: unknown): Promise<EffectiveLimits['view']> {
     const name = t.name;
     const next = updateOverrides(t.overrides, body);
-    if (typeof next === 'string') throw new AdminError(400, next);
+    if (typeof next === 'string') throw new ServiceRefusal('invalid', 'ERR_LIMITS', next);
     await this.#o.store.setLimits(name, next);
     t.overrides = next;
     await this.#applyLimits(t);
@@ -420,7 +426,7 @@ export class HostingService {
 
   #get(name: string): Tenant {
     const t = this.#tenants.get(name);
-    if (t === undefined) throw new AdminError(404, `no tenant named "${name}"`);
+    if (t === undefined) throw new ServiceRefusal('not_found', 'ERR_NO_TENANT', `no tenant named "${name}"`);
     return t;
   }
 

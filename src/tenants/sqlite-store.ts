@@ -113,6 +113,8 @@ export class SqliteTenantStore implements TenantStore {
       // 2 = FULL. Checked because a build's compile-time defaults could otherwise weaken it silently.
       if (db.pragma('synchronous', { simple: true }) !== 2) throw new StoreError('ERR_STORE_INVALID', `cannot set synchronous=FULL on ${path}`);
       db.pragma('busy_timeout = 5000');
+      // The WAL is cut back to 1 MiB after each checkpoint instead of keeping its largest size.
+      db.pragma('journal_size_limit = 1048576');
       migrate(db, path);
     } catch (err) {
       db.close();
@@ -166,7 +168,7 @@ export class SqliteTenantStore implements TenantStore {
     return db.transaction(() => db.prepare('DELETE FROM tenants WHERE name = ?').run(name).changes > 0).immediate();
   }
 
-  async addRouterVersion(name: string, source: string): Promise<number> {
+  async addRouterVersion(name: string, source: string, keep?: number): Promise<number> {
     const db = this.#open();
     return db
       .transaction(() => {
@@ -174,6 +176,7 @@ export class SqliteTenantStore implements TenantStore {
         const version = tenant.last_version + 1;
         db.prepare('INSERT INTO router_versions (tenant_id, version, source, created_at) VALUES (?, ?, ?, ?)').run(tenant.id, version, source, now());
         db.prepare('UPDATE tenants SET last_version = ?, live_version = ? WHERE id = ?').run(version, version, tenant.id);
+        if (keep !== undefined) db.prepare('DELETE FROM router_versions WHERE tenant_id = ? AND version <= ?').run(tenant.id, version - Math.max(1, keep));
         return version;
       })
       .immediate();

@@ -72,9 +72,10 @@ export interface TenantStore {
    * Stores an accepted router script as the tenant's next version and makes it live, in one
    * transaction. Resolves the new version: 1 for the first upload, then always one more than
    * the highest version the tenant ever had, so a number is never reused (not even after
-   * rollbacks). Rejects with TenantNotFoundError.
+   * rollbacks). With `keep`, only the `keep` newest versions are kept (in the same transaction);
+   * older ones are deleted. Rejects with TenantNotFoundError.
    */
-  addRouterVersion(name: string, source: string): Promise<number>;
+  addRouterVersion(name: string, source: string, keep?: number): Promise<number>;
 
   /**
    * Makes the highest version below the live one live again and resolves it. Twice in a row
