@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from '../log.js';
 import { scriptLimits } from '../config.js';
 import { parseJsonBody } from './json-body.js';
+import { check, type Schema, schemas } from './schema.js';
 import { adminConnectionDefaults, type AdminConnectionOptions, ConnectionGate, serverTimeouts } from './connections.js';
 import { type RefusalKind, ServiceRefusal } from '../errors.js';
 import { type HostingService, validName } from '../tenants/service.js';
@@ -46,6 +47,8 @@ interface Reply {
 interface Handler {
   readonly access: Access;
   readonly body: BodyKind;
+  /** The declared shape of a JSON body, checked before `run` (400 naming the field). */
+  readonly schema?: Schema;
   run(r: Request): Promise<Reply> | Reply;
 }
 
@@ -113,12 +116,10 @@ export class AdminServer {
           POST: {
             access: 'operator',
             body: 'json',
+            schema: schemas.createTenant,
             run: async (r) => {
-              const b = object(r.body);
-              for (const k of Object.keys(b)) if (k !== 'name' && k !== 'port') throw new AdminError(400, `unknown field "${k}"`);
-              if (typeof b.name !== 'string') throw new AdminError(400, 'name must be a string');
-              if (b.port !== undefined && (typeof b.port !== 'number' || !Number.isInteger(b.port))) throw new AdminError(400, 'port must be an integer');
-              return { status: 201, json: await s.create(b.name, b.port as number | undefined) };
+              const b = r.body as { name: string; port?: number };
+              return { status: 201, json: await s.create(b.name, b.port) };
             },
           },
         },
@@ -145,8 +146,9 @@ export class AdminServer {
           PUT: {
             access: 'tenant',
             body: 'table',
+            schema: schemas.table,
             run: async (r) => {
-              await s.putTable(r.name, JSON.stringify(object(r.body, 'the table must be a JSON object')));
+              await s.putTable(r.name, JSON.stringify(r.body));
               return { status: 200, json: { ok: true } };
             },
           },
@@ -159,19 +161,10 @@ export class AdminServer {
           POST: {
             access: 'tenant',
             body: 'json',
+            schema: schemas.route,
             run: async (r) => {
-              const b = object(r.body);
-              const keys = Object.keys(b);
-              if (keys.length !== 1 || (keys[0] !== 'data' && keys[0] !== 'base64')) throw new AdminError(400, 'the body must be { "data": string } or { "base64": string }');
-              let data: string;
-              if (typeof b.data === 'string') {
-                if (/[^\u0000-\u00ff]/.test(b.data)) throw new AdminError(400, 'data has a character above U+00FF; send bytes as base64');
-                data = b.data;
-              } else if (typeof b.base64 === 'string' && /^[A-Za-z0-9+/_-]*={0,2}$/.test(b.base64)) {
-                data = Buffer.from(b.base64, 'base64').toString('latin1');
-              } else {
-                throw new AdminError(400, 'data must be a string, base64 a base64 string');
-              }
+              const b = r.body as { data?: string; base64?: string };
+              const data = b.data ?? Buffer.from(b.base64!, 'base64').toString('latin1');
               const client = { address: r.http.socket.remoteAddress ?? '127.0.0.1', port: r.http.socket.remotePort ?? 0 };
               return { status: 200, json: await s.dryRun(r.name, data, client) };
             },
@@ -220,7 +213,12 @@ export class AdminServer {
       }
     }
     if (name !== '' && (!validName(name) || !this.#service.has(name))) throw new AdminError(404, `no tenant named "${name}"`);
-    const body = await readBody(req, handler.body);
+    let body = await readBody(req, handler.body);
+    if (handler.schema !== undefined) {
+      const checked = check(handler.schema, body, handler.body === 'table' ? 'the table' : 'the body');
+      if (typeof checked === 'string') throw new AdminError(400, checked);
+      body = checked;
+    }
     return handler.run({ who, name, body, http: req });
   }
 
@@ -265,10 +263,6 @@ function decodeName(text: string): string {
   }
 }
 
-function object(value: unknown, message = 'the body must be a JSON object'): Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new AdminError(400, message);
-  return value as Record<string, unknown>;
-}
 
 /**
  * Reads a body within its limit: 413 as soon as it is past it (the rest is drained, so the
