@@ -4,9 +4,11 @@
  * reach it while someone holds connections open to it.
  *
  * - A connection must finish its request headers within `headersTimeoutMs` of opening (or of
- *   its previous answer) and its whole request within `requestTimeoutMs`, or it is closed;
- *   so a client that sends nothing, or trickles headers or a body, goes. Node checks these
- *   deadlines every `checkIntervalMs`.
+ *   its previous answer), or it is closed (with a 408 if it sent anything): so a client that
+ *   sends nothing, or trickles its headers, goes. This gate keeps that deadline itself, since
+ *   Node's own `headersTimeout` does not apply to a connection that has sent nothing. A request
+ *   must be received whole within `requestTimeoutMs` (Node checks it every `checkIntervalMs`),
+ *   so a trickling body is answered 408 and closed.
  * - An idle keep-alive connection is closed after `keepAliveTimeoutMs`.
  * - At most `maxConnections` are served. A connection past the cap first takes the place of
  *   the oldest one with no request in progress (one that has sent nothing yet, or an idle
@@ -46,14 +48,16 @@ export function serverTimeouts(o: AdminConnectionOptions): ServerOptions {
 
 /** Tracks the server's connections in arrival order and applies the cap. */
 export class ConnectionGate {
-  /** Open connections, oldest first (Map keeps insertion order), and whether a request is in progress. */
-  readonly #open = new Map<Socket, { busy: boolean }>();
+  /** Open connections, oldest first (Map keeps insertion order): whether a request is in progress, and its headers deadline. */
+  readonly #open = new Map<Socket, { busy: boolean; deadline: NodeJS.Timeout | undefined }>();
+  readonly #headersMs: number;
   /** Connections that arrived past the cap with no place to take: their requests get 503. */
   readonly #over = new WeakSet<Socket>();
   readonly #max: number;
 
   constructor(server: Server, o: AdminConnectionOptions) {
     this.#max = o.maxConnections;
+    this.#headersMs = o.headersTimeoutMs;
     server.maxConnections = 2 * o.maxConnections;
     server.keepAliveTimeout = o.keepAliveTimeoutMs;
     server.on('connection', (socket: Socket) => this.#admit(socket));
@@ -73,8 +77,25 @@ export class ConnectionGate {
         this.#over.add(socket);
       }
     }
-    this.#open.set(socket, { busy: false });
-    socket.once('close', () => this.#open.delete(socket));
+    const state = { busy: false, deadline: this.#deadline(socket) };
+    this.#open.set(socket, state);
+    socket.once('close', () => {
+      clearTimeout(state.deadline);
+      this.#open.delete(socket);
+    });
+  }
+
+  /** Closes `socket` if no request has begun on it within the headers deadline. */
+  #deadline(socket: Socket): NodeJS.Timeout {
+    const sentAtStart = socket.bytesRead;
+    return setTimeout(() => {
+      if (socket.bytesRead === sentAtStart) {
+        socket.destroy();
+        return;
+      }
+      socket.end('HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      setTimeout(() => socket.destroy(), 1000).unref();
+    }, this.#headersMs).unref();
   }
 
   /**
@@ -87,8 +108,11 @@ export class ConnectionGate {
     const state = this.#open.get(socket);
     if (state === undefined) return true;
     state.busy = true;
+    clearTimeout(state.deadline);
+    state.deadline = undefined;
     res.once('close', () => {
       state.busy = false;
+      if (!socket.destroyed) state.deadline = this.#deadline(socket);
       // Now idle: it goes to the back of the line of connections that may be replaced.
       if (this.#open.delete(socket) && !socket.destroyed) this.#open.set(socket, state);
     });
