@@ -13,6 +13,7 @@ import { addClientCommands } from './client/admin-client.js';
 import { startHosting } from './serve.js';
 import { startSingleRouter, type Service } from './single.js';
 import { sandboxDefaults } from './config.js';
+import { defaultSandboxUser, makeUndumpable } from './sandbox/confine.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -116,6 +117,11 @@ function handleSignals(log: Logger): { attach(service: Service): void } {
   };
 }
 
+/** `--sandbox-user`, for both modes. */
+function sandboxUserOption(): Option {
+  return new Option('--sandbox-user <name>', 'user sandbox workers run as when the service runs as root').default(defaultSandboxUser);
+}
+
 function fail(message: string): never {
   process.stderr.write(`switchyard: ${message}\n`);
   process.exit(1);
@@ -130,19 +136,22 @@ const program = new Command('switchyard')
   .option('-c, --config <file>', 'router script (single-router mode)')
   .option('-h, --host <host>', 'address to listen on', '0.0.0.0')
   .option('-p, --port <port>', 'port to listen on (0: any free port)', integer(0, 65535), 5432)
-  .option('--log-level <level>', 'fatal, error, warn, info, debug or trace', 'info');
+  .option('--log-level <level>', 'fatal, error, warn, info, debug or trace', 'info')
+  .addOption(sandboxUserOption());
 for (const option of limitOptions()) program.addOption(option);
 
-program.action(async (opts: LimitFlags & { config?: string; host: string; port: number; logLevel: string }) => {
+program.action(async (opts: LimitFlags & { config?: string; host: string; port: number; logLevel: string; sandboxUser: string }) => {
   if (opts.config === undefined) {
     program.outputHelp({ error: true });
     fail('missing -c ROUTER.js');
   }
+  // Nothing of this process (the operator token in its environment, clients' bytes) is readable through /proc.
+  makeUndumpable();
   const log = createLogger(opts.logLevel);
   const signals = handleSignals(log);
   let service: Service;
   try {
-    service = await startSingleRouter({ file: opts.config, host: opts.host, port: opts.port, limits: limitsFrom(opts), log });
+    service = await startSingleRouter({ file: opts.config, host: opts.host, port: opts.port, limits: limitsFrom(opts), log, sandboxUser: opts.sandboxUser });
   } catch (err) {
     if (err instanceof RouterLoadError) {
       const at = err.line === undefined ? '' : `:${err.line}:${err.column}`;
@@ -190,6 +199,7 @@ const serve = program
   .option('--sandbox-workers <n>', 'sandbox worker processes', integer(1, 64), sandboxDefaults.workers)
   .option('--max-warm-isolates <n>', 'router isolates kept built; past it the least recently used are unloaded', integer(1, 1_000_000), sandboxDefaults.maxWarmIsolates)
   .option('--max-warm-mb <mb>', 'V8 heap of the isolates kept built; past it the least recently used are unloaded', integer(16, 1_000_000), sandboxDefaults.maxWarmMb)
+  .addOption(sandboxUserOption())
   .option('--log-level <level>', 'fatal, error, warn, info, debug or trace', 'info');
 for (const option of limitOptions()) serve.addOption(option);
 
@@ -204,9 +214,11 @@ serve.action(
       sandboxWorkers: number;
       maxWarmIsolates: number;
       maxWarmMb: number;
+      sandboxUser: string;
       logLevel: string;
     },
   ) => {
+    makeUndumpable();
     const log = createLogger(opts.logLevel);
     const signals = handleSignals(log);
     let service: Service;
@@ -221,6 +233,7 @@ serve.action(
         workers: opts.sandboxWorkers,
         maxWarmIsolates: opts.maxWarmIsolates,
         maxWarmMb: opts.maxWarmMb,
+        sandboxUser: opts.sandboxUser,
         log,
         announce: (line) => process.stderr.write(`${line}\n`),
       });

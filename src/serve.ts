@@ -5,6 +5,7 @@ import type { Limits } from './config.js';
 import { NativeRelay } from './connection/native-relay.js';
 import type { Logger } from './log.js';
 import type { AllowRule } from './routing/policy.js';
+import { sandboxIdentity } from './sandbox/confine.js';
 import { SandboxPool } from './sandbox/pool.js';
 import type { Service } from './single.js';
 import { HostingService } from './tenants/service.js';
@@ -21,6 +22,8 @@ export interface ServeOptions {
   readonly workers: number;
   readonly maxWarmIsolates: number;
   readonly maxWarmMb?: number;
+  /** The user sandbox workers run as when the service runs as root (default `nobody`). */
+  readonly sandboxUser?: string;
   /** How often a tenant port that could not be bound at start is tried again (default 5 s). */
   readonly rebindAfterMs?: number;
   readonly log: Logger;
@@ -55,6 +58,7 @@ async function operatorToken(o: ServeOptions): Promise<string> {
 
 /** `switchyard serve`: the store, the sandbox pool, every tenant's port, and the admin API. */
 export async function startHosting(o: ServeOptions): Promise<Service & { adminPort: number; pendingRebinds(): number }> {
+  sandboxIdentity(o.sandboxUser); // an unknown sandbox user: refused before anything is touched
   await mkdir(o.dataDir, { recursive: true, mode: 0o700 });
   const token = await operatorToken(o);
   const store = await SqliteTenantStore.open(o.dataDir);
@@ -63,6 +67,7 @@ export async function startHosting(o: ServeOptions): Promise<Service & { adminPo
     workers: o.workers,
     maxWarmIsolates: o.maxWarmIsolates,
     ...(o.maxWarmMb === undefined ? {} : { maxWarmMb: o.maxWarmMb }),
+    ...(o.sandboxUser === undefined ? {} : { sandboxUser: o.sandboxUser }),
   });
   let admin: AdminServer | undefined;
   let adminPort = o.admin.port;
