@@ -129,7 +129,7 @@ export class WorkerProcess {
   /** Slots whose script was sent to this process. */
   readonly loaded = new Set<number>();
   readonly exited: Promise<void>;
-  /** The scheduling policy it was started under: "batch" (SCHED_BATCH, through chrt) or the default. */
+  /** The scheduling policy it was started under: "batch" (SCHED_BATCH, set by sandbox-exec) or the default. */
   readonly scheduling: 'batch' | 'other';
   alive = true;
   /** Replaced by a newer process; killed once its calls drain. */
