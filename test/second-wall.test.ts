@@ -16,8 +16,9 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { sandboxIdentity } from '../src/sandbox/confine.js';
+import { SandboxPool } from '../src/sandbox/pool.js';
 import { WorkerProcess } from '../src/sandbox/worker-process.js';
-import { AdminApi, cliPath, eventually, freePortRange, ProcessLog, removeDir, runCommand, startCliServe, startTestHosting, writeRouterFile } from './helpers.js';
+import { AdminApi, CapturedLog, cliPath, eventually, freePortRange, ProcessLog, removeDir, runCommand, startCliServe, startTestHosting, writeRouterFile } from './helpers.js';
 
 const isRoot = process.getuid?.() === 0;
 const launcher = fileURLToPath(new URL('../../build/Release/sandbox-exec', import.meta.url));
@@ -173,6 +174,24 @@ describe('the second wall', () => {
     (proc.child.stdio[3] as Socket).end();
     await proc.exited;
     assert.deepEqual([proc.child.exitCode, proc.child.signalCode, lines], [0, null, []]);
+  });
+
+  it('a profiled worker (benchmarks) still writes its CPU profile, and is confined otherwise', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'switchyard-wall-prof-'));
+    process.env.SWITCHYARD_WORKER_CPU_PROF = dir;
+    const pool = new SandboxPool({ log: new CapturedLog().logger, workers: 1 });
+    try {
+      const pid = pool.workers[0]!.pid!;
+      await eventually(() => confinedYet(pid), 'the profiled worker confined');
+      const s = status(pid, String(pid));
+      assert.deepEqual([s.get('NoNewPrivs'), s.get('Seccomp')], ['1', '2']);
+      assert.equal(s.get('Uid')?.split('\t')[0], String(process.getuid!()), 'it keeps the service user, to write into its directory');
+    } finally {
+      await pool.close();
+      delete process.env.SWITCHYARD_WORKER_CPU_PROF;
+    }
+    assert.equal(readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')).length, 1, 'one profile written');
+    removeDir(dir);
   });
 
   it('the service: workers and the check process are confined, with no secret, descriptor or directory of the service', async () => {

@@ -40,8 +40,12 @@
  * exits, and aborts if it cannot). No worker needs to open a file once started: open,
  * openat and openat2 are refused, and Landlock refuses every path as well.
  *
+ * A profiled worker (SWITCHYARD_WORKER_CPU_PROF, benchmarks only) must write its profile as it
+ * exits: `profiling` leaves out Landlock and RLIMIT_FSIZE and allows openat, mkdir and stat; the pool then
+ * does not switch its user either.
+ *
  * JavaScript sees:
- *   confine({ uid?, gid?, maxFiles }) -> { landlockAbi }   throws, naming the step, on failure
+ *   confine({ uid?, gid?, maxFiles, profiling? }) -> { landlockAbi }   throws, naming the step
  *   lookupUser(name) -> { uid, gid } | undefined           getpwnam
  *   setDumpable(bool)                                      prctl(PR_SET_DUMPABLE), for the proxy
  *   attempt(name) -> errno (0: it worked)                  tests only: one forbidden (or
@@ -160,7 +164,6 @@ static const rule_t rules[] = {
   R(process_vm_writev, KILL, "never: writing another process's memory"),
 };
 
-#undef R
 
 #define SC_DATA(field) offsetof(struct seccomp_data, field)
 #define ARG_LO(i) (SC_DATA(args) + (i) * sizeof(uint64_t))
@@ -222,12 +225,13 @@ static size_t rule_code(struct sock_filter *out, const rule_t *r, uint32_t pid) 
 
 #define NRULES (sizeof rules / sizeof rules[0])
 
-/* Builds and installs the filter on every thread; returns 0 or an errno. */
-static int install_seccomp(void) {
+/* Builds and installs the filter on every thread; returns 0 or an errno. `may_open`: openat is
+   allowed too (a profiled worker writes its profile as it exits). */
+static int install_seccomp(int may_open) {
 #ifndef CONFINE_ARCH
   return ENOTSUP;
 #else
-  static struct sock_filter code[8 + NRULES * 10];
+  static struct sock_filter code[8 + (NRULES + 8) * 10];
   size_t n = 0;
   uint32_t pid = (uint32_t)getpid();
   code[n++] = (struct sock_filter)LOAD(SC_DATA(arch));
@@ -238,6 +242,20 @@ static int install_seccomp(void) {
   code[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, X32_SYSCALL_BIT, 0, 1);
   code[n++] = (struct sock_filter)RET(SECCOMP_RET_KILL_PROCESS);
 #endif
+  if (may_open) {
+    static const rule_t profiling[] = {
+      R(openat, ALLOW, "profiling only: Node writes the CPU profile as it exits"),
+      R(mkdirat, ALLOW, "profiling only: Node makes sure the profile's directory exists"),
+      R(pwrite64, ALLOW, "profiling only: ... and writes it"),
+      R(statx, ALLOW, "profiling only: ... and that it is a directory"),
+      R(newfstatat, ALLOW, "profiling only: ... and that it is a directory"),
+#ifdef __NR_mkdir
+      R(mkdir, ALLOW, "profiling only: Node makes sure the profile's directory exists"),
+      R(stat, ALLOW, "profiling only: ... and that it is a directory"),
+#endif
+    };
+    for (size_t i = 0; i < sizeof profiling / sizeof profiling[0]; i++) n += rule_code(code + n, &profiling[i], pid);
+  }
   for (size_t i = 0; i < NRULES; i++) n += rule_code(code + n, &rules[i], pid);
   code[n++] = (struct sock_filter)RET(SECCOMP_RET_ERRNO | EPERM);
   struct sock_fprog prog = { .len = (unsigned short)n, .filter = code };
@@ -315,15 +333,27 @@ static int set_limit(int resource, rlim_t value) {
   return setrlimit(resource, &l) == 0 ? 0 : errno;
 }
 
-/* confine({ uid?, gid?, maxFiles }) -> { landlockAbi } */
+static int get_bool(napi_env env, napi_value obj, const char *key, bool *out) {
+  bool has = false;
+  napi_value v;
+  *out = false;
+  if (napi_has_named_property(env, obj, key, &has) != napi_ok) return -1;
+  if (!has) return 0;
+  if (napi_get_named_property(env, obj, key, &v) != napi_ok) return -1;
+  return napi_get_value_bool(env, v, out) == napi_ok ? 0 : -1;
+}
+
+/* confine({ uid?, gid?, maxFiles, profiling? }) -> { landlockAbi } */
 static napi_value js_confine(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], result, abi_value;
   uint32_t uid = 0, gid = 0, max_files = 0;
   int has_uid, has_gid, has_max, e;
+  bool profiling = false;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1) return throw_step(env, "arguments", EINVAL);
   if (get_uint(env, argv[0], "uid", &uid, &has_uid) != 0 || get_uint(env, argv[0], "gid", &gid, &has_gid) != 0 ||
-      get_uint(env, argv[0], "maxFiles", &max_files, &has_max) != 0 || has_uid != has_gid || !has_max || max_files < 8) {
+      get_uint(env, argv[0], "maxFiles", &max_files, &has_max) != 0 || get_bool(env, argv[0], "profiling", &profiling) != 0 ||
+      has_uid != has_gid || !has_max || max_files < 8) {
     return throw_step(env, "arguments", EINVAL);
   }
   if (has_uid) {
@@ -336,12 +366,12 @@ static napi_value js_confine(napi_env env, napi_callback_info info) {
   }
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return throw_step(env, "PR_SET_DUMPABLE", errno);
   if ((e = set_limit(RLIMIT_CORE, 0)) != 0) return throw_step(env, "RLIMIT_CORE", e);
-  if ((e = set_limit(RLIMIT_FSIZE, 0)) != 0) return throw_step(env, "RLIMIT_FSIZE", e);
+  if (!profiling && (e = set_limit(RLIMIT_FSIZE, 0)) != 0) return throw_step(env, "RLIMIT_FSIZE", e);
   if ((e = set_limit(RLIMIT_NOFILE, max_files)) != 0) return throw_step(env, "RLIMIT_NOFILE", e);
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return throw_step(env, "PR_SET_NO_NEW_PRIVS", errno);
-  int abi = install_landlock();
+  int abi = profiling ? 0 : install_landlock();
   if (abi < 0) return throw_step(env, "Landlock", -abi);
-  if ((e = install_seccomp()) != 0) return throw_step(env, "seccomp", e);
+  if ((e = install_seccomp(profiling)) != 0) return throw_step(env, "seccomp", e);
   if (napi_create_object(env, &result) != napi_ok || napi_create_uint32(env, (uint32_t)abi, &abi_value) != napi_ok ||
       napi_set_named_property(env, result, "landlockAbi", abi_value) != napi_ok) {
     return NULL;

@@ -8,7 +8,7 @@ import { SwitchyardError } from '../errors.js';
 
 /** The addon built from src/native/confine.c. */
 interface Binding {
-  confine(options: { uid?: number; gid?: number; maxFiles: number }): { landlockAbi: number };
+  confine(options: { uid?: number; gid?: number; maxFiles: number; profiling: boolean }): { landlockAbi: number };
   lookupUser(name: string): { uid: number; gid: number } | undefined;
   setDumpable(on: boolean): void;
   /** Tests only: makes one named system call directly; its errno, 0 when it worked. */
@@ -75,9 +75,12 @@ export function makeUndumpable(): void {
  * descriptors, no new privileges, Landlock, and the seccomp allowlist on every thread. Throws
  * (ERR_SANDBOX_CONFINE, naming the step) when a step fails; a worker that cannot confine
  * itself must not serve. Returns the Landlock ABI applied (0: none in this kernel).
+ *
+ * `profiling` (SWITCHYARD_WORKER_CPU_PROF, benchmarks only): the worker writes its CPU profile
+ * as it exits, so it may open files, and has no Landlock ruleset and no file size limit.
  */
-export function confine(identity: SandboxIdentity | undefined): { landlockAbi: number } {
-  return addon().confine({ ...identity, maxFiles: workerMaxFiles });
+export function confine(identity: SandboxIdentity | undefined, options: { profiling?: boolean } = {}): { landlockAbi: number } {
+  return addon().confine({ ...identity, maxFiles: workerMaxFiles, profiling: options.profiling === true });
 }
 
 /** Tests only: one system call made directly from this process; its errno, 0 when it worked. */
@@ -87,6 +90,8 @@ export function attemptSyscall(name: string): number {
 
 /** The environment variable that carries the sandbox identity to a worker, `uid:gid`. */
 export const identityVariable = 'SWITCHYARD_WORKER_IDENTITY';
+/** Set (to 1) in the environment of a profiled worker. */
+export const profilingVariable = 'SWITCHYARD_WORKER_PROFILING';
 
 export function encodeIdentity(identity: SandboxIdentity): string {
   return `${identity.uid}:${identity.gid}`;

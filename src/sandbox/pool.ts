@@ -72,7 +72,7 @@ interface TenantEntry {
 export class SandboxPool {
   readonly #options: Required<Omit<PoolOptions, 'sandboxUser'>>;
   readonly #log: Logger;
-  readonly #identity: SandboxIdentity | undefined;
+  #identity: SandboxIdentity | undefined;
   readonly #shared: WorkerHost[] = [];
   readonly #quarantine = new Map<string, WorkerHost>();
   /** Started when a tenant first needs it. */
@@ -95,6 +95,11 @@ export class SandboxPool {
     this.#options = { ...sandboxDefaults, ...options } as Required<PoolOptions>;
     this.#log = options.log.child({ component: 'sandbox' });
     this.#identity = sandboxIdentity(options.sandboxUser);
+    if (workerFlags().length > 0) {
+      // A profiled worker (benchmarks) writes its profile into the service's directory, as its user.
+      this.#identity = undefined;
+      this.#log.warn('SWITCHYARD_WORKER_CPU_PROF: sandbox workers are profiled, keep the service\'s user and may open files');
+    }
     this.#warm = new LRUCache<number, TenantEntry>({
       max: this.#options.maxWarmIsolates,
       maxSize: this.#options.maxWarmMb * 1024 * 1024,

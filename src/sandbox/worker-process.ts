@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { setPriority } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { encodeIdentity, identityVariable, type SandboxIdentity } from './confine.js';
+import { encodeIdentity, identityVariable, profilingVariable, type SandboxIdentity } from './confine.js';
 import type { ConnInfo } from './router.js';
 import { decodeResponse, encodeRequest, FrameReader, FrameWriter, Op, type Response } from './wire.js';
 
@@ -33,6 +33,7 @@ const pageSize = 4096;
 /**
  * Extra Node flags for worker processes, for profiling them: SWITCHYARD_WORKER_CPU_PROF=DIR
  * writes a .cpuprofile per worker into DIR when it exits (bench/run.ts --profile uses it).
+ * Benchmarks only: a profiled worker keeps the service's user and may open files (confine.ts).
  */
 export function workerFlags(): string[] {
   const dir = process.env.SWITCHYARD_WORKER_CPU_PROF;
@@ -76,6 +77,7 @@ function spawnWorker(options: WorkerOptions, flags: string[]): { child: ChildPro
   const args = [...(batch ? ['--batch'] : []), process.execPath, '--no-node-snapshot', ...flags, workerPath];
   const env: Record<string, string> = { SWITCHYARD_WORKER_CONCURRENCY: String(options.concurrency) };
   if (options.identity !== undefined) env[identityVariable] = encodeIdentity(options.identity);
+  if (flags.length > 0) env[profilingVariable] = '1';
   const child = spawn(launcherPath, args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe'], env, cwd: '/' });
   return { child, scheduling: batch ? 'batch' : 'other' };
 }

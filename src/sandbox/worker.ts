@@ -19,7 +19,7 @@
 import { Socket } from 'node:net';
 import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
 import { prepareSpare, spareReady, sparesTaken } from './blank.js';
-import { confine, decodeIdentity, identityVariable } from './confine.js';
+import { confine, decodeIdentity, identityVariable, profilingVariable } from './confine.js';
 import { connArgs } from './isolate-router.js';
 import { type EntryPoint, type IsolateSpec, TenantIsolate } from './tenant-isolate.js';
 import { decodeConn, decodeRequest, encodeResponse, FrameReader, FrameWriter, Hook, Op, type Request, Status } from './wire.js';
@@ -62,7 +62,7 @@ let confined = false;
 // Time zone data is read from /etc/localtime on first use, which the confinement forbids: read it now.
 void new Date().toString();
 try {
-  confine(decodeIdentity(process.env[identityVariable]));
+  confine(decodeIdentity(process.env[identityVariable]), { profiling: process.env[profilingVariable] === '1' });
   confined = true;
 } catch (err) {
   process.stderr.write(`sandbox worker: ${(err as Error).message}\n`);
