@@ -88,6 +88,9 @@ export function attemptSyscall(name: string): number {
   return addon().attempt(name);
 }
 
+/** Exit status of a worker that could not confine itself (EX_CONFIG); it then serves nothing. */
+export const confineFailedExit = 78;
+
 /** The environment variable that carries the sandbox identity to a worker, `uid:gid`. */
 export const identityVariable = 'SWITCHYARD_WORKER_IDENTITY';
 /** Set (to 1) in the environment of a profiled worker. */

@@ -5,7 +5,7 @@ import { sandboxDefaults, scriptLimits } from '../config.js';
 import { CloseReason, RouterError, RouterLoadError, type RouterLoadCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { SandboxFigures } from '../metrics/prometheus.js';
-import { sandboxIdentity, type SandboxIdentity } from './confine.js';
+import { confineFailedExit, sandboxIdentity, type SandboxIdentity } from './confine.js';
 import type { ConnInfo } from './router.js';
 import type { IsolateSpec } from './tenant-isolate.js';
 import { Op, type Response, Status } from './wire.js';
@@ -381,6 +381,7 @@ export class SandboxPool {
       );
     }
     proc.pending.clear();
+    if (exitCode === confineFailedExit) this.#log.error({ worker: proc.name, workerPid: proc.child.pid }, 'sandbox worker could not confine itself (its stderr line says why)');
     if (this.#closed || proc.retiring || proc.name.startsWith('check:')) return;
     this.#log.warn({ worker: proc.name, workerPid: proc.child.pid, exitCode, signal: signalCode, killed: wasKilled, pendingTenants: blamed.size }, 'sandbox worker exited; restarting');
     const host = this.#hosts().find((h) => h.current === proc);

@@ -19,7 +19,7 @@
 import { Socket } from 'node:net';
 import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
 import { prepareSpare, spareReady, sparesTaken } from './blank.js';
-import { confine, decodeIdentity, identityVariable, profilingVariable } from './confine.js';
+import { confine, confineFailedExit, decodeIdentity, identityVariable, profilingVariable } from './confine.js';
 import { connArgs } from './isolate-router.js';
 import { type EntryPoint, type IsolateSpec, TenantIsolate } from './tenant-isolate.js';
 import { decodeConn, decodeRequest, encodeResponse, FrameReader, FrameWriter, Hook, Op, type Request, Status } from './wire.js';
@@ -55,8 +55,6 @@ let spareTimer: NodeJS.Timeout | undefined;
 /** When the latest load or call arrived (not counting stats requests). */
 let lastArrival = 0;
 
-/** Exit status of a worker that could not confine itself (EX_CONFIG). */
-const confineFailedExit = 78;
 let confined = false;
 
 // Time zone data is read from /etc/localtime on first use, which the confinement forbids: read it now.
