@@ -296,9 +296,18 @@ describe('the second wall', () => {
     }
   });
 
-  it('an unknown sandbox user: the service refuses to start', { skip: !isRoot && 'needs root' }, async () => {
+  it('an unknown sandbox user, or root: the service refuses to start', { skip: !isRoot && 'needs root' }, async () => {
     const single = await runCommand(process.execPath, ['--no-node-snapshot', cliPath, '-c', '/dev/null', '--sandbox-user', 'no-such-user-xyz']);
     assert.equal(single.code, 1);
     assert.match(single.stderr, /sandbox user "no-such-user-xyz" does not exist/);
+    const dir = mkdtempSync(join(tmpdir(), 'switchyard-wall-'));
+    try {
+      const serve = await runCommand(process.execPath, ['--no-node-snapshot', cliPath, 'serve', '--data', join(dir, 'data'), '--admin', '127.0.0.1:0', '--sandbox-user', 'root']);
+      assert.equal(serve.code, 1);
+      assert.match(serve.stderr, /sandbox user "root" is root/);
+      assert.deepEqual(readdirSync(dir), [], 'refused before the data directory was made');
+    } finally {
+      removeDir(dir);
+    }
   });
 });
