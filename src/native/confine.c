@@ -35,14 +35,15 @@
  * /sys/devices/system/cpu/online for glibc's CPU count, /proc/sys/vm/overcommit_memory for
  * malloc trimming, tsc_freq_khz for V8; each has a fallback), sched_getparam 34,
  * sched_getscheduler 34, rt_sigreturn 5, tgkill 5 (aborts), restart_syscall 2. Node 26.10,
- * 156 workers: the same, plus getrandom 2097 (V8 seeds each isolate), and, on exit, fstat,
- * fcntl, ioctl, getsockname, getsockopt, shutdown, exit_group (Node checks fds 0-2 as it
- * exits, and aborts if it cannot). No worker needs to open a file once started: open,
- * openat and openat2 are refused, and Landlock refuses every path as well.
+ * 156 workers: the same, plus getrandom 2097 (V8 seeds each isolate), and, in a worker whose
+ * channel closed, fstat, fcntl, ioctl, getsockname, getsockopt, shutdown and exit_group (Node
+ * checks fds 0-2 as it exits, and aborts if it cannot; Node 24 does the same). No worker
+ * needs to open a file once started: open, openat and openat2 are refused, and Landlock
+ * refuses every path as well.
  *
  * A profiled worker (SWITCHYARD_WORKER_CPU_PROF, benchmarks only) must write its profile as it
- * exits: `profiling` leaves out Landlock and RLIMIT_FSIZE and allows openat, mkdir and stat; the pool then
- * does not switch its user either.
+ * exits: `profiling` leaves out Landlock and RLIMIT_FSIZE and also allows openat, mkdir, stat
+ * and pwrite64; the pool then does not switch its user either.
  *
  * JavaScript sees:
  *   confine({ uid?, gid?, maxFiles, profiling? }) -> { landlockAbi }   throws, naming the step
@@ -70,8 +71,8 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -89,7 +90,7 @@
 typedef enum {
   ALLOW,       /* always */
   THREAD_ONLY, /* clone: only a thread (CLONE_THREAD, no new namespace) */
-  OWN_PROCESS, /* kill, tkill, tgkill: first argument is this process's pid */
+  OWN_PROCESS, /* kill, tgkill: the first argument is this process's pid */
   NO_SYSCALL,  /* clone3: ENOSYS, so glibc falls back to clone, whose flags a filter can read */
   KILL,        /* only an escape makes it: kill the process */
   ARG1_IN,     /* only with one of `values` as its second argument (fcntl, ioctl commands) */
@@ -109,7 +110,7 @@ static const rule_t rules[] = {
   /* memory: V8's heaps and JIT code, malloc, thread stacks */
   R(mmap, ALLOW, "V8 heap pages and JIT code, malloc arenas, thread stacks"),
   R(munmap, ALLOW, "V8 and malloc give memory back"),
-  R(mprotect, ALLOW, "V8 flips JIT pages between writable and executable; guard pages"),
+  R(mprotect, ALLOW, "V8 flips JIT pages between writable and executable (PROT_EXEC); guard pages"),
   R(madvise, ALLOW, "V8 and malloc release pages (MADV_DONTNEED), V8 marks its heap MADV_DONTFORK"),
   R(brk, ALLOW, "malloc's main arena"),
   R(mremap, ALLOW, "realloc of large blocks (glibc)"),
@@ -196,7 +197,7 @@ static size_t rule_code(struct sock_filter *out, const rule_t *r, uint32_t pid) 
       out[n++] = (struct sock_filter)RET(SECCOMP_RET_ALLOW);
       out[n++] = (struct sock_filter)RET(SECCOMP_RET_ERRNO | EPERM);
       break;
-    case OWN_PROCESS: /* kill(pid, …), tgkill(tgid, …), tkill(tid, …): the low word is the pid */
+    case OWN_PROCESS: /* kill(pid, …), tgkill(tgid, …): the low word is the pid, the high word 0 */
       out[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)r->nr, 0, 6);
       out[n++] = (struct sock_filter)LOAD(ARG_LO(0) + 4);
       out[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 3); /* high word 0 */
