@@ -4,6 +4,17 @@
       "target_name": "splice_relay",
       "sources": ["src/native/splice-relay.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
+    },
+    {
+      "target_name": "confine",
+      "sources": ["src/native/confine.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
+    },
+    {
+      "target_name": "sandbox-exec",
+      "type": "executable",
+      "sources": ["src/native/sandbox-exec.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
     }
   ]
 }

@@ -18,6 +18,7 @@ import { startHosting } from './serve.js';
 import { quotaDefaults } from './tenants/quotas.js';
 import { startSingleRouter, type Service, type SingleRouterService } from './single.js';
 import { sandboxDefaults } from './config.js';
+import { defaultSandboxUser, makeUndumpable } from './sandbox/confine.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -108,6 +109,11 @@ function handleSignals(log: Logger): { attach(service: Service, reload: () => Pr
   };
 }
 
+/** `--sandbox-user`, for both modes. */
+function sandboxUserOption(): Option {
+  return new Option('--sandbox-user <name>', 'user sandbox workers run as when the service runs as root').default(defaultSandboxUser);
+}
+
 function fail(message: string): never {
   process.stderr.write(`switchyard: ${message}\n`);
   process.exit(1);
@@ -122,19 +128,22 @@ const program = new Command('switchyard')
   .option('-c, --config <file>', 'router script (single-router mode)')
   .option('-h, --host <host>', 'address to listen on', '0.0.0.0')
   .option('-p, --port <port>', 'port to listen on (0: any free port)', integer(0, 65535), 5432)
-  .option('--log-level <level>', `${logLevels.join(', ')}`, logLevel, 'info');
+  .option('--log-level <level>', `${logLevels.join(', ')}`, logLevel, 'info')
+  .addOption(sandboxUserOption());
 for (const option of limitOptions()) program.addOption(option);
 
-program.action(async (opts: Record<string, unknown> & { config?: string; host: string; port: number; logLevel: string }) => {
+program.action(async (opts: Record<string, unknown> & { config?: string; host: string; port: number; logLevel: string; sandboxUser: string }) => {
   if (opts.config === undefined) {
     program.outputHelp({ error: true });
     fail('missing -c ROUTER.js');
   }
+  // Nothing of this process (the operator token in its environment, clients' bytes) is readable through /proc.
+  makeUndumpable();
   const log = createLogger(opts.logLevel);
   const signals = handleSignals(log);
   let service: SingleRouterService;
   try {
-    service = await startSingleRouter({ file: opts.config, host: opts.host, port: opts.port, limits: limitsFrom(opts), log });
+    service = await startSingleRouter({ file: opts.config, host: opts.host, port: opts.port, limits: limitsFrom(opts), log, sandboxUser: opts.sandboxUser });
   } catch (err) {
     if (err instanceof RouterLoadError) {
       const at = err.line === undefined ? '' : `:${err.line}:${err.column}`;
@@ -191,6 +200,7 @@ const serve = program
   .option('--max-warm-mb <mb>', 'V8 heap of the isolates kept built; past it the least recently used are unloaded', integer(16, 1_000_000), sandboxDefaults.maxWarmMb)
   .option('--router-versions <n>', 'router versions kept per tenant; rollback reaches back within them', integer(1, 1000), quotaDefaults.routerVersions)
   .option('--pushes-per-minute <n>', "a tenant's router and table pushes a minute (bursts of up to a third of it, at least 1)", integer(1, 6000), quotaDefaults.pushesPerMinute)
+  .addOption(sandboxUserOption())
   .option('--log-level <level>', `${logLevels.join(', ')}`, logLevel, 'info');
 for (const option of limitOptions()) serve.addOption(option);
 
@@ -207,6 +217,7 @@ interface ServeValues {
   maxWarmMb: number;
   routerVersions: number;
   pushesPerMinute: number;
+  sandboxUser: string;
   logLevel: string;
 }
 
@@ -238,6 +249,8 @@ serve.action(async (opts: ServeValues) => {
     throw err;
   }
   const v = settings.values as unknown as ServeValues;
+  // Nothing of this process (the operator token in its environment, clients' bytes) is readable through /proc.
+  makeUndumpable();
   const log = createLogger(v.logLevel);
   log.info({ file, settings: settings.view, sources: settings.sources }, 'configuration');
   const signals = handleSignals(log);
@@ -253,6 +266,7 @@ serve.action(async (opts: ServeValues) => {
       workers: v.sandboxWorkers,
       maxWarmIsolates: v.maxWarmIsolates,
       maxWarmMb: v.maxWarmMb,
+      sandboxUser: v.sandboxUser,
       quotas: { routerVersions: v.routerVersions, pushesPerMinute: v.pushesPerMinute, pushBurst: Math.max(1, Math.floor(v.pushesPerMinute / 3)) },
       log,
       announce: (line) => process.stderr.write(`${line}\n`),

@@ -7,6 +7,7 @@ import { NativeRelay } from './connection/native-relay.js';
 import { runtimeInfo } from './runtime.js';
 import type { Logger } from './log.js';
 import type { AllowRule } from './routing/policy.js';
+import { sandboxIdentity } from './sandbox/confine.js';
 import { SandboxPool } from './sandbox/pool.js';
 import type { Service } from './single.js';
 import { HostingService, type Quotas } from './tenants/service.js';
@@ -23,6 +24,8 @@ export interface ServeOptions {
   readonly workers: number;
   readonly maxWarmIsolates: number;
   readonly maxWarmMb?: number;
+  /** The user sandbox workers run as when the service runs as root (default `nobody`). */
+  readonly sandboxUser?: string;
   /** How often a tenant port that could not be bound at start is tried again (default 5 s). */
   readonly rebindAfterMs?: number;
   readonly log: Logger;
@@ -70,6 +73,7 @@ export interface HostingRun extends Service {
 }
 
 export async function startHosting(o: ServeOptions): Promise<HostingRun> {
+  sandboxIdentity(o.sandboxUser); // an unknown sandbox user: refused before anything is touched
   await mkdir(o.dataDir, { recursive: true, mode: 0o700 });
   const token = await operatorToken(o);
   const store = await SqliteTenantStore.open(o.dataDir);
@@ -78,6 +82,7 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
     workers: o.workers,
     maxWarmIsolates: o.maxWarmIsolates,
     ...(o.maxWarmMb === undefined ? {} : { maxWarmMb: o.maxWarmMb }),
+    ...(o.sandboxUser === undefined ? {} : { sandboxUser: o.sandboxUser }),
   });
   let admin: AdminServer | undefined;
   let adminPort = o.admin.port;

@@ -16,6 +16,8 @@ export interface SingleRouterOptions {
   readonly port: number;
   readonly limits: Limits;
   readonly log: Logger;
+  /** The user sandbox workers run as when the service runs as root (default `nobody`). */
+  readonly sandboxUser?: string;
 }
 
 /** A running single-router service: one router, one port, any backend (ProxyMachine's mode). */
@@ -39,7 +41,7 @@ export async function startSingleRouter(o: SingleRouterOptions): Promise<SingleR
   // CONTRACT §2: in single-router mode the tenant is the router file's base name (git.js).
   const tenant = basename(o.file);
   // One tenant: one shared worker, plus a quarantine worker should it keep crashing that one.
-  const pool = new SandboxPool({ log: o.log, workers: 1 });
+  const pool = new SandboxPool({ log: o.log, workers: 1, ...(o.sandboxUser === undefined ? {} : { sandboxUser: o.sandboxUser }) });
   let listener: TenantListener;
   let address: AddressInfo;
   const console = new RouterConsole(o.log, tenant);

@@ -5,6 +5,7 @@ import { sandboxDefaults, scriptLimits } from '../config.js';
 import { CloseReason, RouterError, RouterLoadError, type RouterLoadCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { SandboxFigures } from '../metrics/prometheus.js';
+import { confineFailedExit, sandboxIdentity, type SandboxIdentity } from './confine.js';
 import type { ConnInfo } from './router.js';
 import type { IsolateSpec } from './tenant-isolate.js';
 import { Op, type Response, Status } from './wire.js';
@@ -28,6 +29,11 @@ export interface PoolOptions {
   /** Isolates kept built across all workers, and their heap in MiB: past either, the least recently used are unloaded. */
   readonly maxWarmIsolates?: number;
   readonly maxWarmMb?: number;
+  /**
+   * The user workers switch to when the service runs as root (default `nobody`); as any other
+   * user they keep the service's. The constructor throws SandboxUserError for an unknown user.
+   */
+  readonly sandboxUser?: string;
 }
 
 /** A tenant's script as the pool keeps it, to load it again into a restarted worker. */
@@ -64,8 +70,9 @@ interface TenantEntry {
  * keep running into their time limit moves to the slow lane, a shared worker at that priority.
  */
 export class SandboxPool {
-  readonly #options: Required<PoolOptions>;
+  readonly #options: Required<Omit<PoolOptions, 'sandboxUser'>>;
   readonly #log: Logger;
+  #identity: SandboxIdentity | undefined;
   readonly #shared: WorkerHost[] = [];
   readonly #quarantine = new Map<string, WorkerHost>();
   /** Started when a tenant first needs it. */
@@ -87,6 +94,12 @@ export class SandboxPool {
   constructor(options: PoolOptions) {
     this.#options = { ...sandboxDefaults, ...options } as Required<PoolOptions>;
     this.#log = options.log.child({ component: 'sandbox' });
+    this.#identity = sandboxIdentity(options.sandboxUser);
+    if (workerFlags().length > 0) {
+      // A profiled worker (benchmarks) writes its profile into the service's directory, as its user.
+      this.#identity = undefined;
+      this.#log.warn('SWITCHYARD_WORKER_CPU_PROF: sandbox workers are profiled, keep the service\'s user and may open files');
+    }
     this.#warm = new LRUCache<number, TenantEntry>({
       max: this.#options.maxWarmIsolates,
       maxSize: this.#options.maxWarmMb * 1024 * 1024,
@@ -322,11 +335,24 @@ export class SandboxPool {
   }
 
   readonly #spawn = (name: string): WorkerProcess => {
-    const proc = new WorkerProcess(name, this.#options.concurrency, this.#onResponse);
-    this.#log[name.startsWith('check:') ? 'debug' : 'info']({ worker: name, workerPid: proc.child.pid, scheduling: proc.scheduling }, 'sandbox worker started');
+    const proc = new WorkerProcess(name, {
+      concurrency: this.#options.concurrency,
+      identity: this.#identity,
+      onResponse: this.#onResponse,
+      onDiagnostic: this.#onDiagnostic,
+    });
+    this.#log[name.startsWith('check:') ? 'debug' : 'info'](
+      { worker: name, workerPid: proc.child.pid, scheduling: proc.scheduling, workerUid: this.#identity?.uid ?? process.getuid?.() },
+      'sandbox worker started',
+    );
     void proc.exited.then(() => this.#onExit(proc));
     proc.child.on('error', (err) => this.#log.error({ worker: name, err: err.message }, 'sandbox worker failed to start'));
     return proc;
+  };
+
+  /** What a worker wrote on stderr (rate-limited in worker-process.ts): Node's own diagnostics. */
+  readonly #onDiagnostic = (proc: WorkerProcess, line: string): void => {
+    this.#log.warn({ worker: proc.name, workerPid: proc.child.pid, line }, 'sandbox worker stderr');
   };
 
   readonly #onResponse = (proc: WorkerProcess, r: Response): void => {
@@ -355,6 +381,7 @@ export class SandboxPool {
       );
     }
     proc.pending.clear();
+    if (exitCode === confineFailedExit) this.#log.error({ worker: proc.name, workerPid: proc.child.pid }, 'sandbox worker could not confine itself (its stderr line says why)');
     if (this.#closed || proc.retiring || proc.name.startsWith('check:')) return;
     this.#log.warn({ worker: proc.name, workerPid: proc.child.pid, exitCode, signal: signalCode, killed: wasKilled, pendingTenants: blamed.size }, 'sandbox worker exited; restarting');
     const host = this.#hosts().find((h) => h.current === proc);

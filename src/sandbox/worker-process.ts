@@ -1,13 +1,15 @@
 /**
- * A sandbox worker process as the pool sees it: how it is started (SCHED_BATCH through chrt,
- * optionally profiled), the calls in flight on it, and the host that restarts it whenever it
- * dies, at the CPU priority of its role.
+ * A sandbox worker process as the pool sees it: how it is started (through sandbox-exec, under
+ * SCHED_BATCH, optionally profiled, with nothing of the service's but its channel: see
+ * `spawnWorker`), the calls in flight on it, what it says on stderr, and the host that restarts
+ * it whenever it dies, at the CPU priority of its role.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { setPriority } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { encodeIdentity, identityVariable, profilingVariable, type SandboxIdentity } from './confine.js';
 import type { ConnInfo } from './router.js';
 import { decodeResponse, encodeRequest, FrameReader, FrameWriter, Op, type Response } from './wire.js';
 
@@ -31,26 +33,94 @@ const pageSize = 4096;
 /**
  * Extra Node flags for worker processes, for profiling them: SWITCHYARD_WORKER_CPU_PROF=DIR
  * writes a .cpuprofile per worker into DIR when it exits (bench/run.ts --profile uses it).
+ * Benchmarks only: a profiled worker keeps the service's user and may open files (confine.ts).
  */
 export function workerFlags(): string[] {
   const dir = process.env.SWITCHYARD_WORKER_CPU_PROF;
   return dir === undefined || dir === '' ? [] : ['--cpu-prof', '--cpu-prof-dir', dir];
 }
 
-let chrt: boolean | undefined;
+/** The launcher built from src/native/sandbox-exec.c, from dist/src/sandbox/. */
+const launcherPath = fileURLToPath(new URL('../../../build/Release/sandbox-exec', import.meta.url));
 
 /**
- * Workers run under SCHED_BATCH where `chrt` (util-linux) is there to start them so: a woken
- * worker then does not preempt the proxy in the middle of its turn of the event loop, but runs
- * once the proxy waits for I/O, and so takes the whole batch that turn queued. On one saturated
- * core that is a few decisions per wake-up instead of about one, which cut the workers' CPU per
- * routed connection by more than half (bench/). Latency is unchanged when the proxy is idle: it
- * waits for I/O at once. SWITCHYARD_WORKER_SCHED=normal leaves the default policy.
+ * Workers run under SCHED_BATCH (set by the launcher, sandbox-exec): a woken worker then does
+ * not preempt the proxy in the middle of its turn of the event loop, but runs once the proxy
+ * waits for I/O, and so takes the whole batch that turn queued. On one saturated core that is a
+ * few decisions per wake-up instead of about one, which cut the workers' CPU per routed
+ * connection by more than half (bench/). Latency is unchanged when the proxy is idle: it waits
+ * for I/O at once. SWITCHYARD_WORKER_SCHED=normal leaves the default policy.
  */
 function batchScheduling(): boolean {
-  if (process.env.SWITCHYARD_WORKER_SCHED === 'normal' || process.platform !== 'linux') return false;
-  chrt ??= spawnSync('chrt', ['--batch', '0', 'true'], { stdio: 'ignore', timeout: 5000 }).status === 0;
-  return chrt;
+  return process.env.SWITCHYARD_WORKER_SCHED !== 'normal';
+}
+
+/** What a worker is started with, besides its name. */
+export interface WorkerOptions {
+  readonly concurrency: number;
+  /** The user it switches to once started; absent, it keeps the service's. */
+  readonly identity: SandboxIdentity | undefined;
+  readonly onResponse: (proc: WorkerProcess, r: Response) => void;
+  /** A line the worker wrote on stderr (Node's own diagnostics: a fatal error, a V8 abort). */
+  readonly onDiagnostic: (proc: WorkerProcess, line: string) => void;
+}
+
+/**
+ * Starts a worker with nothing of the service's but its channel: an environment of the
+ * variables the worker reads and no other (no operator token, no PATH, no NODE_OPTIONS, however
+ * the service was started), `/` as its working directory, /dev/null on stdin and stdout, a
+ * pipe the pool reads on stderr, and the socket pair on fd 3. The worker then confines itself
+ * (worker.ts, confine.ts) before it reads its first request.
+ */
+function spawnWorker(options: WorkerOptions, flags: string[]): { child: ChildProcess; scheduling: 'batch' | 'other' } {
+  const batch = batchScheduling();
+  const args = [...(batch ? ['--batch'] : []), process.execPath, '--no-node-snapshot', ...flags, workerPath];
+  const env: Record<string, string> = { SWITCHYARD_WORKER_CONCURRENCY: String(options.concurrency) };
+  if (options.identity !== undefined) env[identityVariable] = encodeIdentity(options.identity);
+  if (flags.length > 0) env[profilingVariable] = '1';
+  const child = spawn(launcherPath, args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe'], env, cwd: '/' });
+  return { child, scheduling: batch ? 'batch' : 'other' };
+}
+
+/** Lines of a worker's stderr passed on per window, and the longest line kept. */
+const diagnosticLines = 20;
+const diagnosticWindowMs = 10_000;
+const diagnosticLineChars = 1000;
+
+/**
+ * Splits a worker's stderr into lines and passes on at most `diagnosticLines` per 10 s, each
+ * cut to 1000 characters, and then one line that says how many were dropped: a worker that
+ * floods its stderr costs the service a bounded amount of log.
+ */
+function readDiagnostics(proc: WorkerProcess, say: (line: string) => void): void {
+  const stderr = proc.child.stderr;
+  if (stderr === null) return;
+  let partial = '';
+  let windowStart = 0;
+  let said = 0;
+  let dropped = 0;
+  const line = (text: string): void => {
+    const now = Date.now();
+    if (now - windowStart >= diagnosticWindowMs) {
+      if (dropped > 0) say(`(${dropped} more lines dropped)`);
+      windowStart = now;
+      said = 0;
+      dropped = 0;
+    }
+    if (said++ < diagnosticLines) say(text.slice(0, diagnosticLineChars));
+    else dropped++;
+  };
+  stderr.setEncoding('utf8');
+  stderr.on('data', (chunk: string) => {
+    const lines = (partial + chunk).split('\n');
+    partial = lines.pop()!.slice(0, diagnosticLineChars);
+    for (const l of lines) if (l.trim() !== '') line(l);
+  });
+  stderr.on('end', () => {
+    if (partial.trim() !== '') line(partial);
+    if (dropped > 0) say(`(${dropped} more lines dropped)`);
+  });
+  stderr.on('error', () => undefined);
 }
 
 /** One worker process and the calls in flight on it. */
@@ -61,7 +131,7 @@ export class WorkerProcess {
   /** Slots whose script was sent to this process. */
   readonly loaded = new Set<number>();
   readonly exited: Promise<void>;
-  /** The scheduling policy it was started under: "batch" (SCHED_BATCH, through chrt) or the default. */
+  /** The scheduling policy it was started under: "batch" (SCHED_BATCH, set by sandbox-exec) or the default. */
   readonly scheduling: 'batch' | 'other';
   alive = true;
   /** Replaced by a newer process; killed once its calls drain. */
@@ -69,15 +139,11 @@ export class WorkerProcess {
   #nextId = 1;
   readonly #writer: FrameWriter;
 
-  constructor(name: string, concurrency: number, onResponse: (proc: WorkerProcess, r: Response) => void) {
+  constructor(name: string, options: WorkerOptions) {
     this.name = name;
-    const node = [process.execPath, '--no-node-snapshot', ...workerFlags(), workerPath];
-    this.scheduling = batchScheduling() ? 'batch' : 'other';
-    const [command, ...args] = this.scheduling === 'batch' ? ['chrt', '--batch', '0', ...node] : node;
-    this.child = spawn(command!, args, {
-      stdio: ['ignore', 'inherit', 'inherit', 'pipe'],
-      env: { ...process.env, SWITCHYARD_WORKER_CONCURRENCY: String(concurrency) },
-    });
+    ({ child: this.child, scheduling: this.scheduling } = spawnWorker(options, workerFlags()));
+    readDiagnostics(this, (line) => options.onDiagnostic(this, line));
+    const onResponse = options.onResponse;
     const channel = this.child.stdio[3] as Socket;
     const writer = (this.#writer = new FrameWriter(channel, { paced: true }));
     const reader = new FrameReader();

@@ -9,10 +9,17 @@
  * running at once, so a tenant that spins at its time limit holds one slot, not the worker.
  * When it has nothing to do, it builds a spare blank isolate for the next tenant's cold start
  * (blank.ts), of the memory limit of the tenant it loaded last.
+ *
+ * Confinement: the worker starts as the service's user with the environment the pool gave it
+ * (worker-process.ts), loads every module it will ever need (these imports: isolated-vm and its
+ * addon included), opens its channel, and then confines itself for good (confine.ts): the
+ * sandbox user, no new privileges, Landlock and the seccomp allowlist on every thread. Only
+ * then does it read its first request; a worker that cannot confine itself exits instead.
  */
 import { Socket } from 'node:net';
 import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
 import { prepareSpare, spareReady, sparesTaken } from './blank.js';
+import { confine, confineFailedExit, decodeIdentity, identityVariable, profilingVariable } from './confine.js';
 import { connArgs } from './isolate-router.js';
 import { type EntryPoint, type IsolateSpec, TenantIsolate } from './tenant-isolate.js';
 import { decodeConn, decodeRequest, encodeResponse, FrameReader, FrameWriter, Hook, Op, type Request, Status } from './wire.js';
@@ -48,6 +55,18 @@ let spareTimer: NodeJS.Timeout | undefined;
 /** When the latest load or call arrived (not counting stats requests). */
 let lastArrival = 0;
 
+let confined = false;
+
+// Time zone data is read from /etc/localtime on first use, which the confinement forbids: read it now.
+void new Date().toString();
+try {
+  confine(decodeIdentity(process.env[identityVariable]), { profiling: process.env[profilingVariable] === '1' });
+  confined = true;
+} catch (err) {
+  process.stderr.write(`sandbox worker: ${(err as Error).message}\n`);
+  process.exit(confineFailedExit);
+}
+
 channel.on('data', (chunk: Buffer) => {
   reader.push(chunk, (body) => handle(decodeRequest(body)));
   writer.owe(); // the proxy sends its next batch once this one is answered
@@ -57,6 +76,7 @@ channel.on('close', () => process.exit(0));
 channel.on('error', () => process.exit(0));
 
 function handle(r: Request): void {
+  if (!confined) process.exit(confineFailedExit); // never reached: no request is read before
   switch (r.op) {
     case Op.load:
       lastArrival = performance.now();
