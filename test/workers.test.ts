@@ -177,7 +177,7 @@ describe('sandbox workers', () => {
       assert.notEqual(lanePid, shared);
       assert.equal(niceness(lanePid), 19, 'the slow lane runs at the lowest priority');
       assert.equal(niceness(shared), 0);
-      // Workers run under SCHED_BATCH (started through chrt, which every Linux here has).
+      // Workers run under SCHED_BATCH (set by sandbox-exec before it starts Node).
       for (const pid of [shared, lanePid]) assert.equal(Number(procStat(pid)[38]), schedBatch, `policy of worker ${pid}`);
       const started = log.records.filter((r) => r.msg === 'sandbox worker started');
       assert.ok(started.length >= 2 && started.every((r) => r.scheduling === 'batch'), 'each start-up line says so');
