@@ -59,6 +59,7 @@ async function startFront(relay: NativeRelay, onClient: (a: Accepted) => void = 
     const handler: ClientHandler = {
       received: (chunk) => a.chunks.push(chunk),
       ended: () => fin.resolve(),
+      drained: () => undefined,
       closed: (bytesIn, bytesOut, errno) => ended.resolve({ bytesIn, bytesOut, errno }),
     };
     client.listen(handler);
@@ -280,7 +281,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
       const server = createServer().listen(0, '127.0.0.1', () => {
         const port = server.address().port;
         const listener = relay.listen(server, (client) => {
-          client.listen({ received() {}, ended() {}, closed() {} });
+          client.listen({ received() {}, ended() {}, drained() {}, closed() {} });
           client.end('alive');
           relay.unlisten(listener);
         });
@@ -311,6 +312,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
           client.listen({
             received(chunk) { if (chunk.toString() === 'stats') client.end('shed=' + relay.stats().shed); },
             ended() { client.end(); },
+            drained() {},
             closed() {},
           });
           client.write('hi');
