@@ -326,11 +326,13 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     try {
       const [line] = (await within(once(child.stdout, 'data'), 10_000, 'the port')) as [Buffer];
       const port = Number(line.toString().trim());
-      // Each settles as greeted (accepted, holding a descriptor) or closed without a byte (shed).
+      // Each settles as greeted (accepted, holding a descriptor) or closed without a byte (shed):
+      // a FIN or a reset first. A half-open probe (allowHalfOpen) sees a shed as 'end' alone.
       const outcome = (socket: Socket): Promise<'greeted' | 'shed'> =>
         new Promise((resolve) => {
           socket.on('error', () => undefined);
           socket.once('data', () => resolve('greeted'));
+          socket.once('end', () => resolve('shed'));
           socket.once('close', () => resolve('shed'));
         });
       const sockets = Array.from({ length: 100 }, () => connect({ port, host: '127.0.0.1' }));
@@ -344,6 +346,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
         for (;;) {
           const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
           if ((await outcome(socket)) === 'greeted') return socket;
+          socket.destroy();
           later++;
         }
       };
