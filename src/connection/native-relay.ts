@@ -65,8 +65,11 @@ export class DialedUpstream {
   }
 }
 
-/** Where `npm ci` (node-gyp) leaves the addon, from dist/src/connection/. */
-const addonPath = '../../../build/Release/splice_relay.node';
+/**
+ * Where `npm ci` (node-gyp) leaves the addon, from dist/src/connection/; SWITCHYARD_ADDON names
+ * another build of it (test/asan.sh loads one built with sanitizers).
+ */
+const addonPath = process.env['SWITCHYARD_ADDON'] ?? '../../../build/Release/splice_relay.node';
 
 /**
  * The native data path. A tenant's port is accepted by the addon (`listen()`), each client is
