@@ -387,6 +387,20 @@ describe('buffer cap before a decision', () => {
     }
   });
 
+  it('a new limit applies to the clients accepted after it, from their first read', async () => {
+    const p = await startProxy(`proxy((data) => { console.log('len ' + data.length); return { noop: true }; });`);
+    try {
+      p.listener.limits = { ...p.listener.limits, maxBufferBytes: 512 };
+      const big = await exchange(p.port, [Buffer.alloc(5000, 'd')]);
+      assert.equal(big.data, '');
+      assert.equal((await p.log.closed()).reason, 'buffer_limit');
+      const lengths = p.log.records.filter((r) => r.msg.startsWith('len ')).map((r) => Number(r.msg.slice(4)));
+      assert.equal(Math.max(...lengths), 512, `the router saw ${lengths.join(', ')}`);
+    } finally {
+      await p.close();
+    }
+  });
+
   it('applies the default limit of 65536 bytes', async () => {
     const p = await startProxy(`proxy((data) => { console.log('len ' + data.length); return { noop: true }; });`);
     try {
