@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "splice_relay",
-      "sources": ["src/native/splice-relay.c"],
+      "sources": ["src/native/relay.c", "src/native/splice-relay.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
     },
     {

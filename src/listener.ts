@@ -31,7 +31,7 @@ export class TenantListener implements ConnectionHost {
   readonly log: Logger;
   readonly stats = new TenantStats();
   readonly rejections: Rejection[] = [];
-  limits: Limits;
+  #limits: Limits;
   gate: ConnectionHost['gate'];
   #router: Router;
   /** Open connections per router: a router swapped out is disposed once its last one finishes. */
@@ -48,7 +48,7 @@ export class TenantListener implements ConnectionHost {
   constructor(options: ListenerOptions) {
     this.tenant = options.tenant;
     this.#router = options.router;
-    this.limits = options.limits;
+    this.#limits = options.limits;
     this.gate = options.gate;
     this.log = options.log.child({ tenant: options.tenant });
   }
@@ -73,7 +73,7 @@ export class TenantListener implements ConnectionHost {
           this.#accepting = server;
         } else {
           try {
-            this.#accepting = { native, listener: native.listen(server, this.#admit) };
+            this.#accepting = { native, listener: native.listen(server, this.#admit, this.#limits.maxBufferBytes) };
           } catch (err) {
             server.close();
             reject(err as Error);
@@ -84,6 +84,18 @@ export class TenantListener implements ConnectionHost {
         resolve(address);
       });
     });
+  }
+
+  /** The limits new connections get (open ones keep theirs). */
+  get limits(): Limits {
+    return this.#limits;
+  }
+
+  set limits(limits: Limits) {
+    this.#limits = limits;
+    // The native path reads each client once at accept: no further than the buffer cap.
+    const accepting = this.#accepting;
+    if (accepting !== undefined && 'native' in accepting) accepting.native.firstRead(accepting.listener, limits.maxBufferBytes);
   }
 
   /** The bound address while listening. */

@@ -389,7 +389,7 @@ export function writeRouterFile(source: string, name = 'router.js'): string {
 /** Starts `switchyard -c <router> -h 127.0.0.1 -p 0` and waits for its "listening" line. */
 export async function startCliProxy(
   routerSource: string,
-  options: { args?: readonly string[]; executable?: boolean } = {},
+  options: { args?: readonly string[]; executable?: boolean; env?: NodeJS.ProcessEnv } = {},
 ): Promise<CliProcess & { port: number; file: string }> {
   const file = writeRouterFile(routerSource);
   const proc = spawnCli(['-c', file, '-h', '127.0.0.1', '-p', '0', '--log-level', 'info', ...(options.args ?? [])], options);

@@ -33,6 +33,8 @@ interface Accepted {
   /** Chunks before the relay, in order, and whether FIN came. */
   readonly chunks: Buffer[];
   readonly fin: Promise<void>;
+  /** The first onDrained: everything owed to the client is written. */
+  readonly drained: Promise<void>;
   readonly ended: Promise<Ended>;
 }
 
@@ -55,10 +57,12 @@ async function startFront(relay: NativeRelay, onClient: (a: Accepted) => void = 
   const listener = relay.listen(server, (client, peer) => {
     const ended = deferred<Ended>();
     const fin = deferred();
-    const a: Accepted = { client, peer, chunks: [], fin: fin.promise, ended: ended.promise };
+    const drained = deferred();
+    const a: Accepted = { client, peer, chunks: [], fin: fin.promise, drained: drained.promise, ended: ended.promise };
     const handler: ClientHandler = {
       received: (chunk) => a.chunks.push(chunk),
       ended: () => fin.resolve(),
+      drained: () => drained.resolve(),
       closed: (bytesIn, bytesOut, errno) => ended.resolve({ bytesIn, bytesOut, errno }),
     };
     client.listen(handler);
@@ -191,6 +195,71 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     front.close();
   });
 
+  it('reads a client only as far as read() allows; the rest waits in the kernel until allowed', async () => {
+    const front = await startFront(relay);
+    const socket = connect({ port: front.port, host: '127.0.0.1', allowHalfOpen: true });
+    socket.on('error', () => undefined);
+    await once(socket, 'connect');
+    const a = await front.next();
+    a.client.read(10);
+    socket.write(Buffer.alloc(100, 'x'));
+    const total = (): number => a.chunks.reduce((n, c) => n + c.length, 0);
+    await eventually(() => total() === 10, 'the first 10 bytes');
+    // A round trip through the client and back: had more been read, it would be here by now.
+    a.client.write('ping');
+    await once(socket, 'data');
+    assert.equal(total(), 10, 'no more than allowed');
+    a.client.read(1000);
+    await eventually(() => total() === 100, 'the rest once allowed');
+    assert.equal(Buffer.concat(a.chunks).toString(), 'x'.repeat(100));
+    assert.deepEqual(a.client.bytes(), [100, 4]);
+    a.client.destroy();
+    socket.destroy();
+    front.close();
+  });
+
+  it('send() returns the bytes it could not write yet; onDrained follows once they are all written', async () => {
+    const front = await startFront(relay);
+    const socket = connect({ port: front.port, host: '127.0.0.1', allowHalfOpen: true });
+    socket.on('error', () => undefined);
+    try {
+      await once(socket, 'connect');
+      socket.pause(); // reads nothing: the kernel's buffers fill, then the addon keeps the rest
+      const a = await front.next();
+      // What had been written when onDrained came (read at once, before the addon runs again).
+      let writtenAtDrain = -1;
+      void a.drained.then(() => {
+        writtenAtDrain = a.client.bytes()[1];
+      });
+      const reply = 'R'.repeat(65536);
+      let sent = 0;
+      let owed = 0;
+      while (owed === 0) {
+        owed = a.client.write(reply);
+        sent += reply.length;
+        assert.ok(sent < 256 * 1024 * 1024, 'the kernel took everything');
+      }
+      assert.ok(owed > 0 && owed <= reply.length, `owed ${owed}`);
+      assert.equal(a.client.write(reply), owed + reply.length, 'kept behind what waits, in order');
+      sent += reply.length;
+      // An event on the client (a byte from it) while bytes are owed: the addon's turn runs.
+      socket.write('!');
+      await eventually(() => a.chunks.length > 0, 'the byte from the client');
+      let received = 0;
+      socket.on('data', (b: Buffer) => {
+        received += b.length;
+      });
+      socket.resume();
+      await within(a.drained, 10_000, 'onDrained');
+      await eventually(() => received === sent, 'the client to read it all');
+      assert.equal(writtenAtDrain, sent, 'onDrained came before everything was written');
+      a.client.destroy();
+    } finally {
+      socket.destroy();
+      front.close();
+    }
+  });
+
   it('carries 64 MiB each way, byte for byte, with several relays at once', async () => {
     const front = await startFront(relay, relayingTo(relay, echo.port));
     const payloads = [0, 1, 2].map(() => randomBytes(64 * 1024 * 1024));
@@ -280,7 +349,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
       const server = createServer().listen(0, '127.0.0.1', () => {
         const port = server.address().port;
         const listener = relay.listen(server, (client) => {
-          client.listen({ received() {}, ended() {}, closed() {} });
+          client.listen({ received() {}, ended() {}, drained() {}, closed() {} });
           client.end('alive');
           relay.unlisten(listener);
         });
@@ -311,6 +380,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
           client.listen({
             received(chunk) { if (chunk.toString() === 'stats') client.end('shed=' + relay.stats().shed); },
             ended() { client.end(); },
+            drained() {},
             closed() {},
           });
           client.write('hi');
@@ -324,11 +394,13 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     try {
       const [line] = (await within(once(child.stdout, 'data'), 10_000, 'the port')) as [Buffer];
       const port = Number(line.toString().trim());
-      // Each settles as greeted (accepted, holding a descriptor) or closed without a byte (shed).
+      // Each settles as greeted (accepted, holding a descriptor) or closed without a byte (shed):
+      // a FIN or a reset first. A half-open probe (allowHalfOpen) sees a shed as 'end' alone.
       const outcome = (socket: Socket): Promise<'greeted' | 'shed'> =>
         new Promise((resolve) => {
           socket.on('error', () => undefined);
           socket.once('data', () => resolve('greeted'));
+          socket.once('end', () => resolve('shed'));
           socket.once('close', () => resolve('shed'));
         });
       const sockets = Array.from({ length: 100 }, () => connect({ port, host: '127.0.0.1' }));
@@ -342,6 +414,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
         for (;;) {
           const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
           if ((await outcome(socket)) === 'greeted') return socket;
+          socket.destroy();
           later++;
         }
       };

@@ -354,33 +354,48 @@ describe('backpressure (switchyard as a separate process)', { timeout: 90_000 },
 });
 
 describe('buffer cap before a decision', () => {
-  it('closes a client that sends more than maxBufferBytes (1024) while the router says noop', async () => {
+  it('closes a client whose router says noop on a full buffer (maxBufferBytes 1024); the router never sees more', async () => {
     const p = await startProxy(`proxy((data) => { console.log('len ' + data.length); return { noop: true }; });`, {
       limits: { maxBufferBytes: 1024 },
     });
     try {
-      // Exactly the limit is still fine: the router sees all of it.
+      // Up to the limit the router asks for more, and the client stays.
       const client = await dial(p.port);
       const outcome = readAll(client);
       client.on('end', () => client.end());
-      client.write(Buffer.alloc(1024, 'a'));
-      await p.log.waitFor((r) => r.msg === 'len 1024');
+      client.write(Buffer.alloc(1000, 'a'));
+      await p.log.waitFor((r) => r.msg === 'len 1000');
       assert.equal(p.log.find('connection rejected').length, 0);
-      client.write('b'); // one byte over
+      client.write(Buffer.alloc(100, 'b')); // past the limit: the router sees 1024 bytes, and noop closes
       const rejected = await p.log.waitFor((r) => r.msg === 'connection rejected');
       assert.equal(rejected.reason, 'buffer_limit');
       assert.equal(await within(outcome, 5000, 'client closed'), '');
       const closed = await p.log.closed();
       assert.equal(closed.reason, 'buffer_limit');
       assert.equal(closed.decision, 'noop');
-      assert.equal(closed.bytesIn, 1025);
 
-      // One large write.
+      // One large write: the router sees at most the limit.
       const big = await exchange(p.port, [Buffer.alloc(5000, 'c')]);
       assert.equal(big.data, '');
       assert.equal((await p.log.closed(2)).reason, 'buffer_limit');
       assert.equal(p.listener.rejections.at(-1)?.reason, 'buffer_limit');
       assert.equal(p.listener.rejections.at(-1)?.firstBytes.toString('latin1'), 'c'.repeat(256));
+      const lengths = p.log.records.filter((r) => r.msg.startsWith('len ')).map((r) => Number(r.msg.slice(4)));
+      assert.equal(Math.max(...lengths), 1024, `the router saw ${lengths.join(', ')}`);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('a new limit applies to the clients accepted after it, from their first read', async () => {
+    const p = await startProxy(`proxy((data) => { console.log('len ' + data.length); return { noop: true }; });`);
+    try {
+      p.listener.limits = { ...p.listener.limits, maxBufferBytes: 512 };
+      const big = await exchange(p.port, [Buffer.alloc(5000, 'd')]);
+      assert.equal(big.data, '');
+      assert.equal((await p.log.closed()).reason, 'buffer_limit');
+      const lengths = p.log.records.filter((r) => r.msg.startsWith('len ')).map((r) => Number(r.msg.slice(4)));
+      assert.equal(Math.max(...lengths), 512, `the router saw ${lengths.join(', ')}`);
     } finally {
       await p.close();
     }
@@ -392,16 +407,59 @@ describe('buffer cap before a decision', () => {
       const client = await dial(p.port);
       const outcome = readAll(client);
       client.on('end', () => client.end());
-      client.write(Buffer.alloc(65536, 'x'));
-      await p.log.waitFor((r) => r.msg === 'len 65536');
-      assert.equal(p.log.find('connection rejected').length, 0);
-      client.write('y');
+      client.write(Buffer.alloc(65536 + 1000, 'x'));
       assert.equal(await within(outcome, 5000, 'client closed'), '');
       const closed = await p.log.closed();
       assert.equal(closed.reason, 'buffer_limit');
-      assert.equal(closed.bytesIn, 65537);
+      const lengths = p.log.records.filter((r) => r.msg.startsWith('len ')).map((r) => Number(r.msg.slice(4)));
+      assert.equal(Math.max(...lengths), 65536, `the router saw ${lengths.join(', ')}`);
     } finally {
       await p.close();
+    }
+  });
+
+  it('holds back a client that sends more than the limit at once, and relays every byte once the router decides', async () => {
+    const received = deferred<{ bytes: number; digest: string }>();
+    const backend = await startServer((socket) => {
+      const hash = createHash('sha256');
+      let bytes = 0;
+      socket.on('data', (b: Buffer) => {
+        bytes += b.length;
+        hash.update(b);
+      });
+      socket.on('end', () => {
+        received.resolve({ bytes, digest: hash.digest('hex') });
+        socket.end();
+      });
+    });
+    // A router that takes 15 ms to decide, while the client's bytes keep coming.
+    const p = await startProxy(
+      `proxy((data) => {
+        console.log('len ' + data.length);
+        const until = Date.now() + 15; while (Date.now() < until) {}
+        return data.includes('\\n') ? { remote: '127.0.0.1:${backend.port}' } : { noop: true };
+      });`,
+      { limits: { maxBufferBytes: 1024 } },
+    );
+    try {
+      const body = randomBytes(4 * MiB);
+      const request = Buffer.concat([Buffer.from('PUT /x\n'), body]);
+      const client = await dial(p.port);
+      const answer = readAll(client);
+      client.end(request); // the header and the whole body in one write
+      const got = await within(received.promise, 30_000, 'the backend to get everything');
+      assert.equal(got.bytes, request.length);
+      assert.equal(got.digest, createHash('sha256').update(request).digest('hex'));
+      assert.equal(await within(answer, 5000, 'client closed'), '');
+      const closed = await p.log.closed();
+      assert.equal(closed.decision, 'remote');
+      assert.equal(closed.reason, undefined);
+      assert.equal(closed.bytesIn, request.length);
+      const lengths = p.log.records.filter((r) => r.msg.startsWith('len ')).map((r) => Number(r.msg.slice(4)));
+      assert.ok(Math.max(...lengths) <= 1024, `the router saw ${lengths.join(', ')}`);
+    } finally {
+      await p.close();
+      await backend.close();
     }
   });
 });

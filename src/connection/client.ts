@@ -20,6 +20,8 @@ export interface ClientHandler {
   received(chunk: Buffer): void;
   /** The client sent FIN, before it is relayed. */
   ended(): void;
+  /** Everything owed to the client is written, after a `write()` that returned more than 0. */
+  drained(): void;
   /**
    * The client is gone, with its relay if it had one: both sides closed, or a socket failed
    * (`errno` is then non-zero). The bytes from and to the client are final.
@@ -39,8 +41,17 @@ export interface Client {
   listen(handler: ClientHandler): void;
   /** Bytes received from and sent to the client so far. */
   bytes(): readonly [number, number];
-  /** Sends bytes (latin1) to the client before it is relayed: a router's reply. */
-  write(bytes: string): void;
+  /**
+   * Reads the client for at most `limit` more bytes (0: not at all) until told again, before
+   * it is relayed; what it sends past that waits in the kernel, and TCP holds the client back.
+   */
+  read(limit: number): void;
+  /**
+   * Sends bytes (latin1) to the client before it is relayed: a router's reply. Returns the
+   * bytes owed to the client that Switchyard still holds (not yet taken by the kernel);
+   * `drained()` follows once that is 0.
+   */
+  write(bytes: string): number;
   /** Stops reading the client (while its backend is connected); what it sends waits. */
   pause(): void;
   /** Sends `reply`, then FIN; what the client still sends is dropped until it closes too. */
@@ -61,6 +72,10 @@ export class SocketClient implements Client {
   #relay: NodeRelay | undefined;
   #errno = 0;
   #done = false;
+  /** Bytes the client may still be read for (`read()`). */
+  #allow = Number.POSITIVE_INFINITY;
+  /** A write left bytes owed: tell the handler once the socket has written them. */
+  #drainWanted = false;
 
   constructor(socket: Socket) {
     this.#socket = socket;
@@ -79,8 +94,18 @@ export class SocketClient implements Client {
     return [this.#socket.bytesRead, this.#socket.bytesWritten];
   }
 
-  write(bytes: string): void {
-    this.#socket.write(bytes, 'latin1');
+  read(limit: number): void {
+    this.#allow = limit;
+    if (limit > 0) this.#socket.resume();
+    else this.#socket.pause();
+  }
+
+  write(bytes: string): number {
+    const socket = this.#socket;
+    socket.write(bytes, 'latin1', this.#wrote);
+    const owed = socket.writableLength;
+    if (owed > 0) this.#drainWanted = true;
+    return owed;
   }
 
   pause(): void {
@@ -89,6 +114,7 @@ export class SocketClient implements Client {
 
   end(reply?: string): void {
     const socket = this.#socket;
+    this.#drainWanted = false;
     socket.off('data', this.#data);
     socket.resume();
     if (reply !== undefined) socket.end(reply, 'latin1');
@@ -117,7 +143,28 @@ export class SocketClient implements Client {
     return this.bytes();
   }
 
-  readonly #data = (chunk: Buffer): void => this.#handler?.received(chunk);
+  /**
+   * A chunk, as far as the client may be read: past that, the socket is paused and the rest is
+   * put back (at most one read's worth, held by the stream, not the connection).
+   */
+  readonly #data = (chunk: Buffer): void => {
+    const socket = this.#socket;
+    if (chunk.length > this.#allow) {
+      socket.pause();
+      socket.unshift(chunk.subarray(this.#allow));
+      chunk = chunk.subarray(0, this.#allow);
+    }
+    this.#allow -= chunk.length;
+    if (this.#allow === 0) socket.pause();
+    if (chunk.length > 0) this.#handler?.received(chunk);
+  };
+
+  /** A write went to the kernel; the last one owed, if someone waits for it, drains. */
+  readonly #wrote = (): void => {
+    if (!this.#drainWanted || this.#done || this.#relay !== undefined || this.#socket.writableLength > 0) return;
+    this.#drainWanted = false;
+    this.#handler?.drained();
+  };
 
   readonly #end = (): void => this.#handler?.ended();
 

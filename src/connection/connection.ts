@@ -41,6 +41,8 @@ type TimerKind = 'decision' | 'inactivity' | 'linger';
 /** How long a closed-by-us client may take to close its side before it is destroyed. */
 const lingerMs = 5000;
 
+const empty = Buffer.alloc(0);
+
 /**
  * One client connection's life, phase by phase, in the order they happen:
  *
@@ -62,8 +64,18 @@ export class Connection implements ClientHandler {
   readonly #info: ConnInfo;
   readonly #startedAt = Date.now();
   #phase: Phase = 'receiving';
-  /** Everything received before a decision, one character per byte (latin1). */
-  #buffer = '';
+  /**
+   * What the connection may hold before a decision (maxBufferBytes when it was accepted): the
+   * bytes received and the bytes owed to the client, together.
+   */
+  readonly #cap: number;
+  /** Everything received before a decision: `#buffer[0, #held)`, grown geometrically up to the cap. */
+  #buffer: Buffer = empty;
+  #held = 0;
+  /** How many of those bytes the router's last call saw. */
+  #seen = 0;
+  /** Bytes of the router's replies that Switchyard still holds for the client (not yet in the kernel). */
+  #owed = 0;
   /** A router call is in flight; new chunks wait for it to answer. */
   #routing = false;
   #clientEnded = false;
@@ -82,6 +94,7 @@ export class Connection implements ClientHandler {
     this.#router = router;
     this.#client = client;
     this.#info = info;
+    this.#cap = host.limits.maxBufferBytes;
   }
 
   get client(): string {
@@ -102,6 +115,7 @@ export class Connection implements ClientHandler {
     const hooks = this.#router.hooks;
     if (hooks === undefined) void this.#warm();
     else if (hooks.accept) void this.#route(true);
+    this.#readMore();
     this.#client.listen(this);
   }
 
@@ -124,18 +138,23 @@ export class Connection implements ClientHandler {
     this.#routing = false;
     if (this.#phase !== 'receiving') return;
     if (hooks.accept) void this.#route(true);
-    else this.#waitForMore(0);
+    else this.#next();
   }
 
-  /** receive: a chunk from the client before any decision; buffer it and ask the router again. */
+  /**
+   * receive: a chunk from the client before any decision; buffer it and ask the router again.
+   * The client is read only as far as the cap (`#readMore`), so the buffer never passes it.
+   */
   received(chunk: Buffer): void {
     if (this.#phase !== 'receiving') return;
-    this.#buffer += chunk.toString('latin1');
-    if (this.#buffer.length > this.#host.limits.maxBufferBytes) {
-      this.#reject(CloseReason.bufferLimit, `client sent ${this.#buffer.length} bytes without a decision (limit ${this.#host.limits.maxBufferBytes})`);
+    if (this.#held + chunk.length > this.#cap) {
+      // Not reached: the client is read no further than the cap. Kept as the cap's last word.
+      this.#reject(CloseReason.bufferLimit, `client sent ${this.#held + chunk.length} bytes without a decision (limit ${this.#cap})`);
       return;
     }
-    if (!this.#routing) void this.#route(false);
+    this.#append(chunk);
+    this.#readMore();
+    this.#next();
   }
 
   /**
@@ -144,7 +163,56 @@ export class Connection implements ClientHandler {
    */
   ended(): void {
     this.#clientEnded = true;
-    if (this.#phase === 'receiving' && !this.#routing) this.#noMoreData();
+    this.#next();
+  }
+
+  /** The client has taken every reply Switchyard held for it: read and route again. */
+  drained(): void {
+    if (this.#phase !== 'receiving') return;
+    this.#owed = 0;
+    this.#readMore();
+    this.#next();
+  }
+
+  /** Appends a chunk to the buffer, which doubles (up to the cap) when it is full. */
+  #append(chunk: Buffer): void {
+    const held = this.#held + chunk.length;
+    if (held > this.#buffer.length) {
+      const grown = Buffer.allocUnsafe(Math.min(this.#cap, Math.max(held, 2 * this.#buffer.length, 4096)));
+      this.#buffer.copy(grown, 0, 0, this.#held);
+      this.#buffer = grown;
+    }
+    chunk.copy(this.#buffer, this.#held);
+    this.#held = held;
+  }
+
+  /**
+   * The watermark: the client may be read for what is left of the cap once the buffer and the
+   * bytes owed to it are counted. At 0 its bytes wait in the kernel (TCP holds it back) until
+   * the router decides, or until the client has read what it is owed.
+   */
+  #readMore(): void {
+    if (this.#phase === 'receiving') this.#client.read(Math.max(0, this.#cap - this.#held - this.#owed));
+  }
+
+  /**
+   * Replies the client has not read yet, with the buffer, fill the cap: no router call (none
+   * could add a reply) until they drain. The decision deadline still runs.
+   */
+  #overCap(): boolean {
+    return this.#owed > 0 && this.#held + this.#owed >= this.#cap;
+  }
+
+  /**
+   * What a connection being received does next, when no router call is in flight: route again
+   * if bytes came that the router has not seen (once the client is not over the cap); give up
+   * if it has seen everything and none can come.
+   */
+  #next(): void {
+    if (this.#phase !== 'receiving' || this.#routing) return;
+    if (this.#held > this.#seen) {
+      if (!this.#overCap()) void this.#route(false);
+    } else if (this.#clientEnded) this.#noMoreData();
   }
 
   /**
@@ -153,14 +221,14 @@ export class Connection implements ClientHandler {
    */
   async #route(accepting: boolean): Promise<void> {
     this.#routing = true;
-    const seen = this.#buffer.length;
+    const seen = accepting ? this.#seen : this.#held;
     const stats = this.#host.stats;
     const started = performance.now();
     let decision: Decision | undefined;
     try {
       decision = accepting
         ? await this.#router.accept(this.#info)
-        : await this.#router.route(this.#buffer, this.#info);
+        : await this.#router.route(this.#buffer.toString('latin1', 0, seen), this.#info);
       stats.routerCall((performance.now() - started) / 1000);
     } catch (err) {
       stats.routerCall((performance.now() - started) / 1000);
@@ -174,32 +242,35 @@ export class Connection implements ClientHandler {
     }
     this.#routing = false;
     if (this.#phase !== 'receiving') return;
+    this.#seen = seen;
     if (decision === undefined) {
-      this.#waitForMore(seen);
+      this.#next();
       return;
     }
     this.#decision = decision.kind;
     this.#host.stats.decided(decision.kind);
     switch (decision.kind) {
       case 'noop':
-        if (decision.reply !== undefined) this.#client.write(decision.reply);
-        this.#waitForMore(seen);
+        if (seen >= this.#cap) {
+          // The router saw a full buffer and wants more: nothing more can be held for it.
+          this.#reject(CloseReason.bufferLimit, `the router asked for more than ${this.#cap} bytes (the limit)`, decision.reply);
+          return;
+        }
+        if (decision.reply !== undefined) {
+          this.#owed = this.#client.write(decision.reply);
+          this.#readMore();
+        }
+        this.#next();
         return;
       case 'close':
         this.#reject(CloseReason.routerClose, 'router closed the connection', decision.reply);
         return;
       case 'remote':
-        void this.#connect(decision, seen);
+        void this.#connect(decision);
         return;
       default:
         decision satisfies never;
     }
-  }
-
-  /** After a noop: route again if more arrived during the call; give up if no more can come. */
-  #waitForMore(seen: number): void {
-    if (this.#buffer.length > seen) void this.#route(false);
-    else if (this.#clientEnded) this.#noMoreData();
   }
 
   /** The client gave up before a decision: closed, but not a rejection (nothing refused it). */
@@ -212,7 +283,7 @@ export class Connection implements ClientHandler {
    * connect: the router chose backends. The client is paused (what it sends meanwhile waits in
    * the kernel) while each candidate is tried, with ProxyMachine's retries.
    */
-  async #connect(decision: RemoteDecision, seen: number): Promise<void> {
+  async #connect(decision: RemoteDecision): Promise<void> {
     this.#phase = 'connecting';
     this.#disarm();
     this.#client.pause();
@@ -248,7 +319,7 @@ export class Connection implements ClientHandler {
         upstream.destroy();
         return;
       }
-      this.#relay(upstream, decision, seen);
+      this.#relay(upstream, decision);
     } catch (err) {
       this.#cancel = undefined;
       if (this.#phase !== 'connecting') return;
@@ -272,7 +343,7 @@ export class Connection implements ClientHandler {
    * relay: send the PROXY header if asked, replay the buffer (or the router's `data` in place of
    * what it saw), send `reply` to the client, then relay both directions until both close.
    */
-  #relay(upstream: Upstream, decision: RemoteDecision, seen: number): void {
+  #relay(upstream: Upstream, decision: RemoteDecision): void {
     this.#phase = 'relaying';
     const header =
       decision.proxyProtocol === undefined
@@ -283,9 +354,11 @@ export class Connection implements ClientHandler {
             destinationAddress: this.#info.localAddress,
             destinationPort: this.#info.localPort,
           });
-    const replay = decision.data === undefined ? this.#buffer : decision.data + this.#buffer.slice(seen);
-    this.#buffer = '';
-    let toUpstream: Buffer | undefined = replay.length > 0 ? Buffer.from(replay, 'latin1') : undefined;
+    const received = this.#buffer.subarray(0, this.#held);
+    const replay = decision.data === undefined ? received : Buffer.concat([Buffer.from(decision.data, 'latin1'), received.subarray(this.#seen)]);
+    this.#buffer = empty;
+    this.#held = this.#seen = 0;
+    let toUpstream: Buffer | undefined = replay.length > 0 ? replay : undefined;
     if (header !== undefined) toUpstream = toUpstream === undefined ? header : Buffer.concat([header, toUpstream]);
     const toClient = decision.reply === undefined ? undefined : Buffer.from(decision.reply, 'latin1');
     this.#inactivityMs = clamp(decision.inactivityTimeoutMs ?? this.#host.limits.inactivityTimeoutMs);
@@ -352,7 +425,7 @@ export class Connection implements ClientHandler {
    */
   #reject(reason: CloseReason, message: string, reply?: string): void {
     this.#reason = reason;
-    const first = Buffer.from(this.#buffer.slice(0, 256), 'latin1');
+    const first = Buffer.from(this.#buffer.subarray(0, Math.min(256, this.#held)));
     this.#host.stats.rejected(reason);
     this.#host.rejected({ time: new Date(), client: this.client, reason, message, firstBytes: first });
     this.#endClient(reply);

@@ -5,18 +5,21 @@ import type { Endpoint } from '../routing/endpoint.js';
 import type { Client, ClientHandler, Peer, Upstream } from './client.js';
 import { dialSocket, type Dial } from './upstream.js';
 
-/** The addon built from src/native/splice-relay.c (see that file for how it works). */
+/** The addon built from src/native/ (relay.h states its contract and how it works). */
 interface Binding {
   init(
     onAccepted: (listener: number, id: number, remoteAddress: string, remotePort: number, localAddress: string, localPort: number, chunk: Buffer | null) => void,
     onReceived: (id: number, chunk: Buffer | null) => void,
     onClosed: (id: number, bytesIn: number, bytesOut: number, errno: number) => void,
     onDialed: (id: number, errno: number) => void,
+    onDrained: (id: number) => void,
     maxPipes?: number,
   ): void;
-  listen(fd: number): number;
+  listen(fd: number, firstRead?: number): number;
+  firstRead(listener: number, bytes: number): void;
   unlisten(listener: number): void;
-  send(id: number, bytes: Buffer): void;
+  read(id: number, bytes: number): void;
+  send(id: number, bytes: Buffer): number;
   pause(id: number): void;
   end(id: number, bytes?: Buffer): void;
   dial(ip: string, port: number): number;
@@ -62,8 +65,11 @@ export class DialedUpstream {
   }
 }
 
-/** Where `npm ci` (node-gyp) leaves the addon, from dist/src/connection/. */
-const addonPath = '../../../build/Release/splice_relay.node';
+/**
+ * Where `npm ci` (node-gyp) leaves the addon, from dist/src/connection/; SWITCHYARD_ADDON names
+ * another build of it (test/asan.sh loads one built with sanitizers).
+ */
+const addonPath = process.env['SWITCHYARD_ADDON'] ?? '../../../build/Release/splice_relay.node';
 
 /**
  * The native data path. A tenant's port is accepted by the addon (`listen()`), each client is
@@ -80,7 +86,7 @@ export class NativeRelay {
 
   private constructor(binding: Binding, maxPipes: number) {
     this.#binding = binding;
-    binding.init(this.#accepted, this.#received, this.#closed, this.#dialed, maxPipes);
+    binding.init(this.#accepted, this.#received, this.#closed, this.#dialed, this.#drained, maxPipes);
   }
 
   /**
@@ -118,15 +124,21 @@ export class NativeRelay {
   /**
    * Takes over a listening net.Server: the addon accepts on a duplicate of its socket, and the
    * server itself is closed (Node bound the address, with its own errors and host handling).
-   * Returns the listener's id for `unlisten()`.
+   * Each client is read once at accept, for at most `firstRead` bytes (the buffer cap; the
+   * addon reads at most 64 KiB at once). Returns the listener's id for `unlisten()`.
    */
-  listen(server: Server, onClient: OnClient): number {
+  listen(server: Server, onClient: OnClient, firstRead = 65536): number {
     const fd = (server as unknown as { _handle?: UvHandle | null })._handle?.fd;
     if (typeof fd !== 'number' || fd < 0) throw new Error('the server has no listening socket');
-    const listener = this.#binding.listen(fd);
+    const listener = this.#binding.listen(fd, firstRead);
     this.#listeners[listener] = onClient;
     server.close();
     return listener;
+  }
+
+  /** The clients a listener accepts from now on are read for at most `bytes` at accept. */
+  firstRead(listener: number, bytes: number): void {
+    this.#binding.firstRead(listener, bytes);
   }
 
   /** Stops accepting: the port is closed, and new clients are refused. */
@@ -168,8 +180,14 @@ export class NativeRelay {
     this.#handlers[id] = handler;
   }
 
-  send(id: number, bytes: Buffer): void {
-    this.#binding.send(id, bytes);
+  /** Reads client `id` for at most `bytes` more (0: not at all) until told again. */
+  read(id: number, bytes: number): void {
+    this.#binding.read(id, bytes);
+  }
+
+  /** Sends a reply; returns the bytes owed to the client, not yet written. */
+  send(id: number, bytes: Buffer): number {
+    return this.#binding.send(id, bytes);
   }
 
   pause(id: number): void {
@@ -248,6 +266,10 @@ export class NativeRelay {
     handler?.closed(bytesIn, bytesOut, errno);
   };
 
+  readonly #drained = (id: number): void => {
+    this.#handlers[id]?.drained();
+  };
+
   readonly #dialed = (id: number, errno: number): void => {
     const done = this.#dials[id];
     this.#dials[id] = undefined;
@@ -282,8 +304,12 @@ export class NativeClient implements Client {
     return this.#native.bytes(this.#id);
   }
 
-  write(bytes: string): void {
-    this.#native.send(this.#id, Buffer.from(bytes, 'latin1'));
+  read(limit: number): void {
+    this.#native.read(this.#id, limit);
+  }
+
+  write(bytes: string): number {
+    return this.#native.send(this.#id, Buffer.from(bytes, 'latin1'));
   }
 
   pause(): void {
