@@ -6,7 +6,14 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { allowedByDefault, deniedByDefault, hostAddress } from './address-table.js';
-import { removeDir, startTestHosting, type TestHosting } from './helpers.js';
+import { eventually, exchange, removeDir, startTestHosting, type TestHosting } from './helpers.js';
+
+/** The first value `get` resolves that is not undefined, polled (bounded by `eventually`). */
+async function eventuallyValue<T>(get: () => Promise<T | undefined>): Promise<T> {
+  let value: T | undefined;
+  await eventually(async () => (value = await get()) !== undefined, 'a rejection recorded');
+  return value!;
+}
 
 const echoRouter = 'proxy((data) => ({ remote: data.trim() }));';
 
@@ -48,6 +55,17 @@ describe('dry run: the default backend policy', () => {
     const r = await dryRun(h, 'probe', 'localhost:80');
     assert.equal(r.allowed, false);
     assert.match(String(r.reason), /loopback/);
+  });
+
+  it('a real client refused by the policy is recorded with the dry run\'s very reason', async () => {
+    for (const remote of ['10.0.0.5:80', '[64:ff9b::7f00:1]:80', 'localhost:80']) {
+      const dry = await dryRun(h, 'probe', remote);
+      const port = (await h.api.show('probe')).port as number;
+      await exchange(port, [`${remote}\n`], { end: true });
+      const latest = await eventuallyValue(async () => (await h.api.rejections('probe')).find((r) => Buffer.from(r.firstBytes, 'base64').toString('latin1') === `${remote}\n`));
+      assert.equal(latest.reason, 'policy_denied');
+      assert.equal(latest.detail, dry.reason, remote);
+    }
   });
 
   it("denies this host's own interface addresses on ports that are not the service's", { skip: hostAddress() === undefined ? 'no non-loopback interface address' : false }, async () => {

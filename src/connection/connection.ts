@@ -4,7 +4,7 @@ import type { Logger } from '../log.js';
 import type { TenantStats } from '../metrics/stats.js';
 import type { Decision, RemoteDecision } from '../routing/decision.js';
 import { formatEndpoint } from '../routing/endpoint.js';
-import { admit, type BackendPolicy } from '../routing/policy.js';
+import { admissionReason, admit, type BackendPolicy } from '../routing/policy.js';
 import type { CachingResolver } from '../routing/resolver.js';
 import type { ConnInfo, Router, RouterHooks } from '../sandbox/router.js';
 import type { Client, ClientHandler, Upstream } from './client.js';
@@ -293,14 +293,15 @@ export class Connection implements ClientHandler {
     let remotes = decision.remotes;
     const gate = this.#host.gate;
     if (gate !== undefined) {
-      const { candidates, denied, unresolved } = await admit(remotes, gate.policy, gate.resolver);
+      const admission = await admit(remotes, gate.policy, gate.resolver);
       if (this.#phase !== 'connecting') return;
-      if (candidates.length === 0) {
-        if (denied.length > 0) this.#reject(CloseReason.policyDenied, `backend not allowed: ${denied.join('; ')}`);
-        else await this.#connectFailed(new ConnectError(unresolved.at(-1) ?? this.#backend, `${unresolved.join(', ')} did not resolve`));
+      if (admission.candidates.length === 0) {
+        // The same words as the dry run's reason.
+        if (admission.denied.length > 0) this.#reject(CloseReason.policyDenied, admissionReason(admission));
+        else await this.#connectFailed(new ConnectError(admission.unresolved.at(-1) ?? this.#backend, admissionReason(admission)));
         return;
       }
-      remotes = candidates;
+      remotes = admission.candidates;
     }
     try {
       const { upstream, endpoint } = await connectUpstream(
