@@ -4,6 +4,7 @@ import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
 import { loadedHooks, type Envelope } from './envelope.js';
 import { buildBlank, takeSpare } from './blank.js';
 import type { RouterHooks } from './router.js';
+import { SlidingWindow } from './sliding-window.js';
 
 /** What it takes to build a tenant's isolate. Plain data, so it can travel to a worker process. */
 export interface IsolateSpec {
@@ -70,8 +71,8 @@ export class TenantIsolate {
   /** Until when calls go asynchronously (after a slow or failed one). */
   #asyncUntil = 0;
   #calls = 0;
-  /** The calls over budget within the window: when, and how many calls there had been then. */
-  #slowCalls: { at: number; call: number }[] = [];
+  /** The calls over budget within the window, each with how many calls there had been then. */
+  readonly #slowCalls = new SlidingWindow<number>(slowWindowMs);
   #instance: Promise<Instance> | undefined;
   #disposed = false;
   #inflight = 0;
@@ -152,14 +153,13 @@ export class TenantIsolate {
    */
   #slow(): void {
     const now = Date.now();
-    const slow = this.#slowCalls.filter((s) => now - s.at < slowWindowMs);
-    slow.push({ at: now, call: this.#calls });
-    this.#slowCalls = slow;
+    this.#slowCalls.add(now, this.#calls);
+    const slow = this.#slowCalls.events(now);
     // The latest slow calls, three of them, four, ...: are they on average closer than the share?
     for (let k = slow.length - slowCallsToDemote; k >= 0; k--) {
-      if (this.#calls - slow[k]!.call < (slow.length - 1 - k) * callsPerSlowCall) {
+      if (this.#calls - slow[k]!.value < (slow.length - 1 - k) * callsPerSlowCall) {
         this.#asyncUntil = now + asyncSpellMs;
-        this.#slowCalls = [];
+        this.#slowCalls.clear();
         return;
       }
     }
