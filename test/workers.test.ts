@@ -2,7 +2,7 @@
  * Sandbox worker processes: killing one during load leaves relayed connections alone, fails
  * only the decisions pending on it, and touches no other worker's tenants; a tenant that keeps
  * crashing its worker is quarantined; a router that keeps timing out moves to the low-priority
- * slow lane and cools down.
+ * slow lane, and the client source whose calls keep timing out is refused for a while.
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
@@ -65,7 +65,8 @@ describe('sandbox workers', () => {
       // A decision pending on A's worker, and one on B's, when A's worker dies.
       const pendingA = exchange(a.port, ['spin']);
       const pendingB = exchange(b.port, ['spin']);
-      await until(() => (a.router as ProcessRouter).pending === 1 && (b.router as ProcessRouter).pending === 1, 'both calls pending');
+      // Running, not only queued: a call only queued on a worker that dies is sent to the next one.
+      await until(() => (a.router as ProcessRouter).running === 1 && (b.router as ProcessRouter).running === 1, 'both calls running');
       process.kill(pidA, 'SIGKILL');
 
       const failed = await pendingA;
@@ -90,7 +91,8 @@ describe('sandbox workers', () => {
 
   it('quarantines a tenant that keeps crashing its worker, and keeps serving it there', async () => {
     const log = new CapturedLog();
-    const pool = new SandboxPool({ log: log.logger, workers: 1 });
+    // Every client here is 127.0.0.1: no penalty on the source, so that its next calls are served.
+    const pool = new SandboxPool({ log: log.logger, workers: 1, penaltyStrikes: 1e9 });
     const bad = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'crasher', limits: { routerTimeoutMs: 5000 } });
     const good = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'bystander' });
     try {
@@ -120,32 +122,36 @@ describe('sandbox workers', () => {
     }
   });
 
-  it('cools down a router that keeps hitting its time limit', async () => {
-    const cooldown = { strikes: 3, windowMs: 10_000, initialMs: 300, maxMs: 1000 };
+  it('refuses for a while the client source whose calls keep hitting the time limit, and no other', async () => {
+    const log = new CapturedLog();
+    const pool = new SandboxPool({ log: log.logger, workers: 1, penaltyStrikes: 3, penaltyMs: 300 });
     // A limit long enough that a busy test machine cannot starve a spinning call below a quarter
     // of it in CPU (a starved time-out is no strike).
-    const proxy = await startProxy(`proxy((data) => { if (data === 'bad') for (;;) {} return { close: 'ok' }; });`, { cooldown, limits: { routerTimeoutMs: 200 } });
+    const proxy = await startProxy(`proxy((data) => { if (data === 'bad') for (;;) {} return { close: 'ok' }; });`, { sharedPool: pool, tenant: 'spin', limits: { routerTimeoutMs: 200 } });
     try {
-      for (let i = 0; i < 3; i++) await exchange(proxy.port, ['bad']);
-      const cooled = await exchange(proxy.port, ['good']);
-      assert.equal(cooled.data, '', 'closed at once while cooling down');
-      const rejected = await proxy.log.waitFor((r) => r.msg === 'connection rejected' && r.client === cooled.client);
-      assert.equal(rejected.reason, 'router_cooldown');
-      await proxy.log.waitFor((r) => typeof r.msg === 'string' && r.msg.includes('cooling down for 300 ms'));
-      await sleep(cooldown.initialMs); // the cool-down is a span of time: let it pass
-      assert.equal((await exchange(proxy.port, ['good'])).data, 'ok');
-      assert.equal(proxy.listener.stats.rejections.get('router_cooldown'), 1);
+      for (let i = 0; i < 3; i++) await exchange(proxy.port, ['bad'], { from: '127.0.0.2' });
+      const refused = await exchange(proxy.port, ['good'], { from: '127.0.0.2' });
+      assert.equal(refused.data, '', 'closed at once while its source is refused');
+      const rejected = await proxy.log.waitFor((r) => r.msg === 'connection rejected' && r.client === refused.client);
+      assert.equal(rejected.reason, 'source_penalty');
+      await log.waitFor((r) => r.msg === 'client source refused for a while: its calls kept running into the time limit' && r.source === '127.0.0.2' && r.penaltyMs === 300);
+      // Another client of the same tenant is served meanwhile.
+      assert.ok(pool.penaltyFor('spin', '127.0.0.2') > 0);
+      assert.equal((await exchange(proxy.port, ['good'], { from: '127.0.0.3' })).data, 'ok');
+      await until(() => pool.penaltyFor('spin', '127.0.0.2') === 0, 'the penalty ends', 5000);
+      assert.equal((await exchange(proxy.port, ['good'], { from: '127.0.0.2' })).data, 'ok');
+      assert.equal(proxy.listener.stats.rejections.get('source_penalty'), 1);
     } finally {
       await proxy.close();
+      await pool.close();
     }
   });
 
   it('moves a router that runs into its time limit to the low-priority slow lane, with its queued calls, and back', async () => {
     const log = new CapturedLog();
-    const strikeWindowMs = 2000;
-    const pool = new SandboxPool({ log: log.logger, workers: 1, strikeWindowMs });
-    const noCooldown = { strikes: 1e9, windowMs: 1, initialMs: 1, maxMs: 1 };
-    const slow = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'slow', limits: { routerTimeoutMs: 100 }, cooldown: noCooldown });
+    const slowLaneQuietMs = 2000;
+    const pool = new SandboxPool({ log: log.logger, workers: 1, slowLaneQuietMs, penaltyStrikes: 1e9 });
+    const slow = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'slow', limits: { routerTimeoutMs: 100 } });
     const good = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'good' });
     const niceness = (pid: number): number => Number(procStat(pid)[16]);
     const schedBatch = 3;
@@ -185,8 +191,8 @@ describe('sandbox workers', () => {
       assert.equal((await exchange(good.port, ['fine'])).data, `${echo.port}:fine`);
       assert.equal((good.router as ProcessRouter).pid, shared);
       assert.equal((good.router as ProcessRouter).inSlowLane, false);
-      // A whole strike window without a time-out brings it back to its shared worker.
-      await log.waitFor((r) => r.msg === 'router back from the slow lane' && r.tenant === 'slow', strikeWindowMs + 3000);
+      // A quiet period without a time-out brings it back to its shared worker.
+      await log.waitFor((r) => r.msg === 'router back from the slow lane' && r.tenant === 'slow', slowLaneQuietMs + 3000);
       assert.equal(slowRouter.inSlowLane, false);
       assert.equal(slowRouter.pid, shared);
       assert.equal((await exchange(slow.port, ['home'])).data, `${echo.port}:home`);
@@ -197,11 +203,10 @@ describe('sandbox workers', () => {
     }
   });
 
-  it('a time-out the router spent waiting for the CPU is no strike: no slow lane, no cool-down', async () => {
+  it('a time-out the router spent waiting for the CPU is no strike: no slow lane, no penalty', async () => {
     const log = new CapturedLog();
-    const pool = new SandboxPool({ log: log.logger, workers: 1 });
-    const oneStrike = { strikes: 1, windowMs: 60_000, initialMs: 60_000, maxMs: 60_000 };
-    const proxy = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'starved', limits: { routerTimeoutMs: 300 }, cooldown: oneStrike });
+    const pool = new SandboxPool({ log: log.logger, workers: 1, penaltyStrikes: 1, penaltyMs: 60_000 });
+    const proxy = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'starved', limits: { routerTimeoutMs: 300 } });
     const cpuTicks = (pid: number): number => Number(procStat(pid)[11]) + Number(procStat(pid)[12]); // utime + stime
     try {
       const r = proxy.router as ProcessRouter;
@@ -221,12 +226,12 @@ describe('sandbox workers', () => {
       assert.match(String(rejected.detail), /busy machine/);
       // But it counts against nothing: the next call is served, on the same worker.
       assert.equal((await exchange(proxy.port, ['after'])).data, `${echo.port}:after`);
-      assert.equal(r.coolingDown, false);
+      assert.equal(pool.penaltyFor('starved', '127.0.0.1'), 0);
       assert.equal(r.inSlowLane, false);
       assert.equal(r.pid, pid);
-      // A time-out it spends spinning does count (one strike cools it down here).
+      // A time-out it spends spinning does count (one strike is a penalty here).
       await exchange(proxy.port, ['spin']);
-      assert.equal(r.coolingDown, true);
+      assert.ok(pool.penaltyFor('starved', '127.0.0.1') > 0);
       assert.equal(r.inSlowLane, true);
     } finally {
       await proxy.close();
@@ -236,8 +241,8 @@ describe('sandbox workers', () => {
 
   it('serves a good tenant while a hostile one spins at its limit on the same worker', async () => {
     // The slow lane is off here: the worker's own scheduling is what is tested.
-    const pool = new SandboxPool({ log: new CapturedLog().logger, workers: 1, slowLaneStrikes: 1e9 });
-    const hostile = await startProxy('proxy(() => { for (;;) {} });', { sharedPool: pool, tenant: 'hostile', cooldown: { strikes: 1e9, windowMs: 1, initialMs: 1, maxMs: 1 } });
+    const pool = new SandboxPool({ log: new CapturedLog().logger, workers: 1, slowLaneStrikes: 1e9, penaltyStrikes: 1e9 });
+    const hostile = await startProxy('proxy(() => { for (;;) {} });', { sharedPool: pool, tenant: 'hostile' });
     const good = await startProxy(router(echo.port, stream.port), { sharedPool: pool, tenant: 'good' });
     try {
       let attacking = true;

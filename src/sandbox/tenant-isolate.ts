@@ -20,6 +20,12 @@ export interface IsolateSpec {
    * compile that only serves to locate syntax errors.
    */
   readonly checked?: boolean;
+  /**
+   * Start with asynchronous calls (see syncBudgetMs): the pool knows the tenant ran into its
+   * time limit or hung a worker before, so a worker it is loaded into again never runs it on
+   * its own thread.
+   */
+  readonly asyncCalls?: boolean;
 }
 
 export interface TenantIsolateOptions {
@@ -31,6 +37,9 @@ export interface TenantIsolateOptions {
 }
 
 export type EntryPoint = 'route' | 'accept' | 'hook';
+
+/** How a call runs: on the worker's own thread, blocking it (`sync`), or on an isolated-vm thread. */
+export type CallMode = 'sync' | 'async';
 
 /** One live isolate: a context with the prelude and the tenant script loaded. */
 interface Instance {
@@ -87,6 +96,7 @@ export class TenantIsolate {
   private constructor(spec: IsolateSpec, options: TenantIsolateOptions) {
     this.#spec = spec;
     this.#syncCalls = options.syncCalls === true;
+    if (spec.asyncCalls === true) this.#asyncUntil = Date.now() + asyncSpellMs;
     this.#watchdog = setInterval(() => this.#checkProgress(), Math.max(100, spec.routerTimeoutMs)).unref();
   }
 
@@ -115,8 +125,11 @@ export class TenantIsolate {
     return this.#syncCalls && Date.now() >= this.#asyncUntil ? 'sync' : 'async';
   }
 
-  /** Calls one prelude entry point; resolves with its envelope text, rejects with RouterError. */
-  async call(fn: EntryPoint, args: readonly (string | number)[]): Promise<string> {
+  /**
+   * Calls one prelude entry point; resolves with its envelope text, rejects with RouterError.
+   * `onStart` is told just before the tenant's code starts running, and how.
+   */
+  async call(fn: EntryPoint, args: readonly (string | number)[], onStart?: (mode: CallMode) => void): Promise<string> {
     let instance: Instance;
     try {
       instance = await this.#ensure();
@@ -126,6 +139,7 @@ export class TenantIsolate {
     if (this.#inflight++ === 0) this.#progressAt = Date.now();
     const options = { timeout: this.#spec.routerTimeoutMs };
     const sync = this.#syncCalls && this.#inflight === 1 && Date.now() >= this.#asyncUntil;
+    onStart?.(sync ? 'sync' : 'async');
     const wallStart = performance.now();
     const cpuStart = sync ? processCpuMs() : 0;
     try {

@@ -14,11 +14,18 @@ import { decodeResponse, encodeRequest, FrameReader, FrameWriter, Op, type Respo
 /** A call sent to a worker and not answered yet. */
 export interface Pending {
   readonly proc: WorkerProcess;
+  readonly op: Op;
   readonly slot: number;
   readonly sentAt: number;
   /** How long the call may take before its worker counts as stuck. */
   readonly limitMs: number;
   readonly promise: Promise<Response>;
+  /** When the worker said the call started running, until it is known to have finished. */
+  startedAt?: number;
+  /** It started on the worker's own thread (synchronously): it is over once another starts there. */
+  startedSync?: boolean;
+  /** Whose call it is, and the client it is for: whom a crash or hang during it is blamed on. */
+  owner?: { readonly tenant: string; readonly address: string | undefined };
   /** The supervisor found this call stuck and killed its worker for it. */
   stuck?: boolean;
   resolve(r: Response): void;
@@ -102,7 +109,7 @@ export class WorkerProcess {
       resolve = res;
       reject = rej;
     });
-    const pending: Pending = { proc: this, slot, sentAt: Date.now(), limitMs, promise, resolve, reject };
+    const pending: Pending = { proc: this, op, slot, sentAt: Date.now(), limitMs, promise, resolve, reject };
     this.pending.set(id, pending);
     this.#writer.write(encodeRequest(id, op, slot, conn, extra));
     return pending;
