@@ -151,6 +151,15 @@ describe('blame', () => {
     assert.equal(b.refusal('t', '10.0.0.1', 1), 0, 'its first two faults were forgotten with it');
   });
 
+  it('forgets a deleted tenant at once, and says where it goes', () => {
+    const b = new Blame(policy);
+    for (const at of [0, 1, 2]) b.strike('t', 'crash', '10.0.0.1', at);
+    assert.deepEqual(b.forget('t'), [{ kind: 'move', tenant: 't', from: Placement.quarantine, to: Placement.shared, strikes: 0, timeouts: 0 }]);
+    assert.equal(b.strikes('t', 3), 0);
+    assert.equal(b.refusal('t', '10.0.0.1', 3), 0);
+    assert.deepEqual(b.forget('t'), []);
+  });
+
   it('forgets tenants with nothing left to remember', () => {
     const b = new Blame(policy);
     b.timeout('t', '10.0.0.1', 0);

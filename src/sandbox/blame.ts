@@ -146,6 +146,15 @@ export class Blame {
     return [...this.#moved(tenant, before, at), ...this.#fault(tenant, t, address, at)];
   }
 
+  /** Forgets a tenant's record (the tenant was deleted: its name may be given to another). */
+  forget(tenant: string): Verdict[] {
+    const before = this.placement(tenant);
+    this.#tenants.delete(tenant);
+    this.#penalties.delete(tenant);
+    const to = this.placement(tenant);
+    return to === before ? [] : [{ kind: 'move', tenant, from: before, to, strikes: 0, timeouts: 0 }];
+  }
+
   /**
    * Time passes: quarantines and slow-lane spells whose quiet period is over end, and records
    * with nothing left to remember are dropped. Returns the moves.

@@ -44,6 +44,8 @@ export interface TenantSpec extends IsolateSpec {
 
 /** What an isolate is taken to weigh until its worker says (a small router's is about 1 MiB). */
 const estimatedHeapBytes = 2 * 1024 * 1024;
+/** How long a check process may take to start (boot Node, load isolated-vm) before its load starts. */
+const workerStartMs = 30_000;
 /** How many times a call that was only queued on a worker that died is sent again. */
 const maxResends = 2;
 
@@ -252,15 +254,20 @@ export class SandboxPool {
   async check(spec: TenantSpec): Promise<string> {
     const proc = this.#spawn(`check:${spec.tenant}`);
     const limitMs = scriptLimits.loadTimeoutMs + this.#options.stuckGraceMs;
-    const timer = setTimeout(() => proc.kill(), limitMs);
+    // The script's time counts from when its load starts running: a process still starting on a
+    // busy machine is not a script that hangs. Starting has a bound of its own.
+    let timer = setTimeout(() => proc.kill(), workerStartMs + limitMs);
+    const pending = proc.request(Op.load, 0, limitMs, undefined, { json: JSON.stringify(spec) });
+    pending.onStarted = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => proc.kill(), limitMs);
+    };
+    const crashed = (): never => {
+      throw new RouterLoadError('ERR_ROUTER_CRASH', 'the script crashed or hung the sandbox while loading');
+    };
     try {
-      const response = await Promise.race([
-        proc.request(Op.load, 0, limitMs, undefined, { json: JSON.stringify(spec) }).promise,
-        proc.exited.then(() => {
-          throw new RouterLoadError('ERR_ROUTER_CRASH', 'the script crashed or hung the sandbox while loading');
-        }),
-      ]);
-      return loadResult(response);
+      // The load fails when its process exits (the pool fails what was pending there), whichever comes first.
+      return loadResult(await Promise.race([pending.promise.catch(crashed), proc.exited.then(crashed)]));
     } finally {
       clearTimeout(timer);
       proc.kill();
@@ -303,11 +310,18 @@ export class SandboxPool {
     this.#dropIdleQuarantine(entry.spec.tenant);
   }
 
-  /** Kills every worker. */
+  /** Forgets what blame holds against a tenant name (the tenant was deleted; the name may be reused). */
+  forget(tenant: string): void {
+    this.#blame.forget(tenant);
+    for (const entry of this.#tenants.values()) if (entry.spec.tenant === tenant && entry.host !== entry.home) this.#move(entry, entry.home);
+    this.#dropIdleQuarantine(tenant);
+  }
+
+  /** Kills every worker, retiring ones too. */
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#timer);
-    const procs = this.#hosts().map((h) => h.current);
+    const procs = [...this.#procs];
     // Profiled workers are let go by closing their channel, so they write their profile.
     if (workerFlags().length > 0) {
       for (const p of procs) (p.child.stdio[3] as Socket).end();
@@ -405,6 +419,7 @@ export class SandboxPool {
       }
       pending.startedAt = Date.now();
       pending.startedSync = r.payload === 'sync';
+      pending.onStarted?.();
       return;
     }
     proc.pending.delete(r.id);

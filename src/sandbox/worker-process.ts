@@ -26,6 +26,8 @@ export interface Pending {
   startedSync?: boolean;
   /** Whose call it is, and the client it is for: whom a crash or hang during it is blamed on. */
   owner?: { readonly tenant: string; readonly address: string | undefined };
+  /** Told when the worker says the call started. */
+  onStarted?: () => void;
   /** The supervisor found this call stuck and killed its worker for it. */
   stuck?: boolean;
   resolve(r: Response): void;
