@@ -8,11 +8,12 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import type { Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
+import { getPriority } from 'node:os';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SandboxPool } from '../src/sandbox/pool.js';
 import type { ProcessRouter } from '../src/sandbox/process-router.js';
-import { CapturedLog, dial, exchange, startEchoBackend, startProxy, startServer, type TestServer, until } from './helpers.js';
+import { CapturedLog, dial, exchange, type Exchange, startEchoBackend, startProxy, startServer, type TestServer, until } from './helpers.js';
 
 /** Sends `text` on an open socket and resolves with the next chunk that comes back. */
 async function roundTrip(socket: Socket, text: string): Promise<string> {
@@ -162,27 +163,41 @@ describe('sandbox workers', () => {
       // Two calls that spin, and two more behind them on the shared worker (which runs one call
       // of a tenant at a time). When the first times out the tenant moves; the second is then
       // running there and finishes there, and the two queued behind it go with the tenant.
-      const spinning = exchange(slow.port, ['spin']);
-      await until(() => slowRouter.pending === 1, 'the first spinning call is in flight');
-      const spinningToo = exchange(slow.port, ['spin']);
-      await until(() => slowRouter.pending === 2, 'the second is in flight');
-      const queued = [exchange(slow.port, ['q1']), exchange(slow.port, ['q2'])];
-      await until(() => slowRouter.pending === 4, 'two calls queued behind them');
+      // The worker is stopped while the four are sent, so that all are there before the first
+      // can time out, however slowly this process gets them out on a busy machine.
+      process.kill(shared, 'SIGSTOP');
+      let spinning: Promise<Exchange>;
+      let spinningToo: Promise<Exchange>;
+      let queued: Promise<Exchange>[];
+      try {
+        spinning = exchange(slow.port, ['spin']);
+        await until(() => slowRouter.pending === 1, 'the first spinning call is in flight');
+        spinningToo = exchange(slow.port, ['spin']);
+        await until(() => slowRouter.pending === 2, 'the second is in flight');
+        queued = [exchange(slow.port, ['q1'])];
+        await until(() => slowRouter.pending === 3, 'a call queued behind them');
+        queued.push(exchange(slow.port, ['q2']));
+        await until(() => slowRouter.pending === 4, 'two calls queued behind them');
+      } finally {
+        process.kill(shared, 'SIGCONT');
+      }
       for (const spun of await Promise.all([spinning, spinningToo])) {
         assert.equal((await slow.log.waitFor((r) => r.msg === 'connection rejected' && r.client === spun.client)).reason, 'router_timeout');
       }
-      await log.waitFor((r) => r.msg === 'router keeps running into its time limit: moved to the slow lane' && r.tenant === 'slow');
-      // The queued calls went with it and were answered there.
+      const moved = await log.waitFor((r) => r.msg === 'router keeps running into its time limit: moved to the slow lane' && r.tenant === 'slow');
+      assert.equal(moved.placement, 'slow-lane');
+      // The queued calls went with it and were answered there. (On a busy machine the slow lane
+      // can take longer to start than its quiet period lasts: the tenant may be back by now, so
+      // the lane is known by its log lines, not by where the tenant is.)
       assert.deepEqual(
         (await Promise.all(queued)).map((r) => r.data),
         [`${echo.port}:q1`, `${echo.port}:q2`],
       );
-      assert.equal(slowRouter.inSlowLane, true);
       assert.equal(slowRouter.quarantined, false);
-      const lanePid = slowRouter.pid!;
+      const lanePid = Number((await log.waitFor((r) => r.msg === 'sandbox worker started' && r.worker === 'slow-lane')).workerPid);
       assert.notEqual(lanePid, shared);
       assert.equal(niceness(lanePid), 19, 'the slow lane runs at the lowest priority');
-      assert.equal(niceness(shared), 0);
+      assert.equal(niceness(shared), getPriority(), "a shared worker runs at the proxy's own priority");
       // Workers run under SCHED_BATCH (started through chrt, which every Linux here has).
       for (const pid of [shared, lanePid]) assert.equal(Number(procStat(pid)[38]), schedBatch, `policy of worker ${pid}`);
       const started = log.records.filter((r) => r.msg === 'sandbox worker started');
