@@ -153,6 +153,8 @@ export class FrameWriter {
   readonly #stream: NodeJS.WritableStream;
   readonly #paced: boolean;
   #frames: Buffer[] = [];
+  /** How many of #frames answer something (not news such as `started`). */
+  #answers = 0;
   #scheduled = false;
   /** Paced: a batch went out and the peer has not answered since. */
   #awaiting = false;
@@ -164,8 +166,13 @@ export class FrameWriter {
     this.#paced = options.paced === true;
   }
 
-  write(frame: Buffer): void {
+  /**
+   * Queues a frame. `news` (a `started` frame) tells the peer something without answering its
+   * batch: the batch is still owed an answer, and a paced peer does not count it as one.
+   */
+  write(frame: Buffer, options: { news?: boolean } = {}): void {
     this.#frames.push(frame);
+    if (options.news !== true) this.#answers++;
     this.#schedule();
   }
 
@@ -180,7 +187,9 @@ export class FrameWriter {
    * may not give it back (a synchronous call), so that the peer knows what it started.
    */
   flushNow(): void {
-    if (this.#frames.length > 0) this.#flush();
+    if (this.#frames.length === 0) return;
+    if (this.#answers > 0) this.#owed = false;
+    this.#send();
   }
 
   /** The peer sent a batch: something goes back at the end of this turn. */
@@ -197,12 +206,20 @@ export class FrameWriter {
 
   readonly #flush = (): void => {
     this.#scheduled = false;
-    if (this.#frames.length === 0 && this.#owed) this.#frames.push(encodeResponse(ackId, Status.ok, ''));
+    if (this.#answers === 0 && this.#owed) {
+      this.#frames.push(encodeResponse(ackId, Status.ok, ''));
+      this.#answers++;
+    }
     this.#owed = false;
     if (this.#frames.length === 0) return;
-    const frames = this.#frames;
-    this.#frames = [];
-    this.#stream.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames));
+    this.#send();
     if (this.#paced) this.#awaiting = true;
   };
+
+  #send(): void {
+    const frames = this.#frames;
+    this.#frames = [];
+    this.#answers = 0;
+    this.#stream.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames));
+  }
 }

@@ -9,7 +9,7 @@ import type { Socket } from 'node:net';
 import { setPriority } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { ConnInfo } from './router.js';
-import { decodeResponse, encodeRequest, FrameReader, FrameWriter, Op, type Response } from './wire.js';
+import { decodeResponse, encodeRequest, FrameReader, FrameWriter, Op, type Response, Status } from './wire.js';
 
 /** A call sent to a worker and not answered yet. */
 export interface Pending {
@@ -91,9 +91,15 @@ export class WorkerProcess {
     const writer = (this.#writer = new FrameWriter(channel, { paced: true }));
     const reader = new FrameReader();
     channel.on('data', (chunk: Buffer) => {
-      writer.answered();
+      // News (a call started) is no answer: the next batch waits for one.
+      let answered = false;
       try {
-        reader.push(chunk, (body) => onResponse(this, decodeResponse(body)));
+        reader.push(chunk, (body) => {
+          const r = decodeResponse(body);
+          if (r.status !== Status.started) answered = true;
+          onResponse(this, r);
+        });
+        if (answered) writer.answered();
       } catch {
         this.kill(); // a worker that speaks garbage is not to be trusted further
       }

@@ -101,7 +101,7 @@ function handle(r: Request): void {
 
 function load(id: number, slot: number, spec: IsolateSpec & { tenant: string }): void {
   const { tenant: name, ...isolateSpec } = spec;
-  writer.write(encodeResponse(id, Status.started, 'load'));
+  writer.write(encodeResponse(id, Status.started, 'load'), { news: true });
   // Loading a slot again (after the pool unloaded it, or twice) replaces what was there.
   const previous = tenants.get(slot);
   if (previous !== undefined) retire(previous);
@@ -147,7 +147,7 @@ function pump(): void {
  * pool that the synchronous call before it has returned, whose answer may not be written yet.
  */
 function started(id: number, mode: CallMode): void {
-  writer.write(encodeResponse(id, Status.started, mode));
+  writer.write(encodeResponse(id, Status.started, mode), { news: true });
   if (mode === 'sync') writer.flushNow();
 }
 
