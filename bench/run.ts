@@ -480,7 +480,7 @@ interface Fairness {
   attacks: number;
 }
 interface SandboxResult {
-  fairness: { alone: Fairness; otherWorker: Fairness; sameWorker: Fairness; sameWorkerCooldown: Fairness };
+  fairness: { alone: Fairness; otherWorker: Fairness; sameWorker: Fairness; sameWorkerPenalty: Fairness };
   bombs: { before: number; peak: number; after: number; reasons: Record<string, number>; sameWorker: boolean };
 }
 
@@ -976,7 +976,7 @@ function targets(
       f === undefined || r === undefined ? 'skipped' : `${fmt(r.p99)} vs ${fmt(f.alone.p99)} µs alone`);
   fair('other worker', f?.otherWorker);
   fair('same worker', f?.sameWorker);
-  fair('same worker + cool-down', f?.sameWorkerCooldown);
+  fair('same worker + source penalty', f?.sameWorkerPenalty);
   return rows;
 }
 
@@ -1050,9 +1050,9 @@ function extraTables(http: HttpScenario | undefined, idle: IdleScenario | undefi
     const r = (label: string, x: Fairness): void =>
       void out.push(`  ${label.padEnd(50)} p50 ${fmt(x.p50).padStart(6)}  p99 ${fmt(x.p99).padStart(6)}  ${times(x.p99 / f.alone.p99).padStart(7)} alone  (${x.attacks} hostile calls)`);
     r('alone', f.alone);
-    r('hostile on the other worker, no cool-down', f.otherWorker);
-    r('hostile on the same worker, no cool-down', f.sameWorker);
-    r('hostile on the same worker, with cool-down', f.sameWorkerCooldown);
+    r('hostile on the other worker, no penalty', f.otherWorker);
+    r('hostile on the same worker, no penalty', f.sameWorker);
+    r('hostile on the same worker, with source penalty', f.sameWorkerPenalty);
   }
   return out.join('\n');
 }

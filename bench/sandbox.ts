@@ -3,7 +3,8 @@
  *
  * - fairness: a good tenant's decision latency (p50/p99, calls through the worker pool as the
  *   service makes them) alone, then beside a hostile tenant whose router spins at its time limit
- *   on every call — on a separate worker and on the same worker, with and without the cool-down;
+ *   on every call — on a separate worker and on the same worker, with and without the penalty on
+ *   the hostile client's source address (blame.ts);
  * - memory bombs: a worker's resident memory after 500 calls that each exhaust their isolate's
  *   32 MiB heap.
  *
@@ -13,7 +14,6 @@
  */
 import { readFileSync } from 'node:fs';
 import { pino } from 'pino';
-import { cooldownDefaults } from '../src/config.js';
 import { RouterConsole } from '../src/sandbox/console.js';
 import { SandboxPool } from '../src/sandbox/pool.js';
 import { ProcessRouter } from '../src/sandbox/process-router.js';
@@ -37,7 +37,6 @@ proxy((data) => {
   return Object.hasOwn(users, m[1]) ? { remote: users[m[1]] } : { close: true };
 });`;
 const spin = 'proxy(() => { for (;;) {} });';
-const noCooldown = { ...cooldownDefaults, strikes: Number.MAX_SAFE_INTEGER };
 
 function spec(tenant: string, source: string, memoryMb = 32) {
   return { tenant, source, filename: `${tenant}.js`, routerTimeoutMs: 50, memoryMb };
@@ -48,11 +47,11 @@ function percentile(sorted: number[], p: number): number {
 }
 
 /** A good tenant's decision latencies (µs), sequential calls, while `hostile` (if any) attacks. */
-async function latencies(workers: number, hostile: 'none' | 'other-worker' | 'same-worker', cooldown: boolean): Promise<{ p50: number; p99: number; attacks: number }> {
-  const pool = new SandboxPool({ log, workers });
+async function latencies(workers: number, hostile: 'none' | 'other-worker' | 'same-worker', penalty: boolean): Promise<{ p50: number; p99: number; attacks: number }> {
+  const pool = new SandboxPool({ log, workers, ...(penalty ? {} : { penaltyStrikes: Number.MAX_SAFE_INTEGER }) });
   try {
     // Tenants are spread round-robin over the workers: the order of loading places them.
-    const bad = hostile === 'none' ? undefined : await ProcessRouter.load(pool, spec('hostile', spin), new RouterConsole(log, 'hostile'), cooldown ? cooldownDefaults : noCooldown);
+    const bad = hostile === 'none' ? undefined : await ProcessRouter.load(pool, spec('hostile', spin), new RouterConsole(log, 'hostile'));
     const router = await ProcessRouter.load(pool, spec('good', good), new RouterConsole(log, 'good'));
     if (bad !== undefined && (bad.pid === router.pid) !== (hostile === 'same-worker')) throw new Error('tenants not placed as intended');
     const data = gitRequest('mojombo', 'grit');
@@ -65,9 +64,12 @@ async function latencies(workers: number, hostile: 'none' | 'other-worker' | 'sa
     // The hostile tenant: 4 connections at a time, each call spinning to the limit.
     const attackers = Array.from({ length: bad === undefined ? 0 : 4 }, async () => {
       while (attacking) {
-        await bad!.route('x', conn).catch(() => undefined);
+        const refused = await bad!.route('x', conn).then(
+          () => false,
+          (e: { reason?: string }) => e.reason === 'source_penalty',
+        );
         attacks++;
-        if (bad!.coolingDown) await new Promise((r) => setTimeout(r, 10));
+        if (refused) await new Promise((r) => setTimeout(r, 10));
       }
     });
     const samples: number[] = [];
@@ -115,7 +117,7 @@ const fairness = {
   alone: await latencies(2, 'none', true),
   otherWorker: await latencies(2, 'other-worker', false),
   sameWorker: await latencies(1, 'same-worker', false),
-  sameWorkerCooldown: await latencies(1, 'same-worker', true),
+  sameWorkerPenalty: await latencies(1, 'same-worker', true),
 };
 const bombResult = await memoryBombs();
 
@@ -123,9 +125,9 @@ const row = (name: string, r: { p50: number; p99: number; attacks: number }): st
   `  ${name.padEnd(52)} ${r.p50.toFixed(0).padStart(7)} ${r.p99.toFixed(0).padStart(7)} ${(r.p99 / fairness.alone.p99).toFixed(2).padStart(8)}x ${String(r.attacks).padStart(8)}`;
 console.log(`good tenant's decision latency, ${calls} sequential calls (µs)          p50     p99  p99/alone  attacks`);
 console.log(row('alone', fairness.alone));
-console.log(row('hostile neighbour on the other worker, no cool-down', fairness.otherWorker));
-console.log(row('hostile neighbour on the same worker, no cool-down', fairness.sameWorker));
-console.log(row('hostile neighbour on the same worker, with cool-down', fairness.sameWorkerCooldown));
+console.log(row('hostile neighbour on the other worker, no penalty', fairness.otherWorker));
+console.log(row('hostile neighbour on the same worker, no penalty', fairness.sameWorker));
+console.log(row('hostile neighbour on the same worker, source penalty', fairness.sameWorkerPenalty));
 console.log(
   `worker RSS across ${bombs} memory bombs (32 MiB isolates): ${bombResult.before.toFixed(0)} MiB before, peak ${bombResult.peak.toFixed(0)}, ${bombResult.after.toFixed(0)} after; outcomes ${JSON.stringify(bombResult.reasons)}; ${bombResult.sameWorker ? 'same worker throughout' : 'worker replaced'}`,
 );

@@ -97,16 +97,35 @@ export const sandboxDefaults = Object.freeze({
   workers: 2,
   /** Calls one worker runs at once. */
   concurrency: 4,
-  /** Crashes or hangs blamed on a tenant within the window before it is quarantined. */
+  /**
+   * Blame (see sandbox/blame.ts), kept per tenant name across new versions of its router. A
+   * worker crash or hang is blamed only on the call that was running: `quarantineStrikes` of them
+   * within `strikeWindowMs` move the tenant to a quarantine worker of its own, until
+   * `quarantineQuietMs` pass without a strike.
+   */
   quarantineStrikes: 3,
   strikeWindowMs: 10 * 60_000,
+  quarantineQuietMs: 10 * 60_000,
   /**
-   * Calls of one tenant that ran into their time limit within `strikeWindowMs` before the tenant
-   * moves to the slow lane: a shared worker at the lowest CPU priority, where a router that
-   * spins takes CPU time only when other workers leave it. It returns after a whole window
-   * without a time-out.
+   * Calls of one tenant that ran into their time limit (or hung) within `strikeWindowMs` before
+   * the tenant moves to the slow lane: a shared worker at the lowest CPU priority, where a router
+   * that spins takes CPU time only when other workers leave it. It returns after
+   * `slowLaneQuietMs` without a time-out.
    */
   slowLaneStrikes: 1,
+  slowLaneQuietMs: 10 * 60_000,
+  /**
+   * A client source (an IPv4 address, an IPv6 /64) whose calls to one tenant ran into the time
+   * limit, hung or crashed a worker `penaltyStrikes` times within `penaltyWindowMs` has its new
+   * connections to that tenant refused (`source_penalty`) for `penaltyMs`, doubling for each
+   * penalty that follows within `penaltyWindowMs` of the last, up to `penaltyMaxMs`. At most
+   * `penaltySources` sources are tracked per tenant. Nothing refuses a tenant's other clients.
+   */
+  penaltyStrikes: 3,
+  penaltyWindowMs: 10_000,
+  penaltyMs: 5_000,
+  penaltyMaxMs: 120_000,
+  penaltySources: 4096,
   /** How far past its own limit a call may run before its worker is killed. */
   stuckGraceMs: 3000,
   /** A worker over this resident size is replaced once its calls drain (which drops its isolates). */
@@ -114,12 +133,4 @@ export const sandboxDefaults = Object.freeze({
   /** Tenant isolates kept built, and their heap in MiB; past either the least recently used are unloaded. */
   maxWarmIsolates: 1000,
   maxWarmMb: 2048,
-});
-
-/** CPU cool-down of a router that keeps hitting its time limit (see sandbox/process-router.ts). */
-export const cooldownDefaults: { readonly strikes: number; readonly windowMs: number; readonly initialMs: number; readonly maxMs: number } = Object.freeze({
-  strikes: 5,
-  windowMs: 10_000,
-  initialMs: 5_000,
-  maxMs: 120_000,
 });

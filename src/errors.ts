@@ -11,7 +11,7 @@ export const CloseReason = {
   routerMemory: 'router_memory',
   routerInvalid: 'router_invalid',
   routerUnavailable: 'router_unavailable',
-  routerCooldown: 'router_cooldown',
+  sourcePenalty: 'source_penalty',
   policyDenied: 'policy_denied',
   connectFailed: 'connect_failed',
   connectionLimit: 'connection_limit',
@@ -39,7 +39,7 @@ export class RouterError extends SwitchyardError {
   /**
    * A time-out the router is not to blame for: the call used under a quarter of its time limit as
    * CPU, so it spent the rest waiting for a busy CPU. The connection is closed all the same (the
-   * limit is of wall time), but it is no strike towards the slow lane or a cool-down.
+   * limit is of wall time), but it is no strike towards the slow lane or a source penalty.
    */
   readonly starved: boolean;
   constructor(reason: CloseReason, message: string, options?: ErrorOptions & { starved?: boolean }) {

@@ -12,7 +12,7 @@ import type { Logger } from '../src/log.js';
 import { RouterConsole } from '../src/sandbox/console.js';
 import { IsolateRouter } from '../src/sandbox/isolate-router.js';
 import { SandboxPool } from '../src/sandbox/pool.js';
-import { type CooldownPolicy, ProcessRouter } from '../src/sandbox/process-router.js';
+import { ProcessRouter } from '../src/sandbox/process-router.js';
 import type { Router } from '../src/sandbox/router.js';
 import { execFile, spawn as spawnProcess, type ChildProcess } from 'node:child_process';
 import {
@@ -115,8 +115,6 @@ export interface ProxyOptions {
   sharedPool?: SandboxPool;
   /** Hosting mode's backend policy; absent, any backend is allowed. */
   gate?: ConstructorParameters<typeof TenantListener>[0]['gate'];
-  /** CPU cool-down policy of a process-sandboxed router. */
-  cooldown?: CooldownPolicy;
 }
 
 /** Starts a single-router proxy on 127.0.0.1, port 0, with its log captured. */
@@ -137,11 +135,11 @@ export async function startProxy(source: string, options: ProxyOptions = {}): Pr
   if (options.sandbox === 'in-process') {
     router = await IsolateRouter.load({ ...spec, console });
   } else if (options.sharedPool !== undefined) {
-    router = await ProcessRouter.load(options.sharedPool, { ...spec, tenant }, console, options.cooldown);
+    router = await ProcessRouter.load(options.sharedPool, { ...spec, tenant }, console);
   } else {
     pool = new SandboxPool({ workers: 1, ...options.pool, log: log.logger });
     try {
-      router = await ProcessRouter.load(pool, { ...spec, tenant }, console, options.cooldown);
+      router = await ProcessRouter.load(pool, { ...spec, tenant }, console);
     } catch (err) {
       await pool.close();
       throw err;
@@ -216,11 +214,13 @@ export interface Exchange {
 }
 
 /**
- * Connects to `port`, sends `chunks` in order (each written after the previous), half-closes if
- * asked, and collects everything until the connection closes.
+ * Connects to `port` (from the loopback address `from`, default 127.0.0.1), sends `chunks` in
+ * order (each written after the previous), half-closes if asked, and collects everything until
+ * the connection closes.
  */
-export async function exchange(port: number, chunks: (string | Buffer)[], options: { end?: boolean } = {}): Promise<Exchange> {
-  const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+export async function exchange(port: number, chunks: (string | Buffer)[], options: { end?: boolean; from?: string } = {}): Promise<Exchange> {
+  const from = options.from ?? '127.0.0.1';
+  const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true, localAddress: from });
   await once(socket, 'connect');
   const local = socket.localPort;
   const received: Buffer[] = [];
@@ -237,7 +237,7 @@ export async function exchange(port: number, chunks: (string | Buffer)[], option
   if (options.end === true) socket.end();
   await closed;
   const data = Buffer.concat(received).toString('latin1');
-  const client = `127.0.0.1:${local}`;
+  const client = `${from}:${local}`;
   return error === undefined ? { data, client, clean: true } : { data, client, clean: false, error };
 }
 

@@ -16,6 +16,10 @@ export interface SandboxFigures {
   readonly restarts: number;
   readonly quarantined: number;
   readonly slowLane: number;
+  /** Penalties imposed on client sources so far, per tenant name. */
+  readonly penalties: Readonly<Record<string, number>>;
+  /** Client sources refused now, over all tenants. */
+  readonly penalizedSources: number;
 }
 
 type Labels = Readonly<Record<string, string>>;
@@ -72,6 +76,12 @@ export function renderMetrics(listeners: readonly TenantListener[], sandbox: San
   );
   e.family('switchyard_client_bytes_received_total', 'counter', 'Bytes received from clients.', per((l) => l.bytes.in));
   e.family('switchyard_client_bytes_sent_total', 'counter', 'Bytes sent to clients.', per((l) => l.bytes.out));
+  e.family(
+    'switchyard_source_penalties_total',
+    'counter',
+    'Penalties imposed on client sources (an IPv4 address, an IPv6 /64) whose calls kept running into the time limit, hanging or crashing a worker.',
+    per((l) => sandbox.penalties[l.tenant] ?? 0),
+  );
   e.family('switchyard_rejections_total', 'counter', 'Connections closed without being relayed, by reason.', per((l) => [...l.stats.rejections].map(([reason, n]) => [{ tenant: l.tenant, reason }, n])));
 
   e.family('switchyard_sandbox_workers', 'gauge', 'Sandbox worker processes.', [[{}, sandbox.workers]]);
@@ -81,6 +91,7 @@ export function renderMetrics(listeners: readonly TenantListener[], sandbox: San
   e.family('switchyard_sandbox_worker_rss_bytes', 'gauge', 'Resident memory of the sandbox workers.', [[{}, sandbox.workerRssBytes]]);
   e.family('switchyard_sandbox_worker_restarts_total', 'counter', 'Sandbox workers restarted after a crash or a hang.', [[{}, sandbox.restarts]]);
   e.family('switchyard_sandbox_quarantined_tenants', 'gauge', 'Tenants moved to a quarantine worker.', [[{}, sandbox.quarantined]]);
+  e.family('switchyard_sandbox_penalized_sources', 'gauge', 'Client sources refused now (source_penalty), over all tenants.', [[{}, sandbox.penalizedSources]]);
   e.family('switchyard_sandbox_slow_lane_tenants', 'gauge', 'Tenants moved to the low-priority slow-lane worker after repeated time-outs.', [[{}, sandbox.slowLane]]);
   const relay = NativeRelay.get()?.stats();
   e.family('switchyard_relay_native', 'gauge', 'Whether connections are accepted and relayed by the native data path (splice) rather than by Node streams.', [[{}, relay === undefined ? 0 : 1]]);

@@ -11,7 +11,7 @@ export const routerErrorKinds = {
   [CloseReason.routerInvalid]: 'invalid',
   [CloseReason.routerThrow]: 'throw',
   [CloseReason.routerUnavailable]: 'unavailable',
-  [CloseReason.routerCooldown]: 'cooldown',
+  [CloseReason.sourcePenalty]: 'penalty',
 } as const satisfies Partial<Record<CloseReason, string>>;
 export type RouterErrorKind = (typeof routerErrorKinds)[keyof typeof routerErrorKinds];
 
@@ -30,7 +30,7 @@ export class TenantStats {
   /** Decisions the router made, by kind. */
   readonly decisions: Record<DecisionKind, number> = { remote: 0, noop: 0, close: 0 };
   /** Router calls that failed, by kind. */
-  readonly routerErrors: Record<RouterErrorKind, number> = { timeout: 0, memory: 0, invalid: 0, throw: 0, unavailable: 0, cooldown: 0 };
+  readonly routerErrors: Record<RouterErrorKind, number> = { timeout: 0, memory: 0, invalid: 0, throw: 0, unavailable: 0, penalty: 0 };
   /** Router call durations: a count per bucket of routerCallBuckets (and one past the last), and their sum. */
   readonly routerCallBuckets: number[] = new Array<number>(routerCallBuckets.length + 1).fill(0);
   routerCallSeconds = 0;

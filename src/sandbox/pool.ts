@@ -7,6 +7,7 @@ import type { Logger } from '../log.js';
 import type { SandboxFigures } from '../metrics/prometheus.js';
 import { confineFailedExit, sandboxIdentity, type SandboxIdentity } from './confine.js';
 import type { ConnInfo } from './router.js';
+import { Blame, type BlamePolicy, Placement, type Verdict } from './blame.js';
 import type { IsolateSpec } from './tenant-isolate.js';
 import { Op, type Response, Status } from './wire.js';
 import { type Pending, quarantinePriority, slowLanePriority, WorkerHost, WorkerProcess, workerFlags } from './worker-process.js';
@@ -17,11 +18,17 @@ export interface PoolOptions {
   readonly workers?: number;
   /** Calls one worker runs at once. */
   readonly concurrency?: number;
-  /** Worker crashes or hangs blamed on one tenant, within `strikeWindowMs`, before it is quarantined. */
+  /** Blame (see config.ts and blame.ts): quarantine, slow lane and client source penalties. */
   readonly quarantineStrikes?: number;
   readonly strikeWindowMs?: number;
-  /** Time-outs of one tenant within `strikeWindowMs` before it moves to the slow lane. */
+  readonly quarantineQuietMs?: number;
   readonly slowLaneStrikes?: number;
+  readonly slowLaneQuietMs?: number;
+  readonly penaltyStrikes?: number;
+  readonly penaltyWindowMs?: number;
+  readonly penaltyMs?: number;
+  readonly penaltyMaxMs?: number;
+  readonly penaltySources?: number;
   /** A call this long past its own time limit means its worker is stuck: it is killed. */
   readonly stuckGraceMs?: number;
   /** A worker whose resident memory grows past this is replaced once its calls drain. */
@@ -43,31 +50,37 @@ export interface TenantSpec extends IsolateSpec {
 
 /** What an isolate is taken to weigh until its worker says (a small router's is about 1 MiB). */
 const estimatedHeapBytes = 2 * 1024 * 1024;
+/** How long a check process may take to start (boot Node, load isolated-vm) before its load starts. */
+const workerStartMs = 30_000;
+/** How many times a call that was only queued on a worker that died is sent again. */
+const maxResends = 2;
+
+/**
+ * A call lost with its worker through no fault of its own (it was queued, or running beside the
+ * call blamed): sent again on the worker's successor, or failed as `router_unavailable`.
+ */
+class WorkerLostError extends RouterError {}
 
 interface TenantEntry {
   readonly slot: number;
   readonly spec: TenantSpec;
   host: WorkerHost;
-  /** The shared worker it was given, where it returns from the slow lane. */
+  /** The shared worker it was given, where it returns from the slow lane or a quarantine. */
   readonly home: WorkerHost;
-  quarantined: boolean;
-  /** When worker crashes or hangs were blamed on this tenant. */
-  strikes: number[];
-  /** When its calls ran into their time limit (see slowLaneStrikes). */
-  timeouts: number[];
-  /** Calls in flight, oldest first, and when the last one was answered. */
-  readonly inflight: Pending[];
-  lastAnswerAt: number;
+  /** Calls in flight. */
+  readonly inflight: Set<Pending>;
   /** The isolate's heap once loaded, as its worker reported it. */
   heapBytes?: number;
 }
 
 /**
  * The supervisor of the sandbox worker processes. Tenants are spread over a few shared
- * workers; a worker that crashes, aborts or hangs is killed and restarted, the calls pending
- * on it fail cleanly, and other workers never notice. A tenant blamed for repeated crashes
- * or hangs moves to a quarantine worker of its own, at a lower CPU priority; one whose calls
- * keep running into their time limit moves to the slow lane, a shared worker at that priority.
+ * workers; a worker that crashes, aborts or hangs is killed and restarted, and other workers
+ * never notice. Each worker says when a call starts running: a crash is blamed on the call
+ * running longest, a hang on the call running past its limit, and those calls fail; the calls
+ * of others that were queued or running beside it are sent again to the worker's successor.
+ * What blame leads to (blame.ts) is kept per tenant name: a quarantine worker of its own, the
+ * slow lane, a penalty on the client source whose calls caused it.
  */
 export class SandboxPool {
   readonly #options: Required<Omit<PoolOptions, 'sandboxUser'>>;
@@ -78,6 +91,9 @@ export class SandboxPool {
   /** Started when a tenant first needs it. */
   #slowLane: WorkerHost | undefined;
   readonly #tenants = new Map<number, TenantEntry>();
+  readonly #blame: Blame;
+  /** Every worker process alive (retiring ones too), but for check processes. */
+  readonly #procs = new Set<WorkerProcess>();
   /**
    * Tenants whose isolate is (or is being) built in a worker, bounded by count and by the
    * isolates' heap: past either bound the least recently used is unloaded from its worker
@@ -100,6 +116,7 @@ export class SandboxPool {
       this.#identity = undefined;
       this.#log.warn('SWITCHYARD_WORKER_CPU_PROF: sandbox workers are profiled, keep the service\'s user and may open files');
     }
+    this.#blame = new Blame(this.#options as BlamePolicy);
     this.#warm = new LRUCache<number, TenantEntry>({
       max: this.#options.maxWarmIsolates,
       maxSize: this.#options.maxWarmMb * 1024 * 1024,
@@ -153,9 +170,22 @@ export class SandboxPool {
         coldStartsFromSpare += s.sparesTaken;
       }),
     );
-    const quarantined = [...this.#tenants.values()].filter((t) => t.quarantined).length;
-    const slowLane = [...this.#tenants.values()].filter((t) => t.host === this.#slowLane && !t.quarantined).length;
-    return { workers: procs.length, isolates, heapBytes, spareIsolates, coldStartsFromSpare, workerRssBytes: Math.round(workerRssBytes), restarts: this.#restarts, quarantined, slowLane };
+    const names = new Set([...this.#tenants.values()].map((t) => t.spec.tenant));
+    const placed = (p: Placement): number => [...names].filter((n) => this.#blame.placement(n) === p).length;
+    const penalties = Object.fromEntries([...names].map((n) => [n, this.#blame.penaltiesImposed(n)]));
+    return {
+      workers: procs.length,
+      isolates,
+      heapBytes,
+      spareIsolates,
+      coldStartsFromSpare,
+      workerRssBytes: Math.round(workerRssBytes),
+      restarts: this.#restarts,
+      quarantined: placed(Placement.quarantine),
+      slowLane: placed(Placement.slowLane),
+      penalties,
+      penalizedSources: this.#blame.penalizedSources(Date.now()),
+    };
   }
 
   /** The pid of the worker that serves a tenant now. */
@@ -165,16 +195,34 @@ export class SandboxPool {
 
   /** Calls of a tenant sent to its worker and not answered yet. */
   pendingFor(slot: number): number {
-    return this.#tenants.get(slot)?.inflight.length ?? 0;
+    return this.#tenants.get(slot)?.inflight.size ?? 0;
   }
 
   isQuarantined(slot: number): boolean {
-    return this.#tenants.get(slot)?.quarantined ?? false;
+    const entry = this.#tenants.get(slot);
+    return entry !== undefined && this.#blame.placement(entry.spec.tenant) === Placement.quarantine;
   }
 
   isInSlowLane(slot: number): boolean {
-    const host = this.#tenants.get(slot)?.host;
-    return host !== undefined && host === this.#slowLane;
+    const entry = this.#tenants.get(slot);
+    return entry !== undefined && this.#blame.placement(entry.spec.tenant) === Placement.slowLane;
+  }
+
+  /** Calls of a tenant its worker has started running and not answered yet. */
+  runningFor(slot: number): number {
+    let n = 0;
+    for (const p of this.#tenants.get(slot)?.inflight ?? []) if (p.startedAt !== undefined && p.op !== Op.load) n++;
+    return n;
+  }
+
+  /** Strikes (crashes and hangs) held against a tenant now. */
+  strikesOf(tenant: string): number {
+    return this.#blame.strikes(tenant, Date.now());
+  }
+
+  /** How much longer (ms) a client address is refused by a tenant; 0 if it is not. */
+  penaltyFor(tenant: string, address: string): number {
+    return this.#blame.refusal(tenant, address, Date.now());
   }
 
   /**
@@ -202,8 +250,9 @@ export class SandboxPool {
       throw new RouterLoadError('ERR_ROUTER_TOO_LARGE', `router script is larger than ${scriptLimits.maxScriptBytes} bytes`);
     }
     const slot = this.#nextSlot++;
-    const host = this.#shared[this.#nextShared++ % this.#shared.length]!;
-    this.#tenants.set(slot, { slot, spec, host, home: host, quarantined: false, strikes: [], timeouts: [], inflight: [], lastAnswerAt: 0 });
+    const home = this.#shared[this.#nextShared++ % this.#shared.length]!;
+    // A new version of a tenant's router runs where its blame put the tenant.
+    this.#tenants.set(slot, { slot, spec, host: this.#hostFor(spec.tenant, home), home, inflight: new Set() });
     return slot;
   }
 
@@ -218,15 +267,20 @@ export class SandboxPool {
   async check(spec: TenantSpec): Promise<string> {
     const proc = this.#spawn(`check:${spec.tenant}`);
     const limitMs = scriptLimits.loadTimeoutMs + this.#options.stuckGraceMs;
-    const timer = setTimeout(() => proc.kill(), limitMs);
+    // The script's time counts from when its load starts running: a process still starting on a
+    // busy machine is not a script that hangs. Starting has a bound of its own.
+    let timer = setTimeout(() => proc.kill(), workerStartMs + limitMs);
+    const pending = proc.request(Op.load, 0, limitMs, undefined, { json: JSON.stringify(spec) });
+    pending.onStarted = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => proc.kill(), limitMs);
+    };
+    const crashed = (): never => {
+      throw new RouterLoadError('ERR_ROUTER_CRASH', 'the script crashed or hung the sandbox while loading');
+    };
     try {
-      const response = await Promise.race([
-        proc.request(Op.load, 0, limitMs, undefined, { json: JSON.stringify(spec) }).promise,
-        proc.exited.then(() => {
-          throw new RouterLoadError('ERR_ROUTER_CRASH', 'the script crashed or hung the sandbox while loading');
-        }),
-      ]);
-      return loadResult(response);
+      // The load fails when its process exits (the pool fails what was pending there), whichever comes first.
+      return loadResult(await Promise.race([pending.promise.catch(crashed), proc.exited.then(crashed)]));
     } finally {
       clearTimeout(timer);
       proc.kill();
@@ -237,6 +291,10 @@ export class SandboxPool {
   async call(slot: number, op: typeof Op.route | typeof Op.accept | typeof Op.hook, conn: ConnInfo, extra?: { which?: number; text?: string }): Promise<string> {
     const entry = this.#tenants.get(slot);
     if (entry === undefined || this.#closed) throw new RouterError(CloseReason.routerUnavailable, 'router is not loaded');
+    const refusedMs = this.#blame.refusal(entry.spec.tenant, conn.remoteAddress, Date.now());
+    if (refusedMs > 0) {
+      throw new RouterError(CloseReason.sourcePenalty, `this client's address is refused for ${refusedMs} ms more: its calls kept running into the time limit`);
+    }
     let response = await this.#send(entry, op, conn, extra);
     // The tenant moved to another worker before this call started there: send it where it went.
     for (let hops = 0; response.status === Status.moved && hops < 3 && this.#tenants.get(slot) === entry && !this.#closed; hops++) {
@@ -247,7 +305,7 @@ export class SandboxPool {
         return response.payload;
       case Status.routerError: {
         const err = routerError(response.payload);
-        if (err.isStrike) this.#timedOut(entry);
+        if (err.isStrike && !this.#closed) this.#apply(this.#blame.timeout(entry.spec.tenant, conn.remoteAddress, Date.now()));
         throw err;
       }
       default:
@@ -262,17 +320,21 @@ export class SandboxPool {
     this.#warm.delete(slot);
     entry.host.current.tell(Op.unload, slot);
     entry.host.current.loaded.delete(slot);
-    if (entry.quarantined && ![...this.#tenants.values()].some((t) => t.host === entry.host)) {
-      this.#quarantine.delete(entry.spec.tenant);
-      entry.host.current.kill();
-    }
+    this.#dropIdleQuarantine(entry.spec.tenant);
   }
 
-  /** Kills every worker. */
+  /** Forgets what blame holds against a tenant name (the tenant was deleted; the name may be reused). */
+  forget(tenant: string): void {
+    this.#blame.forget(tenant);
+    for (const entry of this.#tenants.values()) if (entry.spec.tenant === tenant && entry.host !== entry.home) this.#move(entry, entry.home);
+    this.#dropIdleQuarantine(tenant);
+  }
+
+  /** Kills every worker, retiring ones too. */
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#timer);
-    const procs = this.#hosts().map((h) => h.current);
+    const procs = [...this.#procs];
     // Profiled workers are let go by closing their channel, so they write their profile.
     if (workerFlags().length > 0) {
       for (const p of procs) (p.child.stdio[3] as Socket).end();
@@ -282,8 +344,22 @@ export class SandboxPool {
     await Promise.all(procs.map((p) => p.exited));
   }
 
-  /** Sends a request for a tenant to its worker, loading the script there first if needed. */
-  #send(entry: TenantEntry, op: (typeof Op)[keyof typeof Op], conn?: ConnInfo, extra?: { which?: number; text?: string }): Promise<Response> {
+  /**
+   * Sends a request for a tenant to its worker, loading the script there first if needed; sends
+   * it again, to the worker's successor, if the worker died with it queued or running beside the
+   * call blamed.
+   */
+  async #send(entry: TenantEntry, op: (typeof Op)[keyof typeof Op], conn?: ConnInfo, extra?: { which?: number; text?: string }): Promise<Response> {
+    for (let resends = 0; ; resends++) {
+      try {
+        return await this.#sendOnce(entry, op, conn, extra);
+      } catch (err) {
+        if (!(err instanceof WorkerLostError) || resends >= maxResends || this.#closed || this.#tenants.get(entry.slot) !== entry) throw err;
+      }
+    }
+  }
+
+  #sendOnce(entry: TenantEntry, op: (typeof Op)[keyof typeof Op], conn?: ConnInfo, extra?: { which?: number; text?: string }): Promise<Response> {
     const proc = entry.host.current;
     const grace = this.#options.stuckGraceMs;
     this.#touch(entry);
@@ -292,25 +368,23 @@ export class SandboxPool {
     if (op === Op.load) {
       proc.loaded.add(entry.slot);
       // Every script the pool keeps has passed a check process: workers need not compile it twice.
-      pending = proc.request(op, entry.slot, scriptLimits.loadTimeoutMs + grace, undefined, { json: JSON.stringify({ ...entry.spec, checked: true }) });
+      // A tenant blamed for time-outs or hangs starts with its calls off the worker's own thread.
+      const asyncCalls = this.#blame.placement(entry.spec.tenant) !== Placement.shared;
+      pending = proc.request(op, entry.slot, scriptLimits.loadTimeoutMs + grace, undefined, { json: JSON.stringify({ ...entry.spec, checked: true, asyncCalls }) });
     } else {
       pending = proc.request(op, entry.slot, entry.spec.routerTimeoutMs + grace, conn, extra);
     }
-    // The tenant's in-flight list, oldest first, is what the supervisor watches for hangs.
-    entry.inflight.push(pending);
-    const done = (): void => {
-      const i = entry.inflight.indexOf(pending);
-      if (i >= 0) entry.inflight.splice(i, 1);
-      entry.lastAnswerAt = Date.now();
-    };
+    pending.owner = { tenant: entry.spec.tenant, address: conn?.remoteAddress };
+    entry.inflight.add(pending);
     return pending.promise.then(
       (r) => {
-        done();
+        entry.inflight.delete(pending);
         if (op === Op.load) this.#loaded(entry, proc, r);
         return r;
       },
       (e: unknown) => {
-        done();
+        entry.inflight.delete(pending);
+        if (op === Op.load) proc.loaded.delete(entry.slot);
         throw e;
       },
     );
@@ -341,6 +415,7 @@ export class SandboxPool {
       onResponse: this.#onResponse,
       onDiagnostic: this.#onDiagnostic,
     });
+    if (!name.startsWith('check:')) this.#procs.add(proc);
     this.#log[name.startsWith('check:') ? 'debug' : 'info'](
       { worker: name, workerPid: proc.child.pid, scheduling: proc.scheduling, workerUid: this.#identity?.uid ?? process.getuid?.() },
       'sandbox worker started',
@@ -358,69 +433,84 @@ export class SandboxPool {
   readonly #onResponse = (proc: WorkerProcess, r: Response): void => {
     const pending = proc.pending.get(r.id);
     if (pending === undefined) return;
+    if (r.status === Status.started) {
+      // The worker's thread runs one synchronous call at a time: one starting there means the
+      // one before has returned (its answer may still be on its way).
+      if (r.payload === 'sync') {
+        for (const other of proc.pending.values()) {
+          if (other.startedSync !== true) continue;
+          other.startedSync = false;
+          delete other.startedAt;
+        }
+      }
+      pending.startedAt = Date.now();
+      pending.startedSync = r.payload === 'sync';
+      pending.onStarted?.();
+      return;
+    }
     proc.pending.delete(r.id);
     pending.resolve(r);
     if (proc.retiring && proc.pending.size === 0) proc.kill();
   };
 
-  /** A worker died: fail its calls, blame the tenants that had calls running, restart it. */
+  /**
+   * A worker died. Blamed: the calls the supervisor found stuck (a hang: a time-out, and a
+   * strike against their tenant), or else, for a crash, the call that had been running longest.
+   * They fail; every other call pending on it is sent again to its successor.
+   */
   #onExit(proc: WorkerProcess): void {
     const { exitCode, signalCode } = proc.child;
     const wasKilled = !proc.alive;
     proc.alive = false;
-    const blamed = new Set<number>();
-    for (const pending of proc.pending.values()) {
-      blamed.add(pending.slot);
-      pending.reject(
-        pending.stuck === true
-          ? new RouterError(CloseReason.routerTimeout, 'router hung past its time limit; its sandbox worker was killed')
-          : new RouterError(
-              CloseReason.routerUnavailable,
-              `sandbox worker ${proc.name} ${wasKilled ? 'was stopped' : `crashed (${signalCode ?? `exit ${exitCode}`})`} while the call was pending`,
-            ),
-      );
-    }
+    this.#procs.delete(proc);
+    const pendings = [...proc.pending.values()];
     proc.pending.clear();
     if (exitCode === confineFailedExit) this.#log.error({ worker: proc.name, workerPid: proc.child.pid }, 'sandbox worker could not confine itself (its stderr line says why)');
-    if (this.#closed || proc.retiring || proc.name.startsWith('check:')) return;
-    this.#log.warn({ worker: proc.name, workerPid: proc.child.pid, exitCode, signal: signalCode, killed: wasKilled, pendingTenants: blamed.size }, 'sandbox worker exited; restarting');
-    const host = this.#hosts().find((h) => h.current === proc);
+    const what = `sandbox worker ${proc.name} ${wasKilled ? 'was stopped' : `crashed (${signalCode ?? `exit ${exitCode}`})`}`;
+    if (this.#closed || proc.name.startsWith('check:')) {
+      for (const p of pendings) p.reject(new RouterError(CloseReason.routerUnavailable, `${what} while the call was pending`));
+      return;
+    }
+    const stuck = pendings.filter((p) => p.stuck === true);
+    const culprit = stuck.length === 0 && !wasKilled ? longestRunning(pendings) : undefined;
+    const host = proc.retiring ? undefined : this.#hosts().find((h) => h.current === proc);
+    this.#log.warn(
+      { worker: proc.name, workerPid: proc.child.pid, exitCode, signal: signalCode, killed: wasKilled, blamed: culprit?.owner?.tenant ?? stuck[0]?.owner?.tenant, resent: pendings.length - stuck.length - (culprit === undefined ? 0 : 1) },
+      host === undefined ? 'sandbox worker exited' : 'sandbox worker exited; restarting',
+    );
     if (host !== undefined) {
       this.#restarts++;
       host.replace();
     }
-    // A worker we killed for a stuck call has already been blamed on that call's tenant.
-    if (wasKilled) return;
-    for (const slot of blamed) {
-      const entry = this.#tenants.get(slot);
-      if (entry !== undefined) this.#strike(entry, 'crash');
+    // Blame first: calls sent again go where the verdict put their tenant.
+    const now = Date.now();
+    for (const p of stuck) if (p.owner !== undefined) this.#apply(this.#blame.strike(p.owner.tenant, 'hang', p.owner.address, now));
+    if (culprit?.owner !== undefined) this.#apply(this.#blame.strike(culprit.owner.tenant, 'crash', culprit.owner.address, now));
+    for (const p of pendings) {
+      if (p.stuck === true) p.reject(new RouterError(CloseReason.routerTimeout, 'router hung past its time limit; its sandbox worker was killed'));
+      else if (p === culprit) p.reject(new RouterError(CloseReason.routerUnavailable, `${what} while the call was running`));
+      else p.reject(new WorkerLostError(CloseReason.routerUnavailable, `${what} while the call was pending`));
     }
   }
 
-  /** Every 250 ms: kill workers with a call stuck past its limit; replace bloated workers. */
+  /**
+   * Every 250 ms: kill a worker with a call running past its limit (the call is blamed when it
+   * exits); let blame's quiet periods end; replace bloated workers.
+   */
   #supervise(): void {
     const now = Date.now();
-    for (const entry of this.#tenants.values()) {
-      const head = entry.inflight[0];
-      if (head === undefined) continue;
-      const startedAt = Math.max(head.sentAt, entry.lastAnswerAt);
-      if (now - startedAt <= head.limitMs) continue;
-      const proc = head.proc;
+    for (const proc of this.#procs) {
       if (!proc.alive) continue;
-      this.#log.warn({ tenant: entry.spec.tenant, worker: proc.name, workerPid: proc.child.pid, stuckMs: now - startedAt }, 'router call stuck past its limit: killing its worker');
-      entry.lastAnswerAt = now; // one kill per stuck call
-      head.stuck = true;
-      this.#strike(entry, 'hang');
-      proc.kill();
+      const overdue = [...proc.pending.values()].filter((p) => p.startedAt !== undefined && now - p.startedAt > p.limitMs);
+      // A load held up behind a stuck call is not stuck itself.
+      const calls = overdue.filter((p) => p.op !== Op.load);
+      for (const p of calls.length > 0 ? calls : overdue) {
+        p.stuck = true;
+        this.#log.warn({ tenant: p.owner?.tenant, worker: proc.name, workerPid: proc.child.pid, stuckMs: now - p.startedAt! }, 'router call stuck past its limit: killing its worker');
+      }
+      if (overdue.length > 0) proc.kill();
     }
-    // Back from the slow lane after a whole strike window without a time-out.
-    const lane = this.#slowLane;
-    for (const entry of lane === undefined ? [] : this.#tenants.values()) {
-      if (entry.host !== lane || entry.quarantined || now - (entry.timeouts.at(-1) ?? 0) < this.#options.strikeWindowMs) continue;
-      entry.timeouts = [];
-      this.#move(entry, entry.home);
-      this.#log.info({ tenant: entry.spec.tenant }, 'router back from the slow lane');
-    }
+    this.#apply(this.#blame.tick(now));
     if (now - this.#lastRssCheck >= 2000) {
       this.#lastRssCheck = now;
       for (const host of this.#hosts()) {
@@ -433,32 +523,57 @@ export class SandboxPool {
     }
   }
 
-  #strike(entry: TenantEntry, why: 'crash' | 'hang'): void {
-    const now = Date.now();
-    entry.strikes = entry.strikes.filter((t) => now - t < this.#options.strikeWindowMs);
-    entry.strikes.push(now);
-    if (entry.quarantined || entry.strikes.length < this.#options.quarantineStrikes) return;
-    const host = new WorkerHost(`quarantine:${entry.spec.tenant}`, this.#spawn, quarantinePriority);
-    this.#quarantine.set(entry.spec.tenant, host);
-    this.#move(entry, host);
-    entry.quarantined = true;
-    this.#log.warn({ tenant: entry.spec.tenant, strikes: entry.strikes.length, why }, 'tenant quarantined in a worker of its own');
+  /** Carries out blame's verdicts: tenants move between workers; penalties are logged. */
+  #apply(verdicts: readonly Verdict[]): void {
+    for (const v of verdicts) {
+      if (v.kind === 'penalty') {
+        this.#log.warn({ tenant: v.tenant, source: v.source, penaltyMs: v.ms }, 'client source refused for a while: its calls kept running into the time limit');
+        continue;
+      }
+      const from = [...this.#tenants.values()].filter((e) => e.spec.tenant === v.tenant);
+      for (const entry of from) {
+        const host = this.#hostFor(v.tenant, entry.home);
+        if (host !== entry.host) this.#move(entry, host);
+      }
+      const message =
+        v.to === Placement.quarantine
+          ? 'tenant quarantined in a worker of its own'
+          : v.from === Placement.quarantine
+            ? 'quarantine lifted after a quiet period'
+            : v.to === Placement.slowLane
+              ? 'router keeps running into its time limit: moved to the slow lane'
+              : 'router back from the slow lane';
+      this.#log[v.to === Placement.shared || v.from === Placement.quarantine ? 'info' : 'warn']({ tenant: v.tenant, strikes: v.strikes, timeouts: v.timeouts, placement: v.to }, message);
+      if (v.to !== Placement.quarantine) this.#dropIdleQuarantine(v.tenant);
+    }
   }
 
-  /**
-   * A call ran into its time limit. Past `slowLaneStrikes` of them the tenant moves to the slow
-   * lane for as long as this version of its router is loaded, so a router that spins competes
-   * for the CPU at a lower priority, on no shared worker's queue.
-   */
-  #timedOut(entry: TenantEntry): void {
-    if (entry.quarantined || entry.host === this.#slowLane || this.#closed || this.#tenants.get(entry.slot) !== entry) return;
-    const now = Date.now();
-    entry.timeouts = entry.timeouts.filter((t) => now - t < this.#options.strikeWindowMs);
-    entry.timeouts.push(now);
-    if (entry.timeouts.length < this.#options.slowLaneStrikes) return;
-    this.#slowLane ??= new WorkerHost('slow-lane', this.#spawn, slowLanePriority);
-    this.#move(entry, this.#slowLane);
-    this.#log.warn({ tenant: entry.spec.tenant, timeouts: entry.timeouts.length }, 'router keeps running into its time limit: moved to the slow lane');
+  /** The worker a tenant's calls go to now, as blame placed it. */
+  #hostFor(tenant: string, home: WorkerHost): WorkerHost {
+    switch (this.#blame.placement(tenant)) {
+      case Placement.quarantine: {
+        let host = this.#quarantine.get(tenant);
+        if (host === undefined) {
+          host = new WorkerHost(`quarantine:${tenant}`, this.#spawn, quarantinePriority);
+          this.#quarantine.set(tenant, host);
+        }
+        return host;
+      }
+      case Placement.slowLane:
+        this.#slowLane ??= new WorkerHost('slow-lane', this.#spawn, slowLanePriority);
+        return this.#slowLane;
+      default:
+        return home;
+    }
+  }
+
+  /** A quarantine worker no slot points at any more goes, once its calls drain. */
+  #dropIdleQuarantine(tenant: string): void {
+    const host = this.#quarantine.get(tenant);
+    if (host === undefined || [...this.#tenants.values()].some((t) => t.host === host)) return;
+    this.#quarantine.delete(tenant);
+    host.current.retiring = true;
+    if (host.current.pending.size === 0) host.current.kill();
   }
 
   /**
@@ -471,6 +586,19 @@ export class SandboxPool {
     old.current.tell(Op.evacuate, entry.slot);
     old.current.loaded.delete(entry.slot);
   }
+}
+
+/**
+ * What a crash is blamed on: the call (route, accept or hook) that had been running longest;
+ * a load only when no call was running (loads run code that passed a check process, and one
+ * can be held up behind the call that crashed the worker).
+ */
+function longestRunning(pendings: readonly Pending[]): Pending | undefined {
+  const running = pendings.filter((p) => p.startedAt !== undefined);
+  const calls = running.filter((p) => p.op !== Op.load);
+  let culprit: Pending | undefined;
+  for (const p of calls.length > 0 ? calls : running) if (culprit === undefined || p.startedAt! < culprit.startedAt!) culprit = p;
+  return culprit;
 }
 
 function routerError(payload: string): RouterError {

@@ -1,6 +1,3 @@
-import { cooldownDefaults } from '../config.js';
-
-export type CooldownPolicy = typeof cooldownDefaults;
 import { CloseReason, RouterError } from '../errors.js';
 import { type Decision, validateDecision } from '../routing/decision.js';
 import type { RouterConsole } from './console.js';
@@ -12,10 +9,8 @@ import { Hook, Op } from './wire.js';
 /**
  * A tenant's router in a sandbox worker process. The worker runs the isolate; this side
  * opens each envelope and validates the decision, so nothing the worker says is trusted.
- *
- * CPU cool-down: a router that hits its time limit `strikes` times within `windowMs` is
- * not called for a while; its connections are closed at once (`router_cooldown`). Each
- * cool-down in a row lasts twice the one before, up to `maxMs`.
+ * What a failure costs beyond its own connection (slow lane, quarantine, a penalty on the
+ * client's source address) is the pool's to decide (blame.ts).
  */
 export class ProcessRouter implements Router {
   #hooks: RouterHooks | undefined;
@@ -23,25 +18,20 @@ export class ProcessRouter implements Router {
   readonly #pool: SandboxPool;
   readonly #slot: number;
   readonly #console: RouterConsole;
-  readonly #cooldown: CooldownPolicy;
-  #timeouts: number[] = [];
-  #coolUntil = 0;
-  #coolMs = 0;
 
-  private constructor(pool: SandboxPool, slot: number, hooks: RouterHooks | undefined, console: RouterConsole, cooldown: CooldownPolicy) {
+  private constructor(pool: SandboxPool, slot: number, hooks: RouterHooks | undefined, console: RouterConsole) {
     this.#pool = pool;
-    this.#cooldown = cooldown;
     this.#slot = slot;
     this.#hooks = hooks;
     this.#console = console;
   }
 
   /** Checks the script in a throwaway process, then loads it into a worker. Rejects with RouterLoadError. */
-  static async load(pool: SandboxPool, spec: TenantSpec, console: RouterConsole, cooldown: CooldownPolicy = cooldownDefaults): Promise<ProcessRouter> {
+  static async load(pool: SandboxPool, spec: TenantSpec, console: RouterConsole): Promise<ProcessRouter> {
     const { slot, envelope } = await pool.load(spec);
     try {
       const hooks = loadedHooks(openEnvelope(envelope, console));
-      return new ProcessRouter(pool, slot, hooks, console, cooldown);
+      return new ProcessRouter(pool, slot, hooks, console);
     } catch (err) {
       pool.unload(slot);
       throw err;
@@ -52,8 +42,8 @@ export class ProcessRouter implements Router {
    * A router for a script accepted before (at start-up): registered with the pool, its
    * isolate built on the first call or warm().
    */
-  static cold(pool: SandboxPool, spec: TenantSpec, console: RouterConsole, cooldown: CooldownPolicy = cooldownDefaults): ProcessRouter {
-    return new ProcessRouter(pool, pool.register(spec), undefined, console, cooldown);
+  static cold(pool: SandboxPool, spec: TenantSpec, console: RouterConsole): ProcessRouter {
+    return new ProcessRouter(pool, pool.register(spec), undefined, console);
   }
 
   get hooks(): RouterHooks | undefined {
@@ -85,16 +75,17 @@ export class ProcessRouter implements Router {
     return this.#pool.pendingFor(this.#slot);
   }
 
+  /** Calls its worker has started running and not answered yet. */
+  get running(): number {
+    return this.#pool.runningFor(this.#slot);
+  }
+
   get quarantined(): boolean {
     return this.#pool.isQuarantined(this.#slot);
   }
 
   get inSlowLane(): boolean {
     return this.#pool.isInSlowLane(this.#slot);
-  }
-
-  get coolingDown(): boolean {
-    return Date.now() < this.#coolUntil;
   }
 
   async route(data: string, conn: ConnInfo): Promise<Decision> {
@@ -118,29 +109,7 @@ export class ProcessRouter implements Router {
     this.#pool.unload(this.#slot);
   }
 
-  async #call(op: typeof Op.route | typeof Op.accept | typeof Op.hook, conn: ConnInfo, extra?: { which?: number; text?: string }): Promise<unknown> {
-    const now = Date.now();
-    if (now < this.#coolUntil) {
-      throw new RouterError(CloseReason.routerCooldown, `router is cooling down for ${this.#coolUntil - now} ms after repeated time-outs`);
-    }
-    try {
-      return envelopeValue(openEnvelope(await this.#pool.call(this.#slot, op, conn, extra), this.#console));
-    } catch (err) {
-      // The cool-down runs from when the time-out is known, however long the call took to fail.
-      if (err instanceof RouterError && err.isStrike) this.#timedOut(Date.now());
-      throw err;
-    }
-  }
-
-  #timedOut(now: number): void {
-    const { strikes, windowMs, initialMs, maxMs } = this.#cooldown;
-    this.#timeouts = this.#timeouts.filter((t) => now - t < windowMs);
-    this.#timeouts.push(now);
-    if (this.#timeouts.length < strikes) return;
-    // A cool-down right after the last one doubles; after a quiet spell it starts over.
-    this.#coolMs = now - this.#coolUntil < windowMs ? Math.min(maxMs, Math.max(initialMs, this.#coolMs * 2)) : initialMs;
-    this.#coolUntil = now + this.#coolMs;
-    this.#timeouts = [];
-    this.#console.warn(`router hit its time limit ${strikes} times within ${windowMs} ms: cooling down for ${this.#coolMs} ms`);
+  #call(op: typeof Op.route | typeof Op.accept | typeof Op.hook, conn: ConnInfo, extra?: { which?: number; text?: string }): Promise<unknown> {
+    return this.#pool.call(this.#slot, op, conn, extra).then((text) => envelopeValue(openEnvelope(text, this.#console)));
   }
 }

@@ -4,6 +4,7 @@ import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
 import { loadedHooks, type Envelope } from './envelope.js';
 import { buildBlank, takeSpare } from './blank.js';
 import type { RouterHooks } from './router.js';
+import { SlidingWindow } from './sliding-window.js';
 
 /** What it takes to build a tenant's isolate. Plain data, so it can travel to a worker process. */
 export interface IsolateSpec {
@@ -19,6 +20,12 @@ export interface IsolateSpec {
    * compile that only serves to locate syntax errors.
    */
   readonly checked?: boolean;
+  /**
+   * Start with asynchronous calls (see syncBudgetMs): the pool knows the tenant ran into its
+   * time limit or hung a worker before, so a worker it is loaded into again never runs it on
+   * its own thread.
+   */
+  readonly asyncCalls?: boolean;
 }
 
 export interface TenantIsolateOptions {
@@ -30,6 +37,9 @@ export interface TenantIsolateOptions {
 }
 
 export type EntryPoint = 'route' | 'accept' | 'hook';
+
+/** How a call runs: on the worker's own thread, blocking it (`sync`), or on an isolated-vm thread. */
+export type CallMode = 'sync' | 'async';
 
 /** One live isolate: a context with the prelude and the tenant script loaded. */
 interface Instance {
@@ -70,19 +80,23 @@ export class TenantIsolate {
   /** Until when calls go asynchronously (after a slow or failed one). */
   #asyncUntil = 0;
   #calls = 0;
-  /** The calls over budget within the window: when, and how many calls there had been then. */
-  #slowCalls: { at: number; call: number }[] = [];
+  /** The calls over budget within the window, each with how many calls there had been then. */
+  readonly #slowCalls = new SlidingWindow<number>(slowWindowMs);
   #instance: Promise<Instance> | undefined;
   #disposed = false;
   #inflight = 0;
   #progressAt = 0;
-  /** Isolates the watchdog disposed because they stopped making progress. */
-  readonly #stuck = new WeakSet<ivm.Isolate>();
+  /**
+   * Isolates this code disposed itself, and why: the watchdog (stopped making progress) or a
+   * release (unloaded). Any other disposed isolate was disposed by isolated-vm at its memory limit.
+   */
+  readonly #disposedHere = new WeakMap<ivm.Isolate, 'stuck' | 'released'>();
   readonly #watchdog: NodeJS.Timeout;
 
   private constructor(spec: IsolateSpec, options: TenantIsolateOptions) {
     this.#spec = spec;
     this.#syncCalls = options.syncCalls === true;
+    if (spec.asyncCalls === true) this.#asyncUntil = Date.now() + asyncSpellMs;
     this.#watchdog = setInterval(() => this.#checkProgress(), Math.max(100, spec.routerTimeoutMs)).unref();
   }
 
@@ -111,8 +125,11 @@ export class TenantIsolate {
     return this.#syncCalls && Date.now() >= this.#asyncUntil ? 'sync' : 'async';
   }
 
-  /** Calls one prelude entry point; resolves with its envelope text, rejects with RouterError. */
-  async call(fn: EntryPoint, args: readonly (string | number)[]): Promise<string> {
+  /**
+   * Calls one prelude entry point; resolves with its envelope text, rejects with RouterError.
+   * `onStart` is told just before the tenant's code starts running, and how.
+   */
+  async call(fn: EntryPoint, args: readonly (string | number)[], onStart?: (mode: CallMode) => void): Promise<string> {
     let instance: Instance;
     try {
       instance = await this.#ensure();
@@ -122,6 +139,7 @@ export class TenantIsolate {
     if (this.#inflight++ === 0) this.#progressAt = Date.now();
     const options = { timeout: this.#spec.routerTimeoutMs };
     const sync = this.#syncCalls && this.#inflight === 1 && Date.now() >= this.#asyncUntil;
+    onStart?.(sync ? 'sync' : 'async');
     const wallStart = performance.now();
     const cpuStart = sync ? processCpuMs() : 0;
     try {
@@ -135,7 +153,7 @@ export class TenantIsolate {
       return text;
     } catch (err) {
       this.#asyncUntil = Date.now() + asyncSpellMs;
-      throw err instanceof RouterError ? err : this.#failed(instance, err, spentMs(sync, wallStart, cpuStart));
+      throw err instanceof RouterError ? err : this.#failed(instance, err, performance.now() - wallStart, spentMs(sync, wallStart, cpuStart));
     } finally {
       this.#inflight--;
       this.#progressAt = Date.now();
@@ -149,14 +167,13 @@ export class TenantIsolate {
    */
   #slow(): void {
     const now = Date.now();
-    const slow = this.#slowCalls.filter((s) => now - s.at < slowWindowMs);
-    slow.push({ at: now, call: this.#calls });
-    this.#slowCalls = slow;
+    this.#slowCalls.add(now, this.#calls);
+    const slow = this.#slowCalls.events(now);
     // The latest slow calls, three of them, four, ...: are they on average closer than the share?
     for (let k = slow.length - slowCallsToDemote; k >= 0; k--) {
-      if (this.#calls - slow[k]!.call < (slow.length - 1 - k) * callsPerSlowCall) {
+      if (this.#calls - slow[k]!.value < (slow.length - 1 - k) * callsPerSlowCall) {
         this.#asyncUntil = now + asyncSpellMs;
-        this.#slowCalls = [];
+        this.#slowCalls.clear();
         return;
       }
     }
@@ -173,24 +190,29 @@ export class TenantIsolate {
   dispose(): void {
     this.#disposed = true;
     clearInterval(this.#watchdog);
-    void this.#instance?.then((i) => release(i.isolate), () => undefined);
+    void this.#instance?.then((i) => this.#drop(i), () => undefined);
     this.#instance = undefined;
   }
 
-  /** Classifies a failed call; an isolate that died is dropped so the next call rebuilds it. */
-  #failed(instance: Instance, err: unknown, spentMs: number): RouterError {
-    const message = err instanceof Error ? err.message : String(err);
-    if (instance.isolate.isDisposed || /disposed/i.test(message)) {
+  /**
+   * Classifies a failed call by what is known for sure, never by isolated-vm's message text
+   * (its errors are plain Errors with no code): an isolate this code disposed (the watchdog: a
+   * hang; a release: unloaded), one disposed by isolated-vm (the memory limit), a call that
+   * lasted its whole time limit (V8 terminated it: a time-out). The prelude catches what the
+   * router throws inside the call, so what remains is a rejection reported after the call.
+   * An isolate that died is dropped so the next call rebuilds it.
+   */
+  #failed(instance: Instance, err: unknown, wallMs: number, spentMs: number): RouterError {
+    const isolate = instance.isolate;
+    if (isolate.isDisposed) {
+      const why = this.#disposedHere.get(isolate);
       this.#drop(instance);
-      if (this.#stuck.has(instance.isolate)) {
-        return new RouterError(CloseReason.routerTimeout, 'router stopped responding; isolate replaced');
-      }
-      return /memory/i.test(message)
-        ? new RouterError(CloseReason.routerMemory, 'router exceeded its memory limit; isolate replaced')
-        : new RouterError(CloseReason.routerUnavailable, 'router isolate was disposed during the call');
+      if (why === 'stuck') return new RouterError(CloseReason.routerTimeout, 'router stopped responding; isolate replaced');
+      if (why === 'released') return new RouterError(CloseReason.routerUnavailable, 'router isolate was disposed during the call');
+      return new RouterError(CloseReason.routerMemory, 'router exceeded its memory limit; isolate replaced');
     }
-    if (/timed out/i.test(message)) {
-      const limitMs = this.#spec.routerTimeoutMs;
+    const limitMs = this.#spec.routerTimeoutMs;
+    if (wallMs >= limitMs) {
       // Under a quarter of the limit in CPU (only a synchronous call can tell): it waited for a busy CPU.
       const starved = spentMs < limitMs / 4;
       return new RouterError(
@@ -199,14 +221,15 @@ export class TenantIsolate {
         { starved },
       );
     }
-    // What remains is an unhandled rejection the isolate reported after the call.
+    const message = err instanceof Error ? err.message : String(err);
     return new RouterError(CloseReason.routerThrow, `router failed: ${message}`);
   }
 
-  #drop(instance: Instance): void {
+  #drop(instance: Instance, why: 'stuck' | 'released' = 'released'): void {
     void this.#instance?.then((current) => {
       if (current === instance) this.#instance = undefined;
     }, () => undefined);
+    if (!instance.isolate.isDisposed) this.#disposedHere.set(instance.isolate, why);
     release(instance.isolate);
   }
 
@@ -214,10 +237,7 @@ export class TenantIsolate {
   #checkProgress(): void {
     if (this.#inflight === 0 || this.#instance === undefined) return;
     if (Date.now() - this.#progressAt < this.#spec.routerTimeoutMs + stuckGraceMs) return;
-    void this.#instance.then((i) => {
-      this.#stuck.add(i.isolate);
-      this.#drop(i);
-    }, () => undefined);
+    void this.#instance.then((i) => this.#drop(i, 'stuck'), () => undefined);
   }
 
   #ensure(): Promise<Instance> {
@@ -278,16 +298,17 @@ async function build(spec: IsolateSpec, sync = false): Promise<{ instance: Insta
     if (spec.table !== undefined) await setTable.apply(undefined, [spec.table], { timeout: scriptLimits.loadTimeoutMs });
 
     let text: unknown;
+    const loadStart = performance.now();
     try {
       text = await load.apply(undefined, [spec.source], { timeout: scriptLimits.loadTimeoutMs });
     } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
-      if (isolate.isDisposed || /memory/i.test(message)) {
-        throw new RouterLoadError('ERR_ROUTER_MEMORY', 'router exceeded its memory limit while loading');
-      }
-      if (/timed out/i.test(message)) {
+      // As in TenantIsolate.#failed: nobody else disposes an isolate being built, and the
+      // prelude catches what the script throws.
+      if (isolate.isDisposed) throw new RouterLoadError('ERR_ROUTER_MEMORY', 'router exceeded its memory limit while loading');
+      if (performance.now() - loadStart >= scriptLimits.loadTimeoutMs) {
         throw new RouterLoadError('ERR_ROUTER_TIMEOUT', `router ran past ${scriptLimits.loadTimeoutMs} ms while loading`);
       }
+      const message = err instanceof Error ? err.message : String(err);
       throw new RouterLoadError('ERR_ROUTER_THROW', `router failed while loading: ${message}`);
     }
     if (typeof text !== 'string') throw new RouterLoadError('ERR_ROUTER_THROW', 'sandbox returned no load result');

@@ -9,7 +9,8 @@
  * Op fields: load: the IsolateSpec as JSON; route: conn, then the buffer as latin1 bytes;
  * accept: conn; hook: conn, u8 which, the remote as latin1; unload, evacuate, stats: nothing
  * (stats answers JSON { isolates, heapBytes }). unload lets the tenant's queued calls run first;
- * evacuate answers them `moved` at once (the tenant moved to another worker).
+ * evacuate answers them `moved` at once (the tenant moved to another worker). A call is
+ * answered `started` when it leaves the worker's queue and runs, then once more with its result.
  * conn: u16 remotePort | u16 localPort | u8 n | remoteAddress | u8 n | localAddress.
  */
 import type { ConnInfo } from './router.js';
@@ -28,6 +29,12 @@ export const Status = {
   loaded: 3,
   /** a call that had not started when its tenant was evacuated: to be sent where it went */
   moved: 4,
+  /**
+   * not an answer: the call has started running (the tenant's code is about to run); payload:
+   * how, `sync` (on the worker's thread), `async` or `load`. The call's answer follows with the
+   * same id. What the pool blames a crash or a hang on.
+   */
+  started: 5,
 } as const;
 export type Status = (typeof Status)[keyof typeof Status];
 
@@ -146,6 +153,8 @@ export class FrameWriter {
   readonly #stream: NodeJS.WritableStream;
   readonly #paced: boolean;
   #frames: Buffer[] = [];
+  /** How many of #frames answer something (not news such as `started`). */
+  #answers = 0;
   #scheduled = false;
   /** Paced: a batch went out and the peer has not answered since. */
   #awaiting = false;
@@ -157,8 +166,13 @@ export class FrameWriter {
     this.#paced = options.paced === true;
   }
 
-  write(frame: Buffer): void {
+  /**
+   * Queues a frame. `news` (a `started` frame) tells the peer something without answering its
+   * batch: the batch is still owed an answer, and a paced peer does not count it as one.
+   */
+  write(frame: Buffer, options: { news?: boolean } = {}): void {
     this.#frames.push(frame);
+    if (options.news !== true) this.#answers++;
     this.#schedule();
   }
 
@@ -166,6 +180,16 @@ export class FrameWriter {
   answered(): void {
     this.#awaiting = false;
     if (this.#frames.length > 0) this.#schedule();
+  }
+
+  /**
+   * Unpaced: writes what is queued now, in this turn: before the worker's thread runs code that
+   * may not give it back (a synchronous call), so that the peer knows what it started.
+   */
+  flushNow(): void {
+    if (this.#frames.length === 0) return;
+    if (this.#answers > 0) this.#owed = false;
+    this.#send();
   }
 
   /** The peer sent a batch: something goes back at the end of this turn. */
@@ -182,12 +206,20 @@ export class FrameWriter {
 
   readonly #flush = (): void => {
     this.#scheduled = false;
-    if (this.#frames.length === 0 && this.#owed) this.#frames.push(encodeResponse(ackId, Status.ok, ''));
+    if (this.#answers === 0 && this.#owed) {
+      this.#frames.push(encodeResponse(ackId, Status.ok, ''));
+      this.#answers++;
+    }
     this.#owed = false;
     if (this.#frames.length === 0) return;
-    const frames = this.#frames;
-    this.#frames = [];
-    this.#stream.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames));
+    this.#send();
     if (this.#paced) this.#awaiting = true;
   };
+
+  #send(): void {
+    const frames = this.#frames;
+    this.#frames = [];
+    this.#answers = 0;
+    this.#stream.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames));
+  }
 }

@@ -11,16 +11,25 @@ import { setPriority } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { encodeIdentity, identityVariable, profilingVariable, type SandboxIdentity } from './confine.js';
 import type { ConnInfo } from './router.js';
-import { decodeResponse, encodeRequest, FrameReader, FrameWriter, Op, type Response } from './wire.js';
+import { decodeResponse, encodeRequest, FrameReader, FrameWriter, Op, type Response, Status } from './wire.js';
 
 /** A call sent to a worker and not answered yet. */
 export interface Pending {
   readonly proc: WorkerProcess;
+  readonly op: Op;
   readonly slot: number;
   readonly sentAt: number;
   /** How long the call may take before its worker counts as stuck. */
   readonly limitMs: number;
   readonly promise: Promise<Response>;
+  /** When the worker said the call started running, until it is known to have finished. */
+  startedAt?: number;
+  /** It started on the worker's own thread (synchronously): it is over once another starts there. */
+  startedSync?: boolean;
+  /** Whose call it is, and the client it is for: whom a crash or hang during it is blamed on. */
+  owner?: { readonly tenant: string; readonly address: string | undefined };
+  /** Told when the worker says the call started. */
+  onStarted?: () => void;
   /** The supervisor found this call stuck and killed its worker for it. */
   stuck?: boolean;
   resolve(r: Response): void;
@@ -148,9 +157,15 @@ export class WorkerProcess {
     const writer = (this.#writer = new FrameWriter(channel, { paced: true }));
     const reader = new FrameReader();
     channel.on('data', (chunk: Buffer) => {
-      writer.answered();
+      // News (a call started) is no answer: the next batch waits for one.
+      let answered = false;
       try {
-        reader.push(chunk, (body) => onResponse(this, decodeResponse(body)));
+        reader.push(chunk, (body) => {
+          const r = decodeResponse(body);
+          if (r.status !== Status.started) answered = true;
+          onResponse(this, r);
+        });
+        if (answered) writer.answered();
       } catch {
         this.kill(); // a worker that speaks garbage is not to be trusted further
       }
@@ -168,7 +183,7 @@ export class WorkerProcess {
       resolve = res;
       reject = rej;
     });
-    const pending: Pending = { proc: this, slot, sentAt: Date.now(), limitMs, promise, resolve, reject };
+    const pending: Pending = { proc: this, op, slot, sentAt: Date.now(), limitMs, promise, resolve, reject };
     this.pending.set(id, pending);
     this.#writer.write(encodeRequest(id, op, slot, conn, extra));
     return pending;

@@ -21,7 +21,7 @@ import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
 import { prepareSpare, spareReady, sparesTaken } from './blank.js';
 import { confine, confineFailedExit, decodeIdentity, identityVariable, profilingVariable } from './confine.js';
 import { connArgs } from './isolate-router.js';
-import { type EntryPoint, type IsolateSpec, TenantIsolate } from './tenant-isolate.js';
+import { type CallMode, type EntryPoint, type IsolateSpec, TenantIsolate } from './tenant-isolate.js';
 import { decodeConn, decodeRequest, encodeResponse, FrameReader, FrameWriter, Hook, Op, type Request, Status } from './wire.js';
 
 interface Job {
@@ -121,6 +121,7 @@ function handle(r: Request): void {
 
 function load(id: number, slot: number, spec: IsolateSpec & { tenant: string }): void {
   const { tenant: name, ...isolateSpec } = spec;
+  writer.write(encodeResponse(id, Status.started, 'load'), { news: true });
   // Loading a slot again (after the pool unloaded it, or twice) replaces what was there.
   const previous = tenants.get(slot);
   if (previous !== undefined) retire(previous);
@@ -159,10 +160,21 @@ function pump(): void {
   }
 }
 
+/**
+ * Tells the pool a call is starting, and how: what it blames a crash or a hang on. Before a
+ * synchronous call, which holds this thread until it returns (or forever, if it ignores
+ * termination), the news leaves at once, with every answer queued before it; it also tells the
+ * pool that the synchronous call before it has returned, whose answer may not be written yet.
+ */
+function started(id: number, mode: CallMode): void {
+  writer.write(encodeResponse(id, Status.started, mode), { news: true });
+  if (mode === 'sync') writer.flushNow();
+}
+
 async function run(tenant: Tenant, job: Job): Promise<void> {
   try {
     const isolate = await tenant.isolate;
-    writer.write(encodeResponse(job.id, Status.ok, await isolate.call(job.fn, job.args)));
+    writer.write(encodeResponse(job.id, Status.ok, await isolate.call(job.fn, job.args, (mode) => started(job.id, mode))));
   } catch (err) {
     respondError(job.id, err instanceof RouterError ? err : new RouterError(CloseReason.routerUnavailable, String(err)));
   } finally {

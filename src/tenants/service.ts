@@ -231,6 +231,8 @@ export class HostingService {
     this.#tenants.delete(name);
     t.listener.destroy(CloseReason.killed);
     t.listener.router.dispose();
+    // The name can be reused, by someone else: blame is kept per name, so it goes too.
+    this.#o.pool.forget(name);
     await this.#o.store.deleteTenant(name);
     this.#pushes.forget(name);
     this.#log.info({ tenant: name }, 'tenant deleted');
