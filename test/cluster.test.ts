@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,7 +20,9 @@ import {
   eventually,
   exchange,
   freePortRange,
+  httpCall,
   removeDir,
+  spawnCli,
   startCliServe,
   startEchoBackend,
   startTestHosting,
@@ -340,6 +342,43 @@ describe('cluster: nodes as processes', () => {
     await backend?.close();
     await pg?.destroy();
     for (const d of dataDirs) removeDir(d);
+  });
+
+  it('serve --store from the flag, SWITCHYARD_STORE or the configuration file, its password never shown; without SWITCHYARD_ADMIN_TOKEN a node refuses to start', async () => {
+    const data = mkdtempSync(join(tmpdir(), 'switchyard-node-'));
+    dataDirs.push(data);
+    const common = ['--data', data, '--admin', '127.0.0.5:0', '--bind', '127.0.0.5', '--ports', `${ports[0]}-${ports[1]}`, '--sandbox-workers', '1'];
+    const noToken = spawnCli(['serve', '--store', url, ...common], { env: { SWITCHYARD_ADMIN_TOKEN: '' } });
+    assert.equal((await noToken.exited).code, 1);
+    assert.match(noToken.stderr(), /SWITCHYARD_ADMIN_TOKEN/);
+    const notPg = spawnCli(['serve', '--store', 'http://127.0.0.1/x', ...common], { env: { SWITCHYARD_ADMIN_TOKEN: operatorToken } });
+    assert.equal((await notPg.exited).code, 1);
+    assert.match(notPg.stderr(), /postgres/);
+
+    const secret = new URL(url);
+    secret.password = 'sekrit-password'; // the throwaway cluster trusts every local connection: any password does
+    for (const [how, args, env] of [
+      ['env', common, { SWITCHYARD_STORE: secret.toString() }],
+      ['flag', ['--store', secret.toString(), ...common], {}],
+    ] as const) {
+      const proc = await startCliServe(args, { SWITCHYARD_ADMIN_TOKEN: operatorToken, ...env });
+      procs.push(proc);
+      const config = await httpCall(proc.adminPort, 'GET', '/v1/config', { token: operatorToken, host: '127.0.0.5' });
+      assert.equal(config.json.sources.store, how);
+      assert.match(config.json.settings.store, /^postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:/);
+      assert.doesNotMatch(config.text + proc.log.text + proc.stderr(), /sekrit/);
+      assert.equal((await httpCall(proc.adminPort, 'GET', '/healthz', { host: '127.0.0.5' })).json.store, 'up');
+      proc.child.kill('SIGTERM');
+      assert.equal((await proc.exited).code, 0);
+    }
+    writeFileSync(join(data, 'switchyard.json'), JSON.stringify({ store: secret.toString() }));
+    const fromFile = await startCliServe(common, { SWITCHYARD_ADMIN_TOKEN: operatorToken });
+    procs.push(fromFile);
+    const config = await httpCall(fromFile.adminPort, 'GET', '/v1/config', { token: operatorToken, host: '127.0.0.5' });
+    assert.equal(config.json.sources.store, 'file');
+    assert.doesNotMatch(config.text + fromFile.log.text, /sekrit/);
+    fromFile.child.kill('SIGTERM');
+    await fromFile.exited;
   });
 
   it('kill -9 of one node leaves the others serving and writable; restarted, it catches up and serves', async (t) => {
