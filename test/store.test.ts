@@ -542,6 +542,31 @@ describe('PgTenantStore: schema, change stream, pool, outages', () => {
     }
   });
 
+  it('changesAfter reads one snapshot: while others write, it never reports changes as pruned when none were', async () => {
+    const [a, b, reader] = await Promise.all([pgOpen(), pgOpen(), pgOpen()]);
+    await a.createTenant({ name: 'acme', port: 7001, tokenHash: 'h1' });
+    let writing = true;
+    const writers = [a, b].map(async (s) => {
+      for (let i = 0; i < 150; i++) await s.setTable('acme', `{"i":${i}}`);
+    });
+    const all = Promise.all(writers).finally(() => {
+      writing = false;
+    });
+    let applied = 0;
+    let reads = 0;
+    while (writing) {
+      const { changes, complete } = await reader.changesAfter(applied, 7);
+      reads++;
+      assert.equal(complete, true, `after ${applied}: nothing was pruned`);
+      for (const c of changes) {
+        assert.equal(c.revision, applied + 1);
+        applied = c.revision;
+      }
+    }
+    await all;
+    assert.ok(reads > 20, `${reads} reads`);
+  });
+
   it('the pool is bounded: a node never holds more connections than its pool size (plus LISTEN)', async () => {
     const store = await pgOpen({ poolSize: 3, applicationName: 'switchyard-pool-test' });
     await store.createTenant({ name: 'acme', port: 7001, tokenHash: 'h1' });

@@ -278,7 +278,7 @@ export class PgTenantStore implements ClusterStore {
       if (first !== undefined) return { changes, complete: first.revision === revision + 1 };
       const now = await c.query<{ revision: string }>('SELECT revision FROM cluster');
       return { changes, complete: Number(now.rows[0]?.revision ?? 0) <= revision };
-    }, false);
+    }, 'snapshot');
   }
 
   async recordKill(name: string): Promise<number> {
@@ -343,8 +343,12 @@ export class PgTenantStore implements ClusterStore {
     }
   }
 
-  /** Runs `fn` in one transaction on a pool connection; a connection broken meanwhile is discarded, not reused. */
-  async #transaction<T>(fn: (c: pg.PoolClient) => Promise<T>, write = true): Promise<T> {
+  /**
+   * Runs `fn` in one transaction on a pool connection; a connection broken meanwhile is discarded,
+   * not reused. `snapshot`: read only, and every statement sees the same snapshot (REPEATABLE
+   * READ), so that two reads agree with each other.
+   */
+  async #transaction<T>(fn: (c: pg.PoolClient) => Promise<T>, kind: 'write' | 'snapshot' = 'write'): Promise<T> {
     const pool = this.#open();
     let c: pg.PoolClient;
     try {
@@ -354,7 +358,7 @@ export class PgTenantStore implements ClusterStore {
     }
     let broken: Error | undefined;
     try {
-      await c.query(write ? 'BEGIN' : 'BEGIN READ ONLY');
+      await c.query(kind === 'write' ? 'BEGIN' : 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
       const result = await fn(c);
       await c.query('COMMIT');
       return result;
