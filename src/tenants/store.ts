@@ -2,9 +2,9 @@
  * The persistent state of hosting mode (CONTRACT §4, §5): tenants, their router versions,
  * routing tables, limits and token hashes.
  *
- * Every method returns a Promise so that an implementation over a network database (PostgreSQL)
- * can sit behind the same interface as the embedded one (./sqlite-store.ts). The guarantees every
- * implementation gives:
+ * Every method returns a Promise so that the implementation over a network database
+ * (./pg-store.ts, PostgreSQL, shared by the nodes of a cluster) sits behind the same interface as
+ * the embedded one (./sqlite-store.ts). The guarantees every implementation gives:
  *
  * - Durability: a resolved promise means the change is on stable storage; it survives a crash
  *   of the process or of the machine.
