@@ -6,9 +6,9 @@
  * PostgreSQL refuses to run as root: as root, the cluster runs as the system user
  * `switchyard-pg` (created when missing), through setpriv.
  */
-import { execFileSync } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
+import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -38,7 +38,13 @@ function identity(): { uid: number; gid: number } | undefined {
   try {
     execFileSync('id', ['-u', user], { stdio: 'ignore' });
   } catch {
-    execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', user], { stdio: 'ignore' });
+    try {
+      execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', user], { stdio: 'ignore' });
+    } catch (err) {
+      // Another test file may have created it at the same moment: only its absence is an error.
+      execFileSync('id', ['-u', user], { stdio: 'ignore' });
+      void err;
+    }
   }
   const uid = Number(execFileSync('id', ['-u', user], { encoding: 'utf8' }).trim());
   const gid = Number(execFileSync('id', ['-g', user], { encoding: 'utf8' }).trim());
@@ -55,21 +61,35 @@ async function pgRun(program: string, args: readonly string[], timeoutMs = 60_00
   return r.stdout;
 }
 
-/** A port below the tests' other ranges that refuses connections now (see helpers.refusingPort). */
+/**
+ * A free port from the kernel's ephemeral range (bound on port 0, then released): the tests'
+ * other ranges are kept for tenant ports (freePortRange) and for ports that must keep refusing
+ * (refusingPort). Should something take it before PostgreSQL binds it, starting fails and another
+ * is tried.
+ */
 async function unusedPort(): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const port = 15000 + Math.floor(Math.random() * 5000);
-    const refused = await new Promise<boolean>((resolve) => {
-      const probe = connect({ port, host: '127.0.0.1' });
-      probe.once('connect', () => {
-        probe.destroy();
-        resolve(false);
-      });
-      probe.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ECONNREFUSED'));
-    });
-    if (refused) return port;
-  }
-  throw new Error('no free port for PostgreSQL');
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/**
+ * A process that stops the cluster and removes its directory once this test process is gone,
+ * however it ends (a crash, a kill): a throwaway server must never outlive its tests.
+ */
+function watchdog(dir: string, data: string): ChildProcess {
+  const id = identity();
+  const stop = [...(id === undefined ? [] : ['setpriv', `--reuid=${id.uid}`, `--regid=${id.gid}`, '--clear-groups', '--']), bin('pg_ctl'), 'stop', '-m', 'immediate', '-D', data];
+  const quoted = (a: string): string => `'${a.replaceAll("'", "'\\''")}'`;
+  const script = `while kill -0 ${process.pid} 2>/dev/null; do sleep 1; done; ${stop.map(quoted).join(' ')} >/dev/null 2>&1; rm -rf ${quoted(dir)}`;
+  const child = spawn('sh', ['-c', script], { detached: true, stdio: 'ignore' });
+  child.unref();
+  return child;
 }
 
 export interface TestPostgres {
@@ -116,10 +136,12 @@ export async function startPostgres(): Promise<TestPostgres> {
     }
   }
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  const guard = watchdog(dir, data);
   return onServer(url, {
     stop: () => pgRun('pg_ctl', ['stop', '-w', '-m', 'fast', '-D', data]).then(() => undefined),
     start,
     destroy: async () => {
+      if (guard.pid !== undefined) process.kill(-guard.pid, "SIGKILL");
       await pgRun('pg_ctl', ['stop', '-w', '-m', 'immediate', '-D', data]).catch(() => undefined);
       rmSync(dir, { recursive: true, force: true });
     },
