@@ -251,9 +251,11 @@ describe('cluster: three nodes on one PostgreSQL', () => {
   });
 
   it('PostgreSQL stopped for 10 s under traffic: zero routing failures, reads answer, writes are 503, /healthz says store down, switchyard_store_up 0; then every node converges', async (t) => {
-    const { port } = await node(0).api.createTenant('zeta');
+    const { port, token: zetaToken } = await node(0).api.createTenant('zeta');
     await node(0).api.putRouter('zeta', router('z1', backend.port));
     await convergence(all(), port, 'z1|', Date.now());
+    // The tenant's token is seen once on every node before the outage.
+    for (const n of all()) assert.equal((await n.api.call('GET', '/v1/tenants/zeta', { token: zetaToken })).status, 200);
 
     let routed = 0;
     const failures: string[] = [];
@@ -286,6 +288,9 @@ describe('cluster: three nodes on one PostgreSQL', () => {
         assert.match(push.json.error, /store is unavailable/);
         const create = await n.api.call('POST', '/v1/tenants', { body: { name: `during-${n.host.replaceAll('.', '-')}` } });
         assert.equal(create.status, 503, create.text);
+        // A tenant token seen before still works (cached hash); one never seen cannot be checked.
+        assert.equal((await n.api.call('GET', '/v1/tenants/zeta', { token: zetaToken })).status, 200);
+        assert.equal((await n.api.call('GET', '/v1/tenants/zeta', { token: 'sy_tn_never-seen-token-never-seen-token-0000000' })).status, 503);
       }
       const remaining = 10_000 - (Date.now() - stoppedAt);
       if (remaining > 0) await new Promise((resolve) => setTimeout(resolve, remaining)); // the outage lasts 10 s: what is tested is routing throughout it
