@@ -100,7 +100,7 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
       : await PgTenantStore.open({
           url: o.store.url,
           ...(o.store.poolSize === undefined ? {} : { poolSize: o.store.poolSize }),
-          applicationName: `switchyard ${hostname()} ${o.bindHost}`.slice(0, 56),
+          applicationName: `switchyard ${o.bindHost} ${hostname()}`.slice(0, 56),
         });
   const pool = new SandboxPool({
     log: o.log,

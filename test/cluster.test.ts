@@ -252,6 +252,7 @@ describe('cluster: three nodes on one PostgreSQL', () => {
 
   it('PostgreSQL stopped for 10 s under traffic: zero routing failures, reads answer, writes are 503, /healthz says store down, switchyard_store_up 0; then every node converges', async (t) => {
     const { port, token: zetaToken } = await node(0).api.createTenant('zeta');
+    await node(0).api.createTenant('zeta-idle'); // no traffic: for the kill switch during the outage
     await node(0).api.putRouter('zeta', router('z1', backend.port));
     await convergence(all(), port, 'z1|', Date.now());
     // The tenant's token is seen once on every node before the outage.
@@ -288,6 +289,12 @@ describe('cluster: three nodes on one PostgreSQL', () => {
         assert.match(push.json.error, /store is unavailable/);
         const create = await n.api.call('POST', '/v1/tenants', { body: { name: `during-${n.host.replaceAll('.', '-')}` } });
         assert.equal(create.status, 503, create.text);
+        // The kill switch closes this node's connections and says the others could not be told.
+        await eventually(() => n.api.call('GET', '/v1/tenants/zeta-idle').then((r) => r.status === 200), `zeta-idle on ${n.host}`);
+        const kill = await n.api.call('DELETE', '/v1/tenants/zeta-idle/connections');
+        assert.equal(kill.status, 503, kill.text);
+        assert.equal(typeof kill.json.closed, 'number');
+        assert.match(kill.json.error, /other nodes could not be told/);
         // A tenant token seen before still works (cached hash); one never seen cannot be checked.
         assert.equal((await n.api.call('GET', '/v1/tenants/zeta', { token: zetaToken })).status, 200);
         assert.equal((await n.api.call('GET', '/v1/tenants/zeta', { token: 'sy_tn_never-seen-token-never-seen-token-0000000' })).status, 503);
