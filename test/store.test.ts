@@ -542,6 +542,28 @@ describe('PgTenantStore: schema, change stream, pool, outages', () => {
     }
   });
 
+  it('snapshot: every tenant with its table and live router, and the revision they reflect', async () => {
+    const store = await pgOpen();
+    assert.deepEqual(await store.snapshot(), { revision: 0, tenants: [] });
+    await store.createTenant({ name: 'beta', port: 7002, tokenHash: 'h2' });
+    await store.createTenant({ name: 'acme', port: 7001, tokenHash: 'h1' });
+    await store.addRouterVersion('acme', 'v1 \u0000 ✓');
+    await store.addRouterVersion('acme', 'v2');
+    await store.rollbackRouter('acme');
+    await store.setTable('acme', '{"t":1}');
+    await store.setLimits('beta', { memoryMb: 8 });
+    const snap = await store.snapshot();
+    assert.equal(snap.revision, await store.revision());
+    assert.deepEqual(snap.tenants.map((t) => t.record), await store.listTenants());
+    const [acme, beta] = snap.tenants;
+    assert.equal(acme?.table, '{"t":1}');
+    assert.deepEqual(acme?.live, await store.liveRouter('acme'));
+    assert.equal(acme?.live?.source, 'v1 \u0000 ✓');
+    assert.equal(beta?.table, undefined);
+    assert.equal(beta?.live, undefined);
+    assert.deepEqual(beta?.record.limits, { memoryMb: 8 });
+  });
+
   it('changesAfter reads one snapshot: while others write, it never reports changes as pruned when none were', async () => {
     const [a, b, reader] = await Promise.all([pgOpen(), pgOpen(), pgOpen()]);
     await a.createTenant({ name: 'acme', port: 7001, tokenHash: 'h1' });

@@ -25,6 +25,7 @@ import {
   TenantNotFoundError,
   type NewTenant,
   type RouterVersion,
+  type StoreSnapshot,
   type TenantRecord,
 } from './store.js';
 
@@ -278,6 +279,27 @@ export class PgTenantStore implements ClusterStore {
       if (first !== undefined) return { changes, complete: first.revision === revision + 1 };
       const now = await c.query<{ revision: string }>('SELECT revision FROM cluster');
       return { changes, complete: Number(now.rows[0]?.revision ?? 0) <= revision };
+    }, 'snapshot');
+  }
+
+  async snapshot(): Promise<StoreSnapshot> {
+    return this.#transaction(async (c) => {
+      const head = await c.query<{ revision: string }>('SELECT revision FROM cluster');
+      const r = await c.query<TenantRow & { json: Buffer | null; version: number | null; source: Buffer | null; v_created_at: Date | null }>(
+        `SELECT ${TENANT_COLUMNS.split(', ').map((col) => `t.${col}`).join(', ')}, r.json, v.version, v.source, v.created_at AS v_created_at
+         FROM tenants t
+         LEFT JOIN routing_tables r ON r.tenant_id = t.id
+         LEFT JOIN router_versions v ON v.tenant_id = t.id AND v.version = t.live_version
+         ORDER BY t.name COLLATE "C"`,
+      );
+      return {
+        revision: Number(head.rows[0]?.revision ?? 0),
+        tenants: r.rows.map((row) => ({
+          record: toRecord(row),
+          table: row.json?.toString('utf8'),
+          live: row.version === null || row.source === null || row.v_created_at === null ? undefined : { version: row.version, source: row.source.toString('utf8'), createdAt: row.v_created_at.toISOString() },
+        })),
+      };
     }, 'snapshot');
   }
 

@@ -13,7 +13,16 @@ import type { Router } from '../sandbox/router.js';
 import { effectiveLimits, type EffectiveLimits, type LimitOverrides, storedOverrides, updateOverrides } from './limits.js';
 import { MissingRouter } from './missing-router.js';
 import { ChangeFeed } from './changes.js';
-import { type Change, type ClusterStore, isClusterStore, StoreConflictError, StoreUnavailableError, type TenantRecord, type TenantStore } from './store.js';
+import {
+  type Change,
+  type ClusterStore,
+  isClusterStore,
+  StoreConflictError,
+  type StoreSnapshot,
+  StoreUnavailableError,
+  type TenantRecord,
+  type TenantStore,
+} from './store.js';
 import { CheckGate, PushQuota, quotaDefaults, type Quotas } from './quotas.js';
 import { hashToken, newToken } from './tokens.js';
 
@@ -120,13 +129,14 @@ export class HostingService {
   static async start(options: HostingOptions): Promise<HostingService> {
     const service = new HostingService(options);
     const store = options.store;
-    // Read before the tenants: the state loaded reflects at least this revision, and the stream
-    // applies everything after it (a change applied again over the same state changes nothing).
-    const from = isClusterStore(store) ? await store.revision() : 0;
-    for (const record of await store.listTenants()) {
-      const tenant = service.#runtime(record, await store.getTable(record.name));
+    // A cluster store gives every tenant and the revision they reflect in one read; the stream
+    // then applies everything after that revision.
+    const snapshot = isClusterStore(store) ? await store.snapshot() : undefined;
+    const loaded = snapshot?.tenants ?? (await loadEach(store));
+    const from = snapshot?.revision ?? 0;
+    for (const { record, table, live } of loaded) {
+      const tenant = service.#runtime(record, table);
       service.#tenants.set(record.name, tenant);
-      const live = await store.liveRouter(record.name);
       if (live !== undefined) {
         tenant.listener.setRouter(service.#coldRouter(tenant, live.source));
         tenant.version = live.version;
@@ -659,6 +669,13 @@ export class HostingService {
     t.version = version;
     this.#log.info({ tenant: t.name, version }, 'router live');
   }
+}
+
+/** Every tenant with its table and live router, read one by one (the embedded store: one process, nothing changes meanwhile). */
+async function loadEach(store: TenantStore): Promise<StoreSnapshot['tenants']> {
+  const out: { record: TenantRecord; table: string | undefined; live: Awaited<ReturnType<TenantStore['liveRouter']>> }[] = [];
+  for (const record of await store.listTenants()) out.push({ record, table: await store.getTable(record.name), live: await store.liveRouter(record.name) });
+  return out;
 }
 
 /** A store that cannot be reached, as the refusal the admin API answers 503 (Retry-After); anything else as it is. */

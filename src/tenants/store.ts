@@ -202,10 +202,21 @@ export interface ClusterStore extends TenantStore {
    * right after `revision` were already pruned: the caller must reload everything.
    */
   changesAfter(revision: number, limit: number): Promise<{ changes: Change[]; complete: boolean }>;
+  /**
+   * Every tenant with its table and live router, and the revision they reflect, read at one
+   * moment (one snapshot): what a node loads at start.
+   */
+  snapshot(): Promise<StoreSnapshot>;
   /** Records the kill switch for `name` as a change; resolves its revision. Rejects with TenantNotFoundError. */
   recordKill(name: string): Promise<number>;
   /** A connection that receives a call of `onNotify` for each committed change, until closed. */
   subscribe(onNotify: (revision: number) => void, onLost: (err: Error) => void): Promise<Subscription>;
+}
+
+export interface StoreSnapshot {
+  readonly revision: number;
+  /** Ordered by name. */
+  readonly tenants: readonly { readonly record: TenantRecord; readonly table: string | undefined; readonly live: RouterVersion | undefined }[];
 }
 
 export interface Subscription {
