@@ -6,6 +6,7 @@ import { AdminServer } from './admin/server.js';
 import type { Limits } from './config.js';
 import { NativeRelay } from './connection/native-relay.js';
 import { runtimeInfo } from './runtime.js';
+import { SwitchyardError } from './errors.js';
 import type { Logger } from './log.js';
 import type { AllowRule } from './routing/policy.js';
 import { sandboxIdentity } from './sandbox/confine.js';
@@ -14,7 +15,7 @@ import type { Service } from './single.js';
 import { HostingService, type Quotas } from './tenants/service.js';
 import { PgTenantStore, redactUrl } from './tenants/pg-store.js';
 import { SqliteTenantStore } from './tenants/sqlite-store.js';
-import { StoreError, type TenantStore } from './tenants/store.js';
+import type { TenantStore } from './tenants/store.js';
 import { newToken } from './tenants/tokens.js';
 
 export interface ServeOptions {
@@ -58,7 +59,7 @@ async function operatorToken(o: ServeOptions): Promise<string> {
   if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
   if (o.store !== undefined) {
     // Every node must accept the same token, and none has a data directory of its own to keep one in.
-    throw new StoreError('ERR_STORE_INVALID', 'with a PostgreSQL store, set SWITCHYARD_ADMIN_TOKEN (the same operator token on every node)');
+    throw new SwitchyardError('ERR_OPERATOR_TOKEN_REQUIRED', 'with a PostgreSQL store, set SWITCHYARD_ADMIN_TOKEN (the same operator token on every node)');
   }
   const file = join(o.dataDir, 'admin-token');
   try {
