@@ -70,16 +70,16 @@ try {
   const url = await pg.newDatabase();
   const database = new URL(url).pathname.slice(1);
   const ports = await freePortRange(tenants + 10);
+  const serve = (host: string, data: string): Promise<CliProcess & { adminPort: number }> =>
+    startCliServe(
+      ['--store', url, '--bind', host, '--admin', `${host}:0`, '--ports', `${ports[0]}-${ports[1]}`, '--data', data, '--sandbox-workers', '1', '--log-level', 'info', '--pushes-per-minute', '6000'],
+      { SWITCHYARD_ADMIN_TOKEN: token },
+      60_000,
+    );
   for (const host of hosts) {
     const data = mkdtempSync(join(tmpdir(), 'switchyard-bench-node-'));
     dirs.push(data);
-    nodes.push(
-      await startCliServe(
-        ['--store', url, '--bind', host, '--admin', `${host}:0`, '--ports', `${ports[0]}-${ports[1]}`, '--data', data, '--sandbox-workers', '1', '--log-level', 'info', '--pushes-per-minute', '6000'],
-        { SWITCHYARD_ADMIN_TOKEN: token },
-        60_000,
-      ),
-    );
+    nodes.push(await serve(host, data));
   }
   const apis = nodes.map((n, i) => new AdminApi(n.adminPort, token, hosts[i]!));
 
@@ -163,6 +163,15 @@ try {
   const cpuS = nodes.map((n, i) => ((processTicks(n.pid) ?? 0) - ticks0[i]!) / ticksPerSecond);
   const changeS = (await Promise.all(apis.map((a) => metric(a, 'switchyard_cluster_change_seconds_total')))).map((v, i) => v - change0[i]!);
   const applied = (await Promise.all(apis.map((a) => metric(a, 'switchyard_cluster_changes_applied_total')))).map((v, i) => v - applied0[i]!);
+  // kill -9 of node 2, and its restart: until it serves (admin API up, every tenant loaded) and until every port listens.
+  nodes[1]!.child.kill('SIGKILL');
+  await nodes[1]!.exited;
+  const restartAt = Date.now();
+  nodes[1] = await serve(hosts[1], dirs[1]!);
+  const servingMs = Date.now() - restartAt;
+  const restarted = new AdminApi(nodes[1].adminPort, token, hosts[1]);
+  while ((await restarted.call('GET', '/healthz')).status !== 200) await sleep(10);
+  const healthyMs = Date.now() - restartAt;
   const p = (xs: number[], q: number): number => {
     const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
     return s[Math.min(s.length - 1, Math.floor(s.length * q))] ?? NaN;
@@ -181,6 +190,7 @@ try {
     nodeCpuSeconds: Object.fromEntries(hosts.map((h, i) => [h, cpuS[i]])),
     changeStream: Object.fromEntries(hosts.map((h, i) => [h, { changes: applied[i], seconds: changeS[i], msPerChange: (changeS[i]! * 1000) / applied[i]! }])),
     seconds: elapsedS,
+    restart: { servingMs, healthyMs },
   };
   console.log(`${hosts.length} nodes, ${tenants} tenants (created and pushed once in ${setupS.toFixed(1)} s), ${result.pushes} pushes in ${elapsedS.toFixed(0)} s (${result.pushesPerSecond.toFixed(1)}/s), ${refused} refused, ${missed} not seen everywhere within 30 s`);
   console.log(`  push 2xx → routed by the new version on every node: p50 ${result.everyNodeMs.p50} ms, p99 ${result.everyNodeMs.p99} ms, max ${result.everyNodeMs.max} ms`);
@@ -190,6 +200,7 @@ try {
       `  ${h}: PostgreSQL connections ≤ ${result.pgConnectionsPerNode[h]!.max}; main process CPU ${cpuS[i]!.toFixed(1)} s over ${elapsedS.toFixed(0)} s (pushes, probes and changes); change stream ${applied[i]} changes, ${(changeS[i]! * 1000 / applied[i]!).toFixed(2)} ms each (wall, store reads included)`,
     );
   }
+  console.log(`  node 2 killed (SIGKILL) and restarted: serving after ${servingMs} ms, every one of the ${tenants} ports listening (/healthz 200) after ${healthyMs} ms`);
   for (const [why, n] of refusals) console.log(`  refused ${n}×: ${why}`);
   for (const m of misses.slice(0, 10)) console.log(`  missed: ${m}`);
   for (const [i, n] of nodes.entries()) {
