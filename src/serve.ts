@@ -85,8 +85,6 @@ export interface HostingRun extends Service {
   pendingRebinds(): number;
   /** New operator rules and limits' defaults for new connections (a reloaded configuration). */
   reconfigure(o: { readonly allow: readonly AllowRule[]; readonly defaults: Limits }): Promise<void>;
-  /** With a PostgreSQL store: resolves once every change committed so far is applied on this node. */
-  sync(): Promise<void>;
   /** With a PostgreSQL store: whether it can be reached (`up`/`down`); undefined with SQLite. */
   storeState(): 'up' | 'down' | undefined;
 }
@@ -141,7 +139,6 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
         await store.close();
       },
       destroy: () => service.destroy(),
-      sync: () => service.sync(),
       storeState: () => service.storeState,
       pendingRebinds: () => service.pendingRebinds,
       reconfigure: (c) => service.reconfigure(c),

@@ -637,8 +637,6 @@ export interface TestHosting {
   readonly announced: string[];
   /** Tenant ports that could not be bound at start and wait to be tried again. */
   pendingRebinds(): number;
-  /** With a PostgreSQL store: resolves once every committed change is applied on this node. */
-  sync(): Promise<void>;
   /** With a PostgreSQL store: `up` or `down`. */
   storeState(): 'up' | 'down' | undefined;
   /** Closes every connection and the service (the data directory is kept). */
@@ -707,7 +705,6 @@ export async function startTestHosting(
     log,
     announced,
     pendingRebinds: () => service.pendingRebinds(),
-    sync: () => service.sync(),
     storeState: () => service.storeState(),
     close: async () => {
       service.destroy();

@@ -81,16 +81,6 @@ export class ChangeFeed {
     return { applied: this.#applied, changes: this.#count, busyMs: this.#busyMs };
   }
 
-  /** Resolves once everything committed up to now has been applied (or rejects when the store is unreachable). */
-  async sync(): Promise<void> {
-    const target = await this.#o.store.revision();
-    while (this.#applied < target) {
-      this.#kick();
-      await this.#running;
-      if (this.#state !== FeedState.up) throw new Error('the change stream is down');
-    }
-  }
-
   async close(): Promise<void> {
     this.#state = FeedState.closed;
     clearTimeout(this.#retry);

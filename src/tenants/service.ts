@@ -169,11 +169,6 @@ export class HostingService {
     return this.#feed?.applied;
   }
 
-  /** With a cluster store: resolves once every change committed so far is applied here. */
-  async sync(): Promise<void> {
-    await this.#feed?.sync();
-  }
-
   /** One change of the cluster, made by any node (this one included). */
   async #applyChange(change: Change): Promise<void> {
     if (change.kind === 'kill') {
