@@ -185,11 +185,29 @@ function allowRule(text: string, previous: AllowRule[] = []): AllowRule[] {
   return [...previous, rule];
 }
 
+/** A PostgreSQL URL for --store. */
+function storeUrl(text: string): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new InvalidArgumentError('expected a PostgreSQL URL, as postgres://user:password@host:5432/switchyard');
+  }
+  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') throw new InvalidArgumentError('expected a postgres:// or postgresql:// URL');
+  return text;
+}
+
 const serve = program
   .command('serve')
   .description('hosting mode: tenants, each with a port and a router, managed over the admin API')
   .helpOption('--help', 'show this help')
   .option('--data <dir>', 'data directory', './switchyard-data')
+  .addOption(
+    new Option('--store <url>', 'PostgreSQL URL of the store shared by the nodes of a cluster (postgres://…); default: SQLite in the data directory')
+      .env('SWITCHYARD_STORE')
+      .argParser(storeUrl),
+  )
+  .option('--store-pool <n>', 'connections to the PostgreSQL store per node, at most (one more listens for changes)', integer(1, 100), 4)
   .option('--config-file <file>', 'configuration file (JSON; default: DATA/switchyard.json when it exists); flags override it')
   .option('--admin <host:port>', 'admin API address', hostPort, { host: '127.0.0.1', port: 7070 })
   .option('--ports <lo-hi>', 'tenant ports (inclusive)', portRange, [20000, 20999] as [number, number])
@@ -207,6 +225,8 @@ for (const option of limitOptions()) serve.addOption(option);
 /** What `serve` runs with once flags and the configuration file are resolved. */
 interface ServeValues {
   data: string;
+  store?: string;
+  storePool: number;
   configFile?: string;
   admin: { host: string; port: number };
   ports: [number, number];
@@ -258,6 +278,7 @@ serve.action(async (opts: ServeValues) => {
   try {
     service = await startHosting({
       dataDir: opts.data,
+      ...(v.store === undefined ? {} : { store: { url: v.store, poolSize: v.storePool } }),
       admin: v.admin,
       ports: v.ports,
       bindHost: v.bind,

@@ -1,21 +1,32 @@
 import { mkdir, open, readFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { AdminConnectionOptions } from './admin/connections.js';
 import { AdminServer } from './admin/server.js';
 import type { Limits } from './config.js';
 import { NativeRelay } from './connection/native-relay.js';
 import { runtimeInfo } from './runtime.js';
+import { SwitchyardError } from './errors.js';
 import type { Logger } from './log.js';
 import type { AllowRule } from './routing/policy.js';
 import { sandboxIdentity } from './sandbox/confine.js';
 import { SandboxPool } from './sandbox/pool.js';
 import type { Service } from './single.js';
 import { HostingService, type Quotas } from './tenants/service.js';
+import { PgTenantStore, redactUrl } from './tenants/pg-store.js';
 import { SqliteTenantStore } from './tenants/sqlite-store.js';
+import type { TenantStore } from './tenants/store.js';
 import { newToken } from './tenants/tokens.js';
 
 export interface ServeOptions {
   readonly dataDir: string;
+  /**
+   * A PostgreSQL URL: the store shared by every node of a cluster (the data directory then holds
+   * nothing but an optional configuration file). Absent: SQLite in the data directory.
+   */
+  readonly store?: { readonly url: string; readonly poolSize?: number };
+  /** With a PostgreSQL store: the change stream's reconnection backoff and polling. */
+  readonly changeFeed?: { readonly backoffMs?: readonly [number, number]; readonly pollMs?: number };
   readonly admin: { readonly host: string; readonly port: number };
   readonly ports: readonly [number, number];
   readonly bindHost: string;
@@ -46,6 +57,10 @@ export interface ServeOptions {
 async function operatorToken(o: ServeOptions): Promise<string> {
   const fromEnv = process.env.SWITCHYARD_ADMIN_TOKEN;
   if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
+  if (o.store !== undefined) {
+    // Every node must accept the same token, and none has a data directory of its own to keep one in.
+    throw new SwitchyardError('ERR_OPERATOR_TOKEN_REQUIRED', 'with a PostgreSQL store, set SWITCHYARD_ADMIN_TOKEN (the same operator token on every node)');
+  }
   const file = join(o.dataDir, 'admin-token');
   try {
     return (await readFile(file, 'utf8')).trim();
@@ -70,13 +85,22 @@ export interface HostingRun extends Service {
   pendingRebinds(): number;
   /** New operator rules and limits' defaults for new connections (a reloaded configuration). */
   reconfigure(o: { readonly allow: readonly AllowRule[]; readonly defaults: Limits }): Promise<void>;
+  /** With a PostgreSQL store: whether it can be reached (`up`/`down`); undefined with SQLite. */
+  storeState(): 'up' | 'down' | undefined;
 }
 
 export async function startHosting(o: ServeOptions): Promise<HostingRun> {
   sandboxIdentity(o.sandboxUser); // an unknown sandbox user: refused before anything is touched
-  await mkdir(o.dataDir, { recursive: true, mode: 0o700 });
+  if (o.store === undefined) await mkdir(o.dataDir, { recursive: true, mode: 0o700 });
   const token = await operatorToken(o);
-  const store = await SqliteTenantStore.open(o.dataDir);
+  const store: TenantStore =
+    o.store === undefined
+      ? await SqliteTenantStore.open(o.dataDir)
+      : await PgTenantStore.open({
+          url: o.store.url,
+          ...(o.store.poolSize === undefined ? {} : { poolSize: o.store.poolSize }),
+          applicationName: `switchyard ${o.bindHost} ${hostname()}`.slice(0, 56),
+        });
   const pool = new SandboxPool({
     log: o.log,
     workers: o.workers,
@@ -98,11 +122,12 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
       ownPorts: () => [adminPort],
       ...(o.rebindAfterMs === undefined ? {} : { rebindAfterMs: o.rebindAfterMs }),
       ...(o.quotas === undefined ? {} : { quotas: o.quotas }),
+      ...(o.changeFeed === undefined ? {} : { changeFeed: o.changeFeed }),
     });
     admin = new AdminServer(service, token, o.log, o.adminConnections, o.describeConfig);
     const address = await admin.listen(o.admin.port, o.admin.host);
     adminPort = address.port;
-    o.log.info({ admin: `${address.address}:${address.port}`, ports: `${o.ports[0]}-${o.ports[1]}`, bind: o.bindHost, data: o.dataDir, ...NativeRelay.describe(), runtime: runtimeInfo() }, 'serving');
+    o.log.info({ admin: `${address.address}:${address.port}`, ports: `${o.ports[0]}-${o.ports[1]}`, bind: o.bindHost, ...(o.store === undefined ? { data: o.dataDir } : { store: redactUrl(o.store.url), revision: service.revision }), ...NativeRelay.describe(), runtime: runtimeInfo() }, 'serving');
     const adminServer = admin;
     return {
       address,
@@ -114,6 +139,7 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
         await store.close();
       },
       destroy: () => service.destroy(),
+      storeState: () => service.storeState,
       pendingRebinds: () => service.pendingRebinds,
       reconfigure: (c) => service.reconfigure(c),
     };

@@ -7,7 +7,7 @@
 import type { Command, Option } from 'commander';
 import { limitTable } from './config.js';
 
-export type Source = 'flag' | 'file' | 'default';
+export type Source = 'flag' | 'env' | 'file' | 'default';
 
 export interface Resolved {
   /** Option values by commander attribute name, as the action receives them. */
@@ -51,12 +51,15 @@ export function resolveSettings(command: Command, file: unknown): Resolved {
     if (limit === undefined) known.add(attr);
     else knownLimits.add(limit.key);
     const given = limit === undefined ? top[attr] : (limits as Record<string, unknown>)[limit.key];
-    if (command.getOptionValueSource(attr) === 'cli') sources[key] = 'flag';
+    const source = command.getOptionValueSource(attr);
+    if (source === 'cli') sources[key] = 'flag';
+    // An environment variable (SWITCHYARD_STORE) is set for this process, like a flag: it wins over the file.
+    else if (source === 'env') sources[key] = 'env';
     else if (given !== undefined) {
       values[attr] = parseGiven(option, key, given);
       sources[key] = 'file';
     } else sources[key] = 'default';
-    view[key] = sources[key] === 'file' ? given : display(values[attr]);
+    view[key] = redact(sources[key] === 'file' ? given : display(values[attr]));
   }
   for (const k of Object.keys(top)) if (!known.has(k)) throw new SettingsError(`unknown key "${k}"; known: ${[...known].join(', ')}`);
   for (const k of Object.keys(limits)) if (!knownLimits.has(k)) throw new SettingsError(`unknown limit "${k}"; known: ${[...knownLimits].join(', ')}`);
@@ -93,6 +96,19 @@ function display(value: unknown): unknown {
     return `${host.includes(':') ? `[${host}]` : host}:${port}`;
   }
   return value;
+}
+
+/** A URL's password is never shown (the store's, in logs and GET /v1/config). */
+function redact(value: unknown): unknown {
+  if (typeof value !== 'string' || !/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) return value;
+  try {
+    const u = new URL(value);
+    if (u.password === '') return value;
+    u.password = '***';
+    return u.toString();
+  } catch {
+    return value;
+  }
 }
 
 /** What changed between two resolutions, by configuration-file key. */

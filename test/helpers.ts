@@ -218,9 +218,9 @@ export interface Exchange {
  * order (each written after the previous), half-closes if asked, and collects everything until
  * the connection closes.
  */
-export async function exchange(port: number, chunks: (string | Buffer)[], options: { end?: boolean; from?: string } = {}): Promise<Exchange> {
+export async function exchange(port: number, chunks: (string | Buffer)[], options: { end?: boolean; from?: string; host?: string } = {}): Promise<Exchange> {
   const from = options.from ?? '127.0.0.1';
-  const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true, localAddress: from });
+  const socket = connect({ port, host: options.host ?? '127.0.0.1', allowHalfOpen: true, localAddress: from });
   await once(socket, 'connect');
   const local = socket.localPort;
   const received: Buffer[] = [];
@@ -242,8 +242,8 @@ export async function exchange(port: number, chunks: (string | Buffer)[], option
 }
 
 /** Opens a client socket and resolves once connected. */
-export async function dial(port: number): Promise<Socket> {
-  const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+export async function dial(port: number, host = '127.0.0.1'): Promise<Socket> {
+  const socket = connect({ port, host, allowHalfOpen: true });
   socket.on('error', () => undefined);
   await once(socket, 'connect');
   return socket;
@@ -514,6 +514,8 @@ export interface HttpCall {
   /** Send the body with chunked transfer encoding (no Content-Length), in pieces of this size. */
   readonly chunkSize?: number;
   readonly headers?: Record<string, string>;
+  /** The address to call (default 127.0.0.1). */
+  readonly host?: string;
 }
 
 /**
@@ -530,7 +532,7 @@ export function httpCall(port: number, method: string, path: string, call: HttpC
   // Node's client frames a body as chunked by default only for some methods (not GET or DELETE).
   if (body !== undefined && call.chunkSize !== undefined) headers['transfer-encoding'] = 'chunked';
   return new Promise((resolve, reject) => {
-    const req = httpRequest({ host: '127.0.0.1', port, method, path, headers, agent: false });
+    const req = httpRequest({ host: call.host ?? '127.0.0.1', port, method, path, headers, agent: false });
     let answered = false;
     req.on('error', (err) => {
       if (!answered) reject(err);
@@ -581,10 +583,11 @@ export class AdminApi {
   constructor(
     readonly port: number,
     readonly token: string,
+    readonly host = '127.0.0.1',
   ) {}
 
   call(method: string, path: string, call: HttpCall = {}): Promise<HttpReply> {
-    return httpCall(this.port, method, path, { token: this.token, ...call });
+    return httpCall(this.port, method, path, { token: this.token, host: this.host, ...call });
   }
 
   /** POST /v1/tenants; asserts 201 and resolves with { name, port, token }. */
@@ -634,6 +637,8 @@ export interface TestHosting {
   readonly announced: string[];
   /** Tenant ports that could not be bound at start and wait to be tried again. */
   pendingRebinds(): number;
+  /** With a PostgreSQL store: `up` or `down`. */
+  storeState(): 'up' | 'down' | undefined;
   /** Closes every connection and the service (the data directory is kept). */
   close(): Promise<void>;
 }
@@ -653,6 +658,11 @@ export async function startTestHosting(
     rebindAfterMs?: number;
     adminConnections?: Partial<import('../src/admin/connections.js').AdminConnectionOptions>;
     quotas?: Partial<import('../src/tenants/service.js').Quotas>;
+    /** A PostgreSQL URL: the node of a cluster (SWITCHYARD_ADMIN_TOKEN must be set). */
+    store?: string;
+    /** Where tenant ports and the admin API are bound (default 127.0.0.1). */
+    host?: string;
+    changeFeed?: { backoffMs?: readonly [number, number]; pollMs?: number };
   } = {},
 ): Promise<TestHosting> {
   const { startHosting } = await import('../src/serve.js');
@@ -666,11 +676,14 @@ export async function startTestHosting(
   });
   const log = new CapturedLog();
   const announced: string[] = [];
+  const host = options.host ?? '127.0.0.1';
   const service = await startHosting({
     dataDir,
-    admin: { host: '127.0.0.1', port: 0 },
+    admin: { host, port: 0 },
     ports,
-    bindHost: '127.0.0.1',
+    bindHost: host,
+    ...(options.store === undefined ? {} : { store: { url: options.store, poolSize: 4 } }),
+    ...(options.changeFeed === undefined ? {} : { changeFeed: options.changeFeed }),
     allow,
     defaults: { ...defaultLimits, ...options.limits },
     workers: 1,
@@ -688,10 +701,11 @@ export async function startTestHosting(
     dataDir,
     ports,
     operatorToken,
-    api: new AdminApi(service.adminPort, operatorToken),
+    api: new AdminApi(service.adminPort, operatorToken, host),
     log,
     announced,
     pendingRebinds: () => service.pendingRebinds(),
+    storeState: () => service.storeState(),
     close: async () => {
       service.destroy();
       await service.close();
@@ -737,8 +751,8 @@ export async function startCliServe(args: readonly string[], env: NodeJS.Process
 }
 
 /** Resolves with the error code of a connection attempt to 127.0.0.1:port, or 'connected'. */
-export async function tryConnect(port: number): Promise<string> {
-  const socket = connect({ port, host: '127.0.0.1' });
+export async function tryConnect(port: number, host = '127.0.0.1'): Promise<string> {
+  const socket = connect({ port, host });
   try {
     await once(socket, 'connect');
     return 'connected';

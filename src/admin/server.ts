@@ -106,7 +106,7 @@ export class AdminServer {
     const s = this.#service;
     const name = '([^/]+)';
     return [
-      [/^\/healthz$/, { GET: { access: 'anyone', body: 'none', run: () => (s.healthy ? { status: 200, json: { ok: true } } : { status: 503, json: { error: `tenant ports not listening: ${s.notListening.join(', ')}` } }) } }],
+      [/^\/healthz$/, { GET: { access: 'anyone', body: 'none', run: () => this.#health() } }],
       [/^\/v1\/config$/, { GET: { access: 'operator', body: 'none', run: () => ({ status: 200, json: this.#describeConfig() }) } }],
       [/^\/metrics$/, { GET: { access: 'operator', body: 'none', run: async () => ({ status: 200, text: await s.metrics() }) } }],
       [
@@ -172,8 +172,21 @@ export class AdminServer {
         },
       ],
       [new RegExp(`^/v1/tenants/${name}/rejections$`), { GET: { access: 'tenant', body: 'none', run: (r) => ({ status: 200, json: { rejections: s.rejections(r.name) } }) } }],
-      [new RegExp(`^/v1/tenants/${name}/connections$`), { DELETE: { access: 'tenant', body: 'none', run: (r) => ({ status: 200, json: { closed: s.closeConnections(r.name) } }) } }],
+      [new RegExp(`^/v1/tenants/${name}/connections$`), { DELETE: { access: 'tenant', body: 'none', run: async (r) => ({ status: 200, json: { closed: await s.closeConnections(r.name) } }) } }],
     ];
+  }
+
+  /**
+   * 200 once every tenant port is listening, 503 otherwise. With a cluster store, `store` says
+   * whether it can be reached: `down` is still 200 (the node routes on with the configuration in
+   * force, and reads answer), with `degraded` naming why; writes are refused meanwhile.
+   */
+  #health(): Reply {
+    const s = this.#service;
+    const store = s.storeState;
+    const cluster = store === undefined ? {} : { store, revision: s.revision, ...(store === 'down' ? { degraded: ['store'] } : {}) };
+    if (!s.healthy) return { status: 503, json: { error: `tenant ports not listening: ${s.notListening.join(', ')}`, ...cluster } };
+    return { status: 200, json: { ok: true, ...cluster } };
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {

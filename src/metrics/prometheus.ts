@@ -22,6 +22,16 @@ export interface SandboxFigures {
   readonly penalizedSources: number;
 }
 
+/** The tenant store as this node sees it. */
+export interface StoreFigures {
+  /** Whether the store can be reached (always true for the embedded one). */
+  readonly up: boolean;
+  /** With a cluster store: the last cluster revision applied here, changes applied, and the time spent applying them. */
+  readonly revision?: number;
+  readonly changesApplied?: number;
+  readonly changeSeconds?: number;
+}
+
 type Labels = Readonly<Record<string, string>>;
 
 /** Prometheus text exposition (format 0.0.4): each family's HELP and TYPE once, then its samples. */
@@ -44,7 +54,7 @@ function format(labels: Labels): string {
 }
 
 /** Every metric of the service, per tenant (labelled `tenant`) and process-wide. */
-export function renderMetrics(listeners: readonly TenantListener[], sandbox: SandboxFigures): string {
+export function renderMetrics(listeners: readonly TenantListener[], sandbox: SandboxFigures, store: StoreFigures = { up: true }): string {
   const e = new Exposition();
   const per = (f: (l: TenantListener) => Iterable<[Labels, number, string?]> | number): [Labels, number, string?][] =>
     listeners.flatMap((l): [Labels, number, string?][] => {
@@ -93,6 +103,12 @@ export function renderMetrics(listeners: readonly TenantListener[], sandbox: San
   e.family('switchyard_sandbox_quarantined_tenants', 'gauge', 'Tenants moved to a quarantine worker.', [[{}, sandbox.quarantined]]);
   e.family('switchyard_sandbox_penalized_sources', 'gauge', 'Client sources refused now (source_penalty), over all tenants.', [[{}, sandbox.penalizedSources]]);
   e.family('switchyard_sandbox_slow_lane_tenants', 'gauge', 'Tenants moved to the low-priority slow-lane worker after repeated time-outs.', [[{}, sandbox.slowLane]]);
+  e.family('switchyard_store_up', 'gauge', 'Whether the tenant store can be reached (1) or not (0): while 0, tenants route with the configuration in force and writes are refused.', [[{}, store.up ? 1 : 0]]);
+  if (store.revision !== undefined) {
+    e.family('switchyard_cluster_revision', 'gauge', 'The last cluster revision (change) applied on this node.', [[{}, store.revision]]);
+    e.family('switchyard_cluster_changes_applied_total', 'counter', 'Cluster changes applied on this node.', [[{}, store.changesApplied ?? 0]]);
+    e.family('switchyard_cluster_change_seconds_total', 'counter', 'Time spent applying cluster changes on this node (reading the store included).', [[{}, store.changeSeconds ?? 0]]);
+  }
   const relay = NativeRelay.get()?.stats();
   e.family('switchyard_relay_native', 'gauge', 'Whether connections are accepted and relayed by the native data path (splice) rather than by Node streams.', [[{}, relay === undefined ? 0 : 1]]);
   if (relay !== undefined) {

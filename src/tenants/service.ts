@@ -12,7 +12,17 @@ import { ProcessRouter } from '../sandbox/process-router.js';
 import type { Router } from '../sandbox/router.js';
 import { effectiveLimits, type EffectiveLimits, type LimitOverrides, storedOverrides, updateOverrides } from './limits.js';
 import { MissingRouter } from './missing-router.js';
-import { StoreConflictError, type TenantRecord, type TenantStore } from './store.js';
+import { ChangeFeed } from './changes.js';
+import {
+  type Change,
+  type ClusterStore,
+  isClusterStore,
+  StoreConflictError,
+  type StoreSnapshot,
+  StoreUnavailableError,
+  type TenantRecord,
+  type TenantStore,
+} from './store.js';
 import { CheckGate, PushQuota, quotaDefaults, type Quotas } from './quotas.js';
 import { hashToken, newToken } from './tokens.js';
 
@@ -34,7 +44,12 @@ export interface HostingOptions {
   readonly rebindAfterMs?: number;
   /** Push rate, script checks and versions kept (quotas.ts); its defaults otherwise. */
   readonly quotas?: Partial<Quotas>;
+  /** With a cluster store: the change stream's reconnection backoff and polling (changes.ts). */
+  readonly changeFeed?: { readonly backoffMs?: readonly [number, number]; readonly pollMs?: number };
 }
+
+/** How long a client is told to wait before trying a write again while the store is unavailable. */
+const storeRetryAfterS = 5;
 
 export type { Quotas } from './quotas.js';
 
@@ -42,6 +57,8 @@ export type { Quotas } from './quotas.js';
 interface Tenant {
   readonly name: string;
   readonly port: number;
+  /** As stored: with the name and port, which incarnation of the tenant this is (a name can be deleted and created again). */
+  createdAt: string;
   readonly listener: TenantListener;
   readonly console: RouterConsole;
   version: number | null;
@@ -78,6 +95,12 @@ export class HostingService {
   readonly #quotas: Quotas;
   readonly #pushes: PushQuota;
   readonly #checks: CheckGate;
+  /** Token hashes known to belong to a tenant: authentication keeps working while the store is down. */
+  readonly #tokens = new Map<string, string>();
+  /** With a cluster store: the changes of the other nodes, applied here. */
+  #feed: ChangeFeed | undefined;
+  /** Kill switches this node recorded and already applied: the stream skips them. */
+  readonly #ownKills = new Set<number>();
 
   private constructor(options: HostingOptions) {
     this.#o = options;
@@ -105,15 +128,126 @@ export class HostingService {
   /** Opens every stored tenant's port; routers start cold and are built on their first connection. */
   static async start(options: HostingOptions): Promise<HostingService> {
     const service = new HostingService(options);
-    for (const record of await options.store.listTenants()) {
-      const tenant = service.#runtime(record, await options.store.getTable(record.name));
+    const store = options.store;
+    // A cluster store gives every tenant and the revision they reflect in one read; the stream
+    // then applies everything after that revision.
+    const snapshot = isClusterStore(store) ? await store.snapshot() : undefined;
+    const loaded = snapshot?.tenants ?? (await loadEach(store));
+    const from = snapshot?.revision ?? 0;
+    for (const { record, table, live } of loaded) {
+      const tenant = service.#runtime(record, table);
       service.#tenants.set(record.name, tenant);
-      const live = await options.store.liveRouter(record.name);
-      if (live !== undefined) tenant.listener.setRouter(service.#coldRouter(tenant, live.source));
+      if (live !== undefined) {
+        tenant.listener.setRouter(service.#coldRouter(tenant, live.source));
+        tenant.version = live.version;
+      }
       await service.#bind(tenant);
     }
-    service.#log.info({ tenants: service.#tenants.size }, 'tenants loaded');
+    service.#log.info({ tenants: service.#tenants.size, ...(isClusterStore(store) ? { revision: from } : {}) }, 'tenants loaded');
+    if (isClusterStore(store)) {
+      service.#feed = new ChangeFeed({
+        store,
+        from,
+        log: service.#log,
+        apply: (change) => service.#applyChange(change),
+        reload: () => service.#reloadAll(store),
+        ...options.changeFeed,
+      });
+      await service.#feed.start();
+    }
     return service;
+  }
+
+  /** The store as the stream and the health check see it: `up`, `down`, or undefined without a cluster store. */
+  get storeState(): 'up' | 'down' | undefined {
+    if (this.#feed === undefined) return undefined;
+    return this.#feed.state === 'up' ? 'up' : 'down';
+  }
+
+  /** The last cluster revision applied on this node (undefined without a cluster store). */
+  get revision(): number | undefined {
+    return this.#feed?.applied;
+  }
+
+  /** One change of the cluster, made by any node (this one included). */
+  async #applyChange(change: Change): Promise<void> {
+    if (change.kind === 'kill') {
+      // Queued behind a kill this node is recording, so that its own is recognised and skipped.
+      await this.#serial(`kill:${change.tenant}`, async () => {
+        if (this.#ownKills.delete(change.revision)) return;
+        const closed = this.#tenants.get(change.tenant)?.listener.closeConnections(CloseReason.killed) ?? 0;
+        this.#log.info({ tenant: change.tenant, revision: change.revision, closed }, 'kill switch from the cluster');
+      });
+      return;
+    }
+    await this.#serial(change.tenant, () => this.#reconcile(change.tenant));
+  }
+
+  /** Every tenant made as the store has it (changes were missed beyond what the stream keeps). */
+  async #reloadAll(store: ClusterStore): Promise<number> {
+    const revision = await store.revision();
+    const names = new Set((await store.listTenants()).map((t) => t.name));
+    for (const name of this.#tenants.keys()) names.add(name);
+    this.#tokens.clear();
+    for (const name of names) await this.#serial(name, () => this.#reconcile(name));
+    return revision;
+  }
+
+  /**
+   * Makes tenant `name` on this node what the store says it is: created, deleted (or replaced,
+   * when the name was deleted and created again), its limits, table and live router version.
+   * What already matches is left alone, so applying it twice changes nothing.
+   */
+  async #reconcile(name: string): Promise<void> {
+    const store = this.#o.store;
+    const record = await store.getTenant(name);
+    let t = this.#tenants.get(name);
+    if (t !== undefined && (record === undefined || record.port !== t.port || record.createdAt !== t.createdAt)) {
+      this.#dropLocal(t);
+      t = undefined;
+      this.#log.info({ tenant: name }, 'tenant deleted by the cluster');
+    }
+    if (record === undefined) return;
+    const table = await store.getTable(name);
+    if (t === undefined) {
+      const tenant = this.#runtime(record, table);
+      const live = await store.liveRouter(name);
+      this.#tenants.set(name, tenant);
+      if (live !== undefined) this.#swap(tenant, this.#coldRouter(tenant, live.source), live.version);
+      await this.#bind(tenant);
+      this.#log.info({ tenant: name, port: tenant.port }, 'tenant created by the cluster');
+      return;
+    }
+    let rebuild = false;
+    const overrides = storedOverrides(record.limits);
+    if (!sameJson(overrides, t.overrides)) {
+      t.overrides = overrides;
+      rebuild = this.#applyEffective(t);
+    }
+    if (table !== t.table) {
+      t.table = table;
+      rebuild = true;
+    }
+    if (record.liveVersion !== t.version) rebuild = true;
+    if (!rebuild) return;
+    const live = await store.liveRouter(name);
+    if (live === undefined) this.#swap(t, new MissingRouter(), null);
+    else this.#swap(t, this.#coldRouter(t, live.source), live.version);
+  }
+
+  /** Removes a tenant from this node only: its port, its connections, its router, its tokens. */
+  #dropLocal(t: Tenant): void {
+    this.#tenants.delete(t.name);
+    t.listener.destroy(CloseReason.killed);
+    t.listener.router.dispose();
+    // The name can be reused, by someone else: blame is kept per name, so it goes too.
+    this.#o.pool.forget(t.name);
+    this.#pushes.forget(t.name);
+    this.#forgetTokens(t.name);
+  }
+
+  #forgetTokens(name: string): void {
+    for (const [hash, tenant] of this.#tokens) if (tenant === name) this.#tokens.delete(hash);
   }
 
   /** Binds a stored tenant's port; one that cannot be bound now is tried again every few seconds. */
@@ -151,7 +285,11 @@ export class HostingService {
   }
 
   /** Creates a tenant on `port` or the lowest free port of the range; resolves with its token. */
-  async create(name: string, port: number | undefined): Promise<{ name: string; port: number; token: string }> {
+  create(name: string, port: number | undefined): Promise<{ name: string; port: number; token: string }> {
+    return this.#serial(name, () => this.#create(name, port));
+  }
+
+  async #create(name: string, port: number | undefined): Promise<{ name: string; port: number; token: string }> {
     if (!validName(name)) throw new ServiceRefusal('invalid', 'ERR_TENANT_NAME', 'name must match [a-z0-9][a-z0-9-]{0,62}');
     if (this.#tenants.has(name)) throw new ServiceRefusal('conflict', 'ERR_TENANT_EXISTS', `tenant "${name}" exists`);
     const [lo, hi] = this.#o.ports;
@@ -162,34 +300,37 @@ export class HostingService {
     const token = newToken('sy_tn');
     const record: TenantRecord = { name, port: port ?? lo, limits: {}, liveVersion: null, createdAt: new Date().toISOString() };
     const candidates = port !== undefined ? [port] : range(lo, hi).filter((p) => !taken.has(p));
-    let tenant: Tenant | undefined;
     for (const candidate of candidates) {
-      const t = this.#runtime({ ...record, port: candidate }, undefined);
+      const tenant = this.#runtime({ ...record, port: candidate }, undefined);
       try {
-        await t.listener.listen(candidate, this.#o.bindHost);
-        tenant = t;
-        break;
+        await tenant.listener.listen(candidate, this.#o.bindHost);
       } catch (err) {
         if (port !== undefined) throw new ServiceRefusal('conflict', 'ERR_PORT_UNBINDABLE', `port ${port} cannot be bound: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+        continue;
       }
+      // Another request may have taken the name while the port was being bound.
+      if (this.#tenants.has(name)) {
+        tenant.listener.destroy();
+        throw new ServiceRefusal('conflict', 'ERR_TENANT_EXISTS', `tenant "${name}" exists`);
+      }
+      this.#tenants.set(name, tenant);
+      let stored: TenantRecord;
+      try {
+        stored = await this.#o.store.createTenant({ name, port: tenant.port, tokenHash: hashToken(token) });
+      } catch (err) {
+        this.#tenants.delete(name);
+        tenant.listener.destroy();
+        // Another node took this port first (its tenant is not applied here yet): the next one.
+        if (err instanceof StoreConflictError && err.field === 'port' && port === undefined) continue;
+        if (err instanceof StoreConflictError && err.field === 'port') throw new ServiceRefusal('conflict', 'ERR_PORT_TAKEN', err.message);
+        if (err instanceof StoreConflictError) throw new ServiceRefusal('conflict', 'ERR_TENANT_EXISTS', err.message);
+        throw err;
+      }
+      tenant.createdAt = stored.createdAt;
+      this.#log.info({ tenant: name, port: tenant.port }, 'tenant created');
+      return { name, port: tenant.port, token };
     }
-    if (tenant === undefined) throw new ServiceRefusal('conflict', 'ERR_NO_FREE_PORT', `no free port left in ${lo}-${hi}`);
-    // Another request may have taken the name while the port was being bound.
-    if (this.#tenants.has(name)) {
-      tenant.listener.destroy();
-      throw new ServiceRefusal('conflict', 'ERR_TENANT_EXISTS', `tenant "${name}" exists`);
-    }
-    this.#tenants.set(name, tenant);
-    try {
-      await this.#o.store.createTenant({ name, port: tenant.port, tokenHash: hashToken(token) });
-    } catch (err) {
-      this.#tenants.delete(name);
-      tenant.listener.destroy();
-      if (err instanceof StoreConflictError) throw new ServiceRefusal('conflict', 'ERR_TENANT_EXISTS', err.message);
-      throw err;
-    }
-    this.#log.info({ tenant: name, port: tenant.port }, 'tenant created');
-    return { name, port: tenant.port, token };
+    throw new ServiceRefusal('conflict', 'ERR_NO_FREE_PORT', `no free port left in ${lo}-${hi}`);
   }
 
   list(): { name: string; port: number; version: number | null }[] {
@@ -198,7 +339,20 @@ export class HostingService {
 
   /** The tenant a token belongs to, if any. */
   async tenantOf(token: string): Promise<string | undefined> {
-    return (await this.#o.store.tenantByTokenHash(hashToken(token)))?.name;
+    const hash = hashToken(token);
+    const known = this.#tokens.get(hash);
+    if (known !== undefined && this.#tenants.has(known)) return known;
+    let name: string | undefined;
+    try {
+      name = (await this.#o.store.tenantByTokenHash(hash))?.name;
+    } catch (err) {
+      throw refusal(err);
+    }
+    if (name !== undefined) {
+      if (this.#tokens.size >= 100_000) this.#tokens.clear();
+      this.#tokens.set(hash, name);
+    }
+    return name;
   }
 
   show(name: string): Record<string, unknown> {
@@ -227,15 +381,9 @@ export class HostingService {
   }
 
   async #remove(t: Tenant): Promise<void> {
-    const name = t.name;
-    this.#tenants.delete(name);
-    t.listener.destroy(CloseReason.killed);
-    t.listener.router.dispose();
-    // The name can be reused, by someone else: blame is kept per name, so it goes too.
-    this.#o.pool.forget(name);
-    await this.#o.store.deleteTenant(name);
-    this.#pushes.forget(name);
-    this.#log.info({ tenant: name }, 'tenant deleted');
+    await this.#o.store.deleteTenant(t.name);
+    this.#dropLocal(t);
+    this.#log.info({ tenant: t.name }, 'tenant deleted');
   }
 
   /** Checks a script in a throwaway process, stores it as the next version, makes it live. */
@@ -332,15 +480,20 @@ export class HostingService {
 
   /** Works out a tenant's limits and policy again (its overrides or the defaults changed). */
   async #applyLimits(t: Tenant): Promise<void> {
-    const before = t.effective.limits;
-    t.effective = effectiveLimits(this.#defaults, t.overrides);
-    t.listener.limits = t.effective.limits;
-    t.listener.gate = { policy: this.#policy.with(t.effective.allow), resolver: this.#resolver.forTenant(t.name) };
-    const sandbox = before.routerTimeoutMs !== t.effective.limits.routerTimeoutMs || before.memoryMb !== t.effective.limits.memoryMb;
+    const sandbox = this.#applyEffective(t);
     if (sandbox && t.version !== null) {
       const live = await this.#o.store.liveRouter(t.name);
       if (live !== undefined) this.#swap(t, this.#coldRouter(t, live.source), t.version);
     }
+  }
+
+  /** Works out a tenant's limits and policy for new connections; true when its router's time or memory limit changed. */
+  #applyEffective(t: Tenant): boolean {
+    const before = t.effective.limits;
+    t.effective = effectiveLimits(this.#defaults, t.overrides);
+    t.listener.limits = t.effective.limits;
+    t.listener.gate = { policy: this.#policy.with(t.effective.allow), resolver: this.#resolver.forTenant(t.name) };
+    return before.routerTimeoutMs !== t.effective.limits.routerTimeoutMs || before.memoryMb !== t.effective.limits.memoryMb;
   }
 
   /** A dry run: what the live router decides for `data`, and whether policy allows it. No backend is contacted. */
@@ -379,27 +532,53 @@ export class HostingService {
     }));
   }
 
-  /** The kill switch: closes every open connection of the tenant; its port stays open. */
-  closeConnections(name: string): number {
-    return this.#get(name).listener.closeConnections(CloseReason.killed);
+  /**
+   * The kill switch: closes every open connection of the tenant; its port stays open. With a
+   * cluster store it is recorded as a change first, so that every node closes its own; the
+   * answer counts this node's. When the store is unavailable this node's are closed all the same
+   * and the refusal says the others could not be told.
+   */
+  async closeConnections(name: string): Promise<number> {
+    const t = this.#get(name);
+    const store = this.#o.store;
+    if (!isClusterStore(store)) return t.listener.closeConnections(CloseReason.killed);
+    return this.#serial(`kill:${name}`, async () => {
+      let revision: number;
+      try {
+        revision = await store.recordKill(name);
+      } catch (err) {
+        if (!(err instanceof StoreUnavailableError)) throw err;
+        const closed = t.listener.closeConnections(CloseReason.killed);
+        throw new ServiceRefusal('busy', 'ERR_STORE_UNAVAILABLE', `closed ${closed} connection(s) on this node; the other nodes could not be told: ${err.message}`, {
+          retryAfterS: storeRetryAfterS,
+          details: { closed },
+        });
+      }
+      this.#ownKills.add(revision);
+      return t.listener.closeConnections(CloseReason.killed);
+    });
   }
 
   async metrics(): Promise<string> {
+    const feed = this.#feed;
     return renderMetrics(
       [...this.#tenants.values()].map((t) => t.listener),
       await this.#o.pool.figures(),
+      feed === undefined ? { up: true } : { up: feed.state === 'up', revision: feed.applied, changesApplied: feed.figures.changes, changeSeconds: feed.figures.busyMs / 1000 },
     );
   }
 
   /** Stops accepting on every port; resolves once every connection has finished. */
   async close(): Promise<void> {
     this.#stopRebinding();
+    await this.#feed?.close();
     await Promise.all([...this.#tenants.values()].map((t) => t.listener.close()));
   }
 
   /** Closes every connection now. */
   destroy(): void {
     this.#stopRebinding();
+    void this.#feed?.close();
     for (const t of this.#tenants.values()) t.listener.destroy();
   }
 
@@ -416,12 +595,23 @@ export class HostingService {
    * A tenant deleted meanwhile is a 404.
    */
   #exclusive<T>(name: string, change: (t: Tenant) => Promise<T>): Promise<T> {
-    const before = this.#queues.get(name) ?? Promise.resolve();
-    const run = before.then(() => change(this.#get(name)));
+    return this.#serial(name, () => change(this.#get(name)));
+  }
+
+  /**
+   * Runs `work` after the work queued before it under `key` (a tenant's name: its changes, made
+   * here or applied from the cluster, happen one after another). A store that cannot be reached
+   * is a refusal the admin API answers with 503.
+   */
+  #serial<T>(key: string, work: () => Promise<T>): Promise<T> {
+    const before = this.#queues.get(key) ?? Promise.resolve();
+    const run = before.then(work).catch((err: unknown) => {
+      throw refusal(err);
+    });
     const tail = run.catch(() => undefined);
-    this.#queues.set(name, tail);
+    this.#queues.set(key, tail);
     void tail.then(() => {
-      if (this.#queues.get(name) === tail) this.#queues.delete(name);
+      if (this.#queues.get(key) === tail) this.#queues.delete(key);
     });
     return run;
   }
@@ -445,6 +635,7 @@ export class HostingService {
     return {
       name: record.name,
       port: record.port,
+      createdAt: record.createdAt,
       listener,
       console: new RouterConsole(this.#log, record.name),
       version: record.liveVersion,
@@ -475,6 +666,35 @@ export class HostingService {
     t.version = version;
     this.#log.info({ tenant: t.name, version }, 'router live');
   }
+}
+
+/** Every tenant with its table and live router, read one by one (the embedded store: one process, nothing changes meanwhile). */
+async function loadEach(store: TenantStore): Promise<StoreSnapshot['tenants']> {
+  const out: { record: TenantRecord; table: string | undefined; live: Awaited<ReturnType<TenantStore['liveRouter']>> }[] = [];
+  for (const record of await store.listTenants()) out.push({ record, table: await store.getTable(record.name), live: await store.liveRouter(record.name) });
+  return out;
+}
+
+/** A store that cannot be reached, as the refusal the admin API answers 503 (Retry-After); anything else as it is. */
+function refusal(err: unknown): unknown {
+  if (!(err instanceof StoreUnavailableError)) return err;
+  return new ServiceRefusal('busy', 'ERR_STORE_UNAVAILABLE', `the tenant store is unavailable; the change was not made (try again): ${err.message}`, { retryAfterS: storeRetryAfterS });
+}
+
+/** Two JSON values equal whatever the order of their keys. */
+function sameJson(a: unknown, b: unknown): boolean {
+  return canonical(a) === canonical(b);
+}
+
+function canonical(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
+  if (typeof value === 'object' && value !== null) {
+    return `{${Object.keys(value)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical((value as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(value) ?? 'null';
 }
 
 function range(lo: number, hi: number): number[] {

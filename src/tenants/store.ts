@@ -2,9 +2,9 @@
  * The persistent state of hosting mode (CONTRACT §4, §5): tenants, their router versions,
  * routing tables, limits and token hashes.
  *
- * Every method returns a Promise so that an implementation over a network database (PostgreSQL)
- * can sit behind the same interface as the embedded one (./sqlite-store.ts). The guarantees every
- * implementation gives:
+ * Every method returns a Promise so that the implementation over a network database
+ * (./pg-store.ts, PostgreSQL, shared by the nodes of a cluster) sits behind the same interface as
+ * the embedded one (./sqlite-store.ts). The guarantees every implementation gives:
  *
  * - Durability: a resolved promise means the change is on stable storage; it survives a crash
  *   of the process or of the machine.
@@ -143,6 +143,17 @@ export class StoreClosedError extends StoreError {
 }
 
 /**
+ * The store cannot be reached now (a network database that is down or unreachable). The admin
+ * API answers 503: the write was not made, or (when the connection broke during the commit) its
+ * outcome is unknown and the change stream applies it if it was.
+ */
+export class StoreUnavailableError extends StoreError {
+  constructor(message: string, options?: ErrorOptions) {
+    super('ERR_STORE_UNAVAILABLE', message, options);
+  }
+}
+
+/**
  * Other StoreError codes:
  * - ERR_STORE_SCHEMA: the data was written by a newer Switchyard (unknown schema version).
  * - ERR_STORE_INVALID: a value the store cannot keep (limits that are not a plain object).
@@ -156,4 +167,62 @@ export type StoreErrorCode =
   | 'ERR_STORE_SCHEMA'
   | 'ERR_STORE_INVALID'
   | 'ERR_STORE_CORRUPT'
-  | 'ERR_STORE_LOCKED';
+  | 'ERR_STORE_LOCKED'
+  | 'ERR_STORE_UNAVAILABLE';
+
+/** What a change of the cluster's change stream did to its tenant. */
+export const ChangeKind = {
+  create: 'create',
+  delete: 'delete',
+  router: 'router',
+  table: 'table',
+  limits: 'limits',
+  /** The kill switch: every node closes the tenant's open connections. */
+  kill: 'kill',
+} as const;
+export type ChangeKind = (typeof ChangeKind)[keyof typeof ChangeKind];
+
+/** One committed write, numbered by the cluster's revision: 1, 2, 3, … without gaps, in commit order. */
+export interface Change {
+  readonly revision: number;
+  readonly tenant: string;
+  readonly kind: ChangeKind;
+}
+
+/**
+ * A store shared by several nodes (PostgreSQL): besides TenantStore, every write also records a
+ * Change in the same transaction, and nodes follow them (./changes.ts).
+ */
+export interface ClusterStore extends TenantStore {
+  readonly clustered: true;
+  /** The revision of the last committed change (0 before any). */
+  revision(): Promise<number>;
+  /**
+   * Changes after `revision`, oldest first, at most `limit`. `complete` is false when changes
+   * right after `revision` were already pruned: the caller must reload everything.
+   */
+  changesAfter(revision: number, limit: number): Promise<{ changes: Change[]; complete: boolean }>;
+  /**
+   * Every tenant with its table and live router, and the revision they reflect, read at one
+   * moment (one snapshot): what a node loads at start.
+   */
+  snapshot(): Promise<StoreSnapshot>;
+  /** Records the kill switch for `name` as a change; resolves its revision. Rejects with TenantNotFoundError. */
+  recordKill(name: string): Promise<number>;
+  /** A connection that receives a call of `onNotify` for each committed change, until closed. */
+  subscribe(onNotify: (revision: number) => void, onLost: (err: Error) => void): Promise<Subscription>;
+}
+
+export interface StoreSnapshot {
+  readonly revision: number;
+  /** Ordered by name. */
+  readonly tenants: readonly { readonly record: TenantRecord; readonly table: string | undefined; readonly live: RouterVersion | undefined }[];
+}
+
+export interface Subscription {
+  close(): Promise<void>;
+}
+
+export function isClusterStore(store: TenantStore): store is ClusterStore {
+  return (store as Partial<ClusterStore>).clustered === true;
+}
