@@ -15,7 +15,7 @@ import { CapturedLog, exchange, startEchoBackend, startProxy, type Exchange, typ
 
 function evilRouter(echoPort: number): string {
   return `proxy((data) => {
-    if (data === 'crash') { const m = new Map(); for (let i = 0; ; i++) m.set(i, { i }); }
+    if (data === 'crash') for (;;) {} // the test crashes its worker while this runs (see behind)
     if (data === 'hang') { 'ab'.repeat(2e7).replaceAll('a', 'cc'); }
     return { remote: '127.0.0.1:${echoPort}' };
   });`;
@@ -34,6 +34,9 @@ async function behind(evil: TestProxy, victim: TestProxy, input: string): Promis
   await until(() => evilRouterNow.running > running, `evil's ${input} is running`);
   const victims = Array.from({ length: 3 }, (_, i) => exchange(victim.port, [`v${i}`]));
   await until(() => (victim.router as ProcessRouter).pending >= 3, 'the victim has three calls on the worker');
+  // A crash: the worker dies by a signal while evil's call runs, as when V8 aborts on it. (No
+  // router code is known to abort isolated-vm 7's workers on Node 26, so the test deals it.)
+  if (input === 'crash') process.kill(evilRouterNow.pid!, 'SIGSEGV');
   return { bad: await bad, victims: await Promise.all(victims) };
 }
 
