@@ -17,6 +17,8 @@ import {
   type Change,
   type ChangeKind,
   type ClusterStore,
+  isPlainObject,
+  limitsJson,
   StoreClosedError,
   StoreConflictError,
   StoreError,
@@ -460,20 +462,3 @@ function toRecord(row: TenantRow): TenantRecord {
   return { name: row.name, port: row.port, limits: row.limits, liveVersion: row.live_version, createdAt: row.created_at.toISOString() };
 }
 
-function limitsJson(limits: Readonly<Record<string, unknown>>): string {
-  if (!isPlainObject(limits)) throw new StoreError('ERR_STORE_INVALID', 'limits must be a plain object');
-  let json: string | undefined;
-  try {
-    json = JSON.stringify(limits);
-  } catch (err) {
-    throw new StoreError('ERR_STORE_INVALID', 'limits must be JSON-serialisable', { cause: err });
-  }
-  if (json === undefined || !isPlainObject(JSON.parse(json))) throw new StoreError('ERR_STORE_INVALID', 'limits must be a plain object');
-  return json;
-}
-
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
-  const proto: unknown = Object.getPrototypeOf(value);
-  return proto === Object.prototype || proto === null;
-}

@@ -13,6 +13,8 @@ import { closeSync, chmodSync, constants, fsyncSync, mkdirSync, openSync } from 
 import { dirname, join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import {
+  isPlainObject,
+  limitsJson,
   StoreClosedError,
   StoreConflictError,
   StoreError,
@@ -310,23 +312,6 @@ function toRecord(row: TenantRow): TenantRecord {
   return { name: row.name, port: row.port, limits, liveVersion: row.live_version, createdAt: row.created_at };
 }
 
-function limitsJson(limits: Readonly<Record<string, unknown>>): string {
-  if (!isPlainObject(limits)) throw new StoreError('ERR_STORE_INVALID', 'limits must be a plain object');
-  let json: string | undefined;
-  try {
-    json = JSON.stringify(limits);
-  } catch (err) {
-    throw new StoreError('ERR_STORE_INVALID', 'limits must be JSON-serialisable', { cause: err });
-  }
-  if (json === undefined || !isPlainObject(JSON.parse(json))) throw new StoreError('ERR_STORE_INVALID', 'limits must be a plain object');
-  return json;
-}
-
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
-  const proto: unknown = Object.getPrototypeOf(value);
-  return proto === Object.prototype || proto === null;
-}
 
 function now(): string {
   return new Date().toISOString();

@@ -226,3 +226,22 @@ export interface Subscription {
 export function isClusterStore(store: TenantStore): store is ClusterStore {
   return (store as Partial<ClusterStore>).clustered === true;
 }
+
+/** Limits as stored: a plain object's JSON, or StoreError ERR_STORE_INVALID. */
+export function limitsJson(limits: Readonly<Record<string, unknown>>): string {
+  if (!isPlainObject(limits)) throw new StoreError('ERR_STORE_INVALID', 'limits must be a plain object');
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(limits);
+  } catch (err) {
+    throw new StoreError('ERR_STORE_INVALID', 'limits must be JSON-serialisable', { cause: err });
+  }
+  if (json === undefined || !isPlainObject(JSON.parse(json))) throw new StoreError('ERR_STORE_INVALID', 'limits must be a plain object');
+  return json;
+}
+
+export function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const proto: unknown = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
