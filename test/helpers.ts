@@ -220,7 +220,9 @@ export interface Exchange {
  */
 export async function exchange(port: number, chunks: (string | Buffer)[], options: { end?: boolean; from?: string; host?: string } = {}): Promise<Exchange> {
   const from = options.from ?? '127.0.0.1';
-  const socket = connect({ port, host: options.host ?? '127.0.0.1', allowHalfOpen: true, localAddress: from });
+  // Bound only when asked: a socket bound before it connects gets its port from bind(), which
+  // hands out recently used ports again, and tests tell connections apart by their port.
+  const socket = connect({ port, host: options.host ?? '127.0.0.1', allowHalfOpen: true, ...(options.from === undefined ? {} : { localAddress: options.from }) });
   await once(socket, 'connect');
   const local = socket.localPort;
   const received: Buffer[] = [];
