@@ -13,17 +13,11 @@ import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
-import { routerSource, runCommand, startCliProxy, within, type CliProcess } from './helpers.js';
+import { routerSource, rss, runCommand, sampleRss, startCliProxy, within, type CliProcess } from './helpers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-/** Resident set size of a process, in bytes. */
-function rss(pid: number): number {
-  const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  assert.ok(m, `no VmRSS for ${pid}`);
-  return Number(m[1]) * KiB;
-}
 
 /** CPU seconds (user + system) a process has used; /proc counts in ticks of 1/100 s. */
 function cpuSeconds(pid: number): number {
@@ -32,22 +26,6 @@ function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
-/** Samples a process's RSS until stopped; `max` is the largest seen. */
-function sampleRss(pid: number, everyMs = 20): { readonly max: number; stop(): void } {
-  let max = rss(pid);
-  const timer = setInterval(() => {
-    max = Math.max(max, rss(pid));
-  }, everyMs);
-  return {
-    get max() {
-      return max;
-    },
-    stop: () => {
-      clearInterval(timer);
-      max = Math.max(max, rss(pid));
-    },
-  };
-}
 
 /** routers/http-host.js, taking 15 ms of CPU per call: the client's bytes keep coming meanwhile. */
 function slowHttpHost(backendPort: number): string {

@@ -764,3 +764,27 @@ export async function tryConnect(port: number, host = '127.0.0.1'): Promise<stri
     socket.destroy();
   }
 }
+
+/** Resident set size of a process, in bytes. */
+export function rss(pid: number): number {
+  const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileNow(`/proc/${pid}/status`, 'utf8'));
+  if (m === null) throw new Error(`no VmRSS for ${pid}`);
+  return Number(m[1]) * 1024;
+}
+
+/** Samples a process's RSS until stopped; `max` is the largest seen. */
+export function sampleRss(pid: number, everyMs = 20): { readonly max: number; stop(): void } {
+  let max = rss(pid);
+  const timer = setInterval(() => {
+    max = Math.max(max, rss(pid));
+  }, everyMs);
+  return {
+    get max() {
+      return max;
+    },
+    stop: () => {
+      clearInterval(timer);
+      max = Math.max(max, rss(pid));
+    },
+  };
+}

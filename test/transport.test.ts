@@ -7,7 +7,6 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import {
@@ -15,6 +14,8 @@ import {
   dial,
   exchange,
   readAll,
+  rss,
+  sampleRss,
   startCliProxy,
   startEchoBackend,
   startProxy,
@@ -180,29 +181,7 @@ describe('half-close', () => {
   });
 });
 
-/** Resident set size of a process, in bytes. */
-function rss(pid: number): number {
-  const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  assert.ok(m, `no VmRSS for ${pid}`);
-  return Number(m[1]) * 1024;
-}
 
-/** Samples a process's RSS until stopped; `max` is the largest seen. */
-function sampleRss(pid: number, everyMs = 20): { readonly max: number; stop(): void } {
-  let max = rss(pid);
-  const timer = setInterval(() => {
-    max = Math.max(max, rss(pid));
-  }, everyMs);
-  return {
-    get max() {
-      return max;
-    },
-    stop: () => {
-      clearInterval(timer);
-      max = Math.max(max, rss(pid));
-    },
-  };
-}
 
 /** Block `i` of a transfer: 1 MiB of fixed random bytes, stamped with its index. */
 const pattern = randomBytes(MiB);
