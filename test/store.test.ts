@@ -13,17 +13,19 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { chmodSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { PgTenantStore } from '../src/tenants/pg-store.js';
 import { PG_SCHEMA_VERSION } from '../src/tenants/pg-schema.js';
-import { DB_FILE, SCHEMA_VERSION, SqliteTenantStore } from '../src/tenants/sqlite-store.js';
+import { DB_FILE, MIGRATIONS, SCHEMA_VERSION, SqliteTenantStore } from '../src/tenants/sqlite-store.js';
 import { StoreClosedError, StoreConflictError, StoreError, StoreUnavailableError, TenantNotFoundError, type TenantStore } from '../src/tenants/store.js';
 import { pgQuery, startPostgres, type TestPostgres } from './postgres.js';
 
 const storeModule = new URL('../src/tenants/sqlite-store.js', import.meta.url).href;
+
 
 let dir: string;
 const opened: TenantStore[] = [];
@@ -142,8 +144,8 @@ describe('SqliteTenantStore: files', () => {
     const db = new Database(join(dir, DB_FILE), { readonly: true });
     try {
       assert.equal(db.pragma('journal_mode', { simple: true }), 'wal');
-      assert.deepEqual(db.prepare('SELECT version FROM schema_version ORDER BY version').pluck().all(), [SCHEMA_VERSION]);
-      assert.ok(SCHEMA_VERSION >= 1);
+      assert.deepEqual(db.prepare('SELECT version FROM schema_version ORDER BY version').pluck().all(), Array.from({ length: SCHEMA_VERSION }, (_, i) => i + 1));
+      assert.ok(SCHEMA_VERSION >= 2);
     } finally {
       db.close();
     }
@@ -162,6 +164,19 @@ describe('SqliteTenantStore: files', () => {
     } finally {
       db.close();
     }
+  });
+
+  it('migrates a database of schema version 1: its tenants and versions stay, rollouts work', async () => {
+    // A version 1 database, as the release before rollouts wrote it (migrations are append-only).
+    const db = new Database(join(dir, DB_FILE));
+    db.exec(MIGRATIONS[0]!);
+    db.exec("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL) STRICT; INSERT INTO schema_version VALUES (1, '2025-01-01T00:00:00Z')");
+    db.prepare("INSERT INTO tenants (name, port, token_hash, last_version, created_at) VALUES ('acme', 7001, 'h1', 0, '2025-01-01T00:00:00Z')").run();
+    db.close();
+    const store = await open();
+    assert.equal(await store.addRouterVersion('acme', 'v1'), 1);
+    assert.equal(await store.addRouterVersion('acme', 'v2', undefined, { percent: 30 }), 2);
+    assert.deepEqual((await store.getTenant('acme'))?.rollout, { version: 2, percent: 30 });
   });
 
   it('refuses a database written by a newer schema', async () => {
@@ -403,6 +418,55 @@ for (const backend of backends) {
         assert.equal(await live(), 2);
       });
 
+      it('reads back every kept version: newest first, with size and sha256; one by number', async () => {
+        for (let v = 1; v <= 3; v++) await store.addRouterVersion('acme', `v${v}`);
+        const versions = await store.listRouterVersions('acme');
+        assert.deepEqual(
+          versions.map((v) => [v.version, v.size, v.sha256]),
+          [3, 2, 1].map((n) => [n, 2, createHash('sha256').update(`v${n}`).digest('hex')]),
+        );
+        assert.ok(versions.every((v) => !Number.isNaN(Date.parse(v.createdAt))));
+        assert.equal((await store.routerVersion('acme', 2))?.source, 'v2');
+        assert.equal(await store.routerVersion('acme', 9), undefined);
+        assert.deepEqual(await store.listRouterVersions('nobody'), []);
+      });
+
+      it('a rollout: the new version gets a share, the live one stays; promote, share again, or roll back', async () => {
+        await rejectsWith(() => store.addRouterVersion('acme', 'v1', undefined, { percent: 10 }), StoreError, 'ERR_STORE_INVALID');
+        await store.addRouterVersion('acme', 'v1');
+        assert.equal(await store.addRouterVersion('acme', 'v2', undefined, { percent: 10 }), 2);
+        assert.equal(await live(), 1);
+        assert.deepEqual((await store.getTenant('acme'))?.rollout, { version: 2, percent: 10 });
+        assert.deepEqual({ ...(await store.rolloutRouter('acme')), createdAt: undefined }, { version: 2, source: 'v2', percent: 10, createdAt: undefined });
+        assert.equal(await store.promoteRouter('acme', 50), 2);
+        assert.equal((await store.rolloutRouter('acme'))?.percent, 50);
+        await rejectsWith(() => store.promoteRouter('acme', 0), StoreError, 'ERR_STORE_INVALID');
+        // Rollback ends the rollout: the live version keeps every new connection.
+        assert.equal(await store.rollbackRouter('acme'), 1);
+        assert.equal(await store.rolloutRouter('acme'), undefined);
+        assert.equal((await store.getTenant('acme'))?.rollout, undefined);
+        assert.equal(await store.promoteRouter('acme'), undefined, 'no rollout to promote');
+        // Another rollout, promoted to all.
+        assert.equal(await store.addRouterVersion('acme', 'v3', undefined, { percent: 25 }), 3);
+        assert.equal(await store.promoteRouter('acme'), 3);
+        assert.equal(await live(), 3);
+        assert.equal(await store.rolloutRouter('acme'), undefined);
+        // A plain push during a rollout ends it too.
+        await store.addRouterVersion('acme', 'v4', undefined, { percent: 5 });
+        assert.equal(await store.addRouterVersion('acme', 'v5'), 5);
+        assert.equal(await live(), 5);
+        assert.equal((await store.getTenant('acme'))?.rollout, undefined);
+      });
+
+      it('pruning old versions keeps the live one, even when a rollout is newer', async () => {
+        await store.addRouterVersion('acme', 'v1', 2);
+        for (let v = 2; v <= 4; v++) await store.addRouterVersion('acme', `v${v}`, 2, { percent: 50 });
+        assert.equal(await live(), 1);
+        assert.deepEqual((await store.listRouterVersions('acme')).map((v) => v.version), [4, 3, 1]);
+        assert.equal(await store.promoteRouter('acme'), 4);
+        assert.equal(await store.rollbackRouter('acme'), 3);
+      });
+
       it('keeps large scripts and any text byte for byte', async () => {
         const source = `// ünïcødé ✓ \u0000 nul\n${'proxy("x");\n'.repeat(256 * 1024 / 12)}`;
         const v = await store.addRouterVersion('acme', source);
@@ -447,6 +511,10 @@ for (const backend of backends) {
           () => store.addRouterVersion('acme', 's'),
           () => store.rollbackRouter('acme'),
           () => store.liveRouter('acme'),
+          () => store.promoteRouter('acme'),
+          () => store.rolloutRouter('acme'),
+          () => store.routerVersion('acme', 1),
+          () => store.listRouterVersions('acme'),
           () => store.setTable('acme', '{}'),
           () => store.getTable('acme'),
           () => store.setLimits('acme', {}),

@@ -65,6 +65,13 @@ export const MIGRATIONS: readonly string[] = [
     created_at timestamptz NOT NULL DEFAULT now()
   );
   `,
+  /* 2: gradual rollouts, a newer version live for a share of new connections */ `
+  ALTER TABLE tenants
+    ADD COLUMN candidate_version integer,
+    ADD COLUMN candidate_percent integer CHECK (candidate_percent BETWEEN 1 AND 99),
+    ADD CONSTRAINT tenants_candidate_fkey FOREIGN KEY (id, candidate_version) REFERENCES router_versions (tenant_id, version),
+    ADD CONSTRAINT tenants_candidate_check CHECK ((candidate_version IS NULL) = (candidate_percent IS NULL));
+  `,
 ];
 
 /** The schema version this code writes. */

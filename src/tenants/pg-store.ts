@@ -19,6 +19,10 @@ import {
   type ClusterStore,
   isPlainObject,
   limitsJson,
+  rolloutOf,
+  rolloutPercent,
+  type RouterVersionInfo,
+  versionInfo,
   StoreClosedError,
   StoreConflictError,
   StoreError,
@@ -53,10 +57,12 @@ interface TenantRow {
   limits: unknown;
   last_version: number;
   live_version: number | null;
+  candidate_version: number | null;
+  candidate_percent: number | null;
   created_at: Date;
 }
 
-const TENANT_COLUMNS = 'id, name, port, limits, last_version, live_version, created_at';
+const TENANT_COLUMNS = 'id, name, port, limits, last_version, live_version, candidate_version, candidate_percent, created_at';
 
 /** SQLSTATE classes and codes that mean "the server is not there" rather than "the query is wrong". */
 function isUnavailable(err: unknown): boolean {
@@ -205,13 +211,24 @@ export class PgTenantStore implements ClusterStore {
     });
   }
 
-  async addRouterVersion(name: string, source: string, keep?: number): Promise<number> {
+  async addRouterVersion(name: string, source: string, keep?: number, rollout?: { readonly percent: number }): Promise<number> {
+    const percent = rollout === undefined ? null : rolloutPercent(rollout.percent);
     return this.#transaction(async (c) => {
       const tenant = await tenantRow(c, name);
+      if (percent !== null && tenant.live_version === null) throw new StoreError('ERR_STORE_INVALID', 'a rollout needs a live version to share new connections with');
       const version = tenant.last_version + 1;
+      const live = percent === null ? version : tenant.live_version;
       await c.query('INSERT INTO router_versions (tenant_id, version, source) VALUES ($1, $2, $3)', [tenant.id, version, Buffer.from(source, 'utf8')]);
-      await c.query('UPDATE tenants SET last_version = $1, live_version = $1 WHERE id = $2', [version, tenant.id]);
-      if (keep !== undefined) await c.query('DELETE FROM router_versions WHERE tenant_id = $1 AND version <= $2', [tenant.id, version - Math.max(1, keep)]);
+      await c.query('UPDATE tenants SET last_version = $1, live_version = $2, candidate_version = $3, candidate_percent = $4 WHERE id = $5', [
+        version,
+        live,
+        percent === null ? null : version,
+        percent,
+        tenant.id,
+      ]);
+      if (keep !== undefined) {
+        await c.query('DELETE FROM router_versions WHERE tenant_id = $1 AND version <= $2 AND version IS DISTINCT FROM $3', [tenant.id, version - Math.max(1, keep), live]);
+      }
       await recordChange(c, name, 'router');
       return version;
     });
@@ -221,6 +238,11 @@ export class PgTenantStore implements ClusterStore {
     return this.#transaction(async (c) => {
       const tenant = await tenantRow(c, name);
       if (tenant.live_version === null) return undefined;
+      if (tenant.candidate_version !== null) {
+        await c.query('UPDATE tenants SET candidate_version = NULL, candidate_percent = NULL WHERE id = $1', [tenant.id]);
+        await recordChange(c, name, 'router');
+        return tenant.live_version;
+      }
       const r = await c.query<{ v: number | null }>('SELECT max(version) AS v FROM router_versions WHERE tenant_id = $1 AND version < $2', [tenant.id, tenant.live_version]);
       const previous = r.rows[0]?.v ?? null;
       if (previous === null) return undefined;
@@ -230,15 +252,45 @@ export class PgTenantStore implements ClusterStore {
     });
   }
 
+  async promoteRouter(name: string, percent?: number): Promise<number | undefined> {
+    const share = percent === undefined || percent === 100 ? null : rolloutPercent(percent);
+    return this.#transaction(async (c) => {
+      const tenant = await tenantRow(c, name);
+      const candidate = tenant.candidate_version;
+      if (candidate === null) return undefined;
+      if (share === null) await c.query('UPDATE tenants SET live_version = $1, candidate_version = NULL, candidate_percent = NULL WHERE id = $2', [candidate, tenant.id]);
+      else await c.query('UPDATE tenants SET candidate_percent = $1 WHERE id = $2', [share, tenant.id]);
+      await recordChange(c, name, 'router');
+      return candidate;
+    });
+  }
+
   async liveRouter(name: string): Promise<RouterVersion | undefined> {
-    const r = await this.#query<{ version: number; source: Buffer; created_at: Date }>(
-      `SELECT v.version, v.source, v.created_at FROM tenants t
-       JOIN router_versions v ON v.tenant_id = t.id AND v.version = t.live_version
-       WHERE t.name = $1`,
-      [name],
+    return plain((await this.#versionRows(name, 'v.version = t.live_version'))[0]);
+  }
+
+  async rolloutRouter(name: string): Promise<(RouterVersion & { readonly percent: number }) | undefined> {
+    const [v] = await this.#versionRows(name, 'v.version = t.candidate_version');
+    return v?.percent == null ? undefined : { version: v.version, source: v.source, createdAt: v.createdAt, percent: v.percent };
+  }
+
+  async routerVersion(name: string, version: number): Promise<RouterVersion | undefined> {
+    return plain((await this.#versionRows(name, 'v.version = $2', [version]))[0]);
+  }
+
+  async listRouterVersions(name: string): Promise<RouterVersionInfo[]> {
+    return (await this.#versionRows(name, 'true')).map((v) => versionInfo(v.version, v.source, v.createdAt));
+  }
+
+  /** The versions of tenant `name` that `where` selects (`v` is router_versions, `t` tenants), newest first, with the rollout's share. */
+  async #versionRows(name: string, where: string, values: unknown[] = []): Promise<(RouterVersion & { percent: number | null })[]> {
+    const r = await this.#query<{ version: number; source: Buffer; created_at: Date; percent: number | null }>(
+      `SELECT v.version, v.source, v.created_at, t.candidate_percent AS percent FROM tenants t
+       JOIN router_versions v ON v.tenant_id = t.id
+       WHERE t.name = $1 AND ${where} ORDER BY v.version DESC`,
+      [name, ...values],
     );
-    const row = r.rows[0];
-    return row === undefined ? undefined : { version: row.version, source: row.source.toString('utf8'), createdAt: row.created_at.toISOString() };
+    return r.rows.map((row) => ({ version: row.version, source: row.source.toString('utf8'), createdAt: row.created_at.toISOString(), percent: row.percent }));
   }
 
   async setTable(name: string, json: string): Promise<void> {
@@ -440,6 +492,11 @@ async function recordChange(c: pg.PoolClient, tenant: string, kind: ChangeKind):
   return revision;
 }
 
+/** A version without the rollout's share its row came with. */
+function plain(v: (RouterVersion & { percent: number | null }) | undefined): RouterVersion | undefined {
+  return v === undefined ? undefined : { version: v.version, source: v.source, createdAt: v.createdAt };
+}
+
 /** The tenant's row, locked for this transaction; TenantNotFoundError when there is none. */
 async function tenantRow(c: pg.PoolClient, name: string): Promise<TenantRow> {
   const r = await c.query<TenantRow>(`SELECT ${TENANT_COLUMNS} FROM tenants WHERE name = $1 FOR UPDATE`, [name]);
@@ -459,6 +516,6 @@ function conflictOf(err: unknown, tenant: NewTenant): StoreConflictError | undef
 
 function toRecord(row: TenantRow): TenantRecord {
   if (!isPlainObject(row.limits)) throw new StoreError('ERR_STORE_CORRUPT', `the stored limits of ${row.name} are not an object`);
-  return { name: row.name, port: row.port, limits: row.limits, liveVersion: row.live_version, createdAt: row.created_at.toISOString() };
+  return { name: row.name, port: row.port, limits: row.limits, liveVersion: row.live_version, ...rolloutOf(row.candidate_version, row.candidate_percent), createdAt: row.created_at.toISOString() };
 }
 

@@ -15,6 +15,10 @@ import Database from 'better-sqlite3';
 import {
   isPlainObject,
   limitsJson,
+  rolloutOf,
+  rolloutPercent,
+  type RouterVersionInfo,
+  versionInfo,
   StoreClosedError,
   StoreConflictError,
   StoreError,
@@ -32,7 +36,7 @@ export const DB_FILE = 'switchyard.db';
  * Schema migrations, in order: MIGRATIONS[i] takes the schema from version i to i + 1. Append
  * only; never edit a released one. Each runs in one transaction with its row in schema_version.
  */
-const MIGRATIONS: readonly string[] = [
+export const MIGRATIONS: readonly string[] = [
   /* 1 */ `
   CREATE TABLE tenants (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -61,6 +65,10 @@ const MIGRATIONS: readonly string[] = [
     updated_at TEXT NOT NULL
   ) STRICT;
   `,
+  /* 2: gradual rollouts, a newer version live for a share of new connections */ `
+  ALTER TABLE tenants ADD COLUMN candidate_version INTEGER CHECK (candidate_version BETWEEN 1 AND last_version);
+  ALTER TABLE tenants ADD COLUMN candidate_percent INTEGER CHECK (candidate_percent BETWEEN 1 AND 99 AND (candidate_version IS NULL) = (candidate_percent IS NULL));
+  `,
 ];
 
 /** The schema version this code writes. */
@@ -73,10 +81,12 @@ interface TenantRow {
   limits: string;
   last_version: number;
   live_version: number | null;
+  candidate_version: number | null;
+  candidate_percent: number | null;
   created_at: string;
 }
 
-const TENANT_COLUMNS = 'id, name, port, limits, last_version, live_version, created_at';
+const TENANT_COLUMNS = 'id, name, port, limits, last_version, live_version, candidate_version, candidate_percent, created_at';
 
 export class SqliteTenantStore implements TenantStore {
   #db: Database.Database | undefined;
@@ -170,15 +180,26 @@ export class SqliteTenantStore implements TenantStore {
     return db.transaction(() => db.prepare('DELETE FROM tenants WHERE name = ?').run(name).changes > 0).immediate();
   }
 
-  async addRouterVersion(name: string, source: string, keep?: number): Promise<number> {
+  async addRouterVersion(name: string, source: string, keep?: number, rollout?: { readonly percent: number }): Promise<number> {
     const db = this.#open();
+    const percent = rollout === undefined ? null : rolloutPercent(rollout.percent);
     return db
       .transaction(() => {
         const tenant = this.#tenantRow(name);
+        if (percent !== null && tenant.live_version === null) throw new StoreError('ERR_STORE_INVALID', 'a rollout needs a live version to share new connections with');
         const version = tenant.last_version + 1;
+        const live = percent === null ? version : tenant.live_version;
         db.prepare('INSERT INTO router_versions (tenant_id, version, source, created_at) VALUES (?, ?, ?, ?)').run(tenant.id, version, source, now());
-        db.prepare('UPDATE tenants SET last_version = ?, live_version = ? WHERE id = ?').run(version, version, tenant.id);
-        if (keep !== undefined) db.prepare('DELETE FROM router_versions WHERE tenant_id = ? AND version <= ?').run(tenant.id, version - Math.max(1, keep));
+        db.prepare('UPDATE tenants SET last_version = ?, live_version = ?, candidate_version = ?, candidate_percent = ? WHERE id = ?').run(
+          version,
+          live,
+          percent === null ? null : version,
+          percent,
+          tenant.id,
+        );
+        if (keep !== undefined) {
+          db.prepare('DELETE FROM router_versions WHERE tenant_id = ? AND version <= ? AND version IS NOT ?').run(tenant.id, version - Math.max(1, keep), live);
+        }
         return version;
       })
       .immediate();
@@ -190,6 +211,10 @@ export class SqliteTenantStore implements TenantStore {
       .transaction(() => {
         const tenant = this.#tenantRow(name);
         if (tenant.live_version === null) return undefined;
+        if (tenant.candidate_version !== null) {
+          db.prepare('UPDATE tenants SET candidate_version = NULL, candidate_percent = NULL WHERE id = ?').run(tenant.id);
+          return tenant.live_version;
+        }
         const previous = db
           .prepare<[number, number], number | null>('SELECT max(version) FROM router_versions WHERE tenant_id = ? AND version < ?')
           .pluck()
@@ -201,14 +226,58 @@ export class SqliteTenantStore implements TenantStore {
       .immediate();
   }
 
+  async promoteRouter(name: string, percent?: number): Promise<number | undefined> {
+    const db = this.#open();
+    const share = percent === undefined || percent === 100 ? null : rolloutPercent(percent);
+    return db
+      .transaction(() => {
+        const tenant = this.#tenantRow(name);
+        const candidate = tenant.candidate_version;
+        if (candidate === null) return undefined;
+        if (share === null) db.prepare('UPDATE tenants SET live_version = ?, candidate_version = NULL, candidate_percent = NULL WHERE id = ?').run(candidate, tenant.id);
+        else db.prepare('UPDATE tenants SET candidate_percent = ? WHERE id = ?').run(share, tenant.id);
+        return candidate;
+      })
+      .immediate();
+  }
+
   async liveRouter(name: string): Promise<RouterVersion | undefined> {
+    return this.#versionRow(name, 'v.version = t.live_version');
+  }
+
+  async rolloutRouter(name: string): Promise<(RouterVersion & { readonly percent: number }) | undefined> {
     const row = this.#open()
-      .prepare<[string], { version: number; source: string; created_at: string }>(
-        `SELECT v.version, v.source, v.created_at FROM tenants t
-         JOIN router_versions v ON v.tenant_id = t.id AND v.version = t.live_version
+      .prepare<[string], { version: number; source: string; created_at: string; percent: number }>(
+        `SELECT v.version, v.source, v.created_at, t.candidate_percent AS percent FROM tenants t
+         JOIN router_versions v ON v.tenant_id = t.id AND v.version = t.candidate_version
          WHERE t.name = ?`,
       )
       .get(name);
+    return row === undefined ? undefined : { version: row.version, source: row.source, createdAt: row.created_at, percent: row.percent };
+  }
+
+  async routerVersion(name: string, version: number): Promise<RouterVersion | undefined> {
+    return this.#versionRow(name, 'v.version = ?', version);
+  }
+
+  async listRouterVersions(name: string): Promise<RouterVersionInfo[]> {
+    return this.#open()
+      .prepare<[string], { version: number; source: string; created_at: string }>(
+        `SELECT v.version, v.source, v.created_at FROM tenants t JOIN router_versions v ON v.tenant_id = t.id WHERE t.name = ? ORDER BY v.version DESC`,
+      )
+      .all(name)
+      .map((row) => versionInfo(row.version, row.source, row.created_at));
+  }
+
+  /** The one version of tenant `name` that `where` selects (`v` is router_versions, `t` tenants). */
+  #versionRow(name: string, where: string, ...values: number[]): RouterVersion | undefined {
+    const row = this.#open()
+      .prepare<[string, ...number[]], { version: number; source: string; created_at: string }>(
+        `SELECT v.version, v.source, v.created_at FROM tenants t
+         JOIN router_versions v ON v.tenant_id = t.id
+         WHERE t.name = ? AND ${where}`,
+      )
+      .get(name, ...values);
     return row === undefined ? undefined : { version: row.version, source: row.source, createdAt: row.created_at };
   }
 
@@ -309,7 +378,7 @@ function toRecord(row: TenantRow): TenantRecord {
     throw new StoreError('ERR_STORE_CORRUPT', `the stored limits of ${row.name} are not JSON`, { cause: err });
   }
   if (!isPlainObject(limits)) throw new StoreError('ERR_STORE_CORRUPT', `the stored limits of ${row.name} are not an object`);
-  return { name: row.name, port: row.port, limits, liveVersion: row.live_version, createdAt: row.created_at };
+  return { name: row.name, port: row.port, limits, liveVersion: row.live_version, ...rolloutOf(row.candidate_version, row.candidate_percent), createdAt: row.created_at };
 }
 
 

@@ -16,6 +16,7 @@
  * and values, that a table is a JSON object, script size): callers do that first. It does not
  * know about defaults either: `limits` are only the per-tenant values the operator set.
  */
+import { createHash } from 'node:crypto';
 import { SwitchyardError } from '../errors.js';
 
 /** A tenant as stored. Fresh objects on every call: mutating one changes nothing. */
@@ -28,6 +29,11 @@ export interface TenantRecord {
   readonly limits: Readonly<Record<string, unknown>>;
   /** The live router version, or null before the first upload. */
   readonly liveVersion: number | null;
+  /**
+   * A gradual rollout: a newer version live for `percent` of new connections (1–99), the live
+   * version for the rest. Absent when there is none.
+   */
+  readonly rollout?: Rollout;
   /** ISO 8601, UTC. */
   readonly createdAt: string;
 }
@@ -39,6 +45,24 @@ export interface RouterVersion {
   readonly source: string;
   /** ISO 8601, UTC: when it was uploaded (not when it last became live). */
   readonly createdAt: string;
+}
+
+/** A version in a gradual rollout, and the share of new connections it gets. */
+export interface Rollout {
+  readonly version: number;
+  /** 1–99. */
+  readonly percent: number;
+}
+
+/** A stored router version, described without its source. */
+export interface RouterVersionInfo {
+  readonly version: number;
+  /** ISO 8601, UTC: when it was uploaded. */
+  readonly createdAt: string;
+  /** The source's size in bytes (UTF-8). */
+  readonly size: number;
+  /** The source's SHA-256, hex. */
+  readonly sha256: string;
 }
 
 export interface NewTenant {
@@ -73,21 +97,44 @@ export interface TenantStore {
    * transaction. Resolves the new version: 1 for the first upload, then always one more than
    * the highest version the tenant ever had, so a number is never reused (not even after
    * rollbacks). With `keep`, only the `keep` newest versions are kept (in the same transaction);
-   * older ones are deleted. Rejects with TenantNotFoundError.
+   * older ones are deleted, but never the live version. Rejects with TenantNotFoundError.
+   *
+   * With `rollout`, the new version is instead the tenant's rollout at `percent` (1–99): the
+   * live version stays live for the other new connections (a rollout before it is replaced).
+   * Rejects with StoreError ERR_STORE_INVALID when there is no live version yet. Without it, a
+   * rollout in progress ends: the new version is live for every new connection.
    */
-  addRouterVersion(name: string, source: string, keep?: number): Promise<number>;
+  addRouterVersion(name: string, source: string, keep?: number, rollout?: { readonly percent: number }): Promise<number>;
 
   /**
    * Makes the highest version below the live one live again and resolves it. Twice in a row
    * goes back two versions. Resolves undefined, changing nothing, when there is no earlier
    * version (no upload yet, or version 1 is live). Rejects with TenantNotFoundError.
+   * During a rollout, ends it instead: the live version is live for every new connection again,
+   * and is what it resolves.
    *
    * Example: uploads 1, 2, 3; rollback → 2; upload → 4 (live); rollback → 3.
    */
   rollbackRouter(name: string): Promise<number | undefined>;
 
+  /**
+   * The rollout's version becomes live for every new connection (without `percent`, or with
+   * 100), or gets `percent` (1–99) of them. Resolves the rollout's version; undefined, changing
+   * nothing, when there is no rollout. Rejects with TenantNotFoundError.
+   */
+  promoteRouter(name: string, percent?: number): Promise<number | undefined>;
+
   /** The live router, or undefined when there is no such tenant or nothing was uploaded yet. */
   liveRouter(name: string): Promise<RouterVersion | undefined>;
+
+  /** The rollout's router and share, or undefined when there is none (or no such tenant). */
+  rolloutRouter(name: string): Promise<(RouterVersion & { readonly percent: number }) | undefined>;
+
+  /** One kept version, or undefined (no such tenant or version, or pruned). */
+  routerVersion(name: string, version: number): Promise<RouterVersion | undefined>;
+
+  /** Every kept version, newest first; [] for no such tenant. */
+  listRouterVersions(name: string): Promise<RouterVersionInfo[]>;
 
   /** Replaces the tenant's routing table, JSON text stored as given. Rejects with TenantNotFoundError. */
   setTable(name: string, json: string): Promise<void>;
@@ -244,4 +291,20 @@ export function isPlainObject(value: unknown): value is Record<string, unknown> 
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
   const proto: unknown = Object.getPrototypeOf(value);
   return proto === Object.prototype || proto === null;
+}
+
+/** A stored version described without its source: its size and SHA-256. */
+export function versionInfo(version: number, source: string, createdAt: string): RouterVersionInfo {
+  return { version, createdAt, size: Buffer.byteLength(source, 'utf8'), sha256: createHash('sha256').update(source, 'utf8').digest('hex') };
+}
+
+/** A rollout's share as the stores keep it: an integer from 1 to 99, or StoreError ERR_STORE_INVALID. */
+export function rolloutPercent(percent: number): number {
+  if (!Number.isInteger(percent) || percent < 1 || percent > 99) throw new StoreError('ERR_STORE_INVALID', 'a rollout percent is an integer from 1 to 99');
+  return percent;
+}
+
+/** A tenant row's rollout columns as the record's `rollout`, absent when there is none. */
+export function rolloutOf(version: number | null, percent: number | null): { rollout?: Rollout } {
+  return version === null || percent === null ? {} : { rollout: { version, percent } };
 }
