@@ -33,19 +33,29 @@ export class SwitchyardError extends Error {
   }
 }
 
+/** A place in a router's source, and the router's own stack frames there (innermost first). */
+export interface SourceLocation {
+  readonly line: number;
+  readonly column: number;
+  readonly stack: readonly string[];
+}
+
 /** A router call failed: it threw, ran out of time or memory, or returned something invalid. */
 export class RouterError extends SwitchyardError {
   readonly reason: CloseReason;
+  /** Where in the router's source a thrown error came from, when its stack says. */
+  readonly where: SourceLocation | undefined;
   /**
    * A time-out the router is not to blame for: the call used under a quarter of its time limit as
    * CPU, so it spent the rest waiting for a busy CPU. The connection is closed all the same (the
    * limit is of wall time), but it is no strike towards the slow lane or a source penalty.
    */
   readonly starved: boolean;
-  constructor(reason: CloseReason, message: string, options?: ErrorOptions & { starved?: boolean }) {
+  constructor(reason: CloseReason, message: string, options?: ErrorOptions & { starved?: boolean; where?: SourceLocation | undefined }) {
     super(`ERR_${reason.toUpperCase()}`, message, options);
     this.reason = reason;
     this.starved = options?.starved === true;
+    this.where = options?.where;
   }
 
   /** A time-out that counts against the router: one it spent its CPU on. */
@@ -65,10 +75,13 @@ export class InvalidDecisionError extends RouterError {
 export class RouterLoadError extends SwitchyardError {
   readonly line: number | undefined;
   readonly column: number | undefined;
-  constructor(code: RouterLoadCode, message: string, position?: { line: number; column: number }) {
+  /** The router's own stack frames, for a script that threw while loading. */
+  readonly frames: readonly string[] | undefined;
+  constructor(code: RouterLoadCode, message: string, position?: { line: number; column: number; stack?: readonly string[] | undefined }) {
     super(code, message);
     this.line = position?.line;
     this.column = position?.column;
+    this.frames = position?.stack !== undefined && position.stack.length > 0 ? position.stack : undefined;
   }
 }
 export type RouterLoadCode =

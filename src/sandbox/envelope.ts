@@ -1,3 +1,4 @@
+import { routerFrames } from '../authoring/diagnostics.js';
 import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
 import type { RouterConsole } from './console.js';
 import type { RouterHooks } from './router.js';
@@ -12,6 +13,8 @@ export interface Envelope {
   /** Why the call failed, when it did. */
   e?: 'throw' | 'invalid' | 'noproxy';
   m?: string;
+  /** For a throw: the stack text of what was thrown, when it had one. */
+  k?: string;
   /** console lines: [stream, line]. */
   l?: [string, string][];
   /** console lines dropped inside the sandbox. */
@@ -37,25 +40,35 @@ export function openEnvelope(text: unknown, console: RouterConsole): Envelope {
   return envelope;
 }
 
-/** The value a call returned, or the RouterError it amounts to. */
-export function envelopeValue(envelope: Envelope): unknown {
+/**
+ * The value a call returned, or the RouterError it amounts to. A throw carries where in the
+ * router's source (`filename`) it came from, when its stack says, also in its message (which
+ * the log and the rejections show).
+ */
+export function envelopeValue(envelope: Envelope, filename: string): unknown {
   switch (envelope.e) {
     case undefined:
       return envelope.d;
     case 'invalid':
       throw new RouterError(CloseReason.routerInvalid, `invalid decision: ${String(envelope.m)}`);
     case 'throw':
-    case 'noproxy':
-      throw new RouterError(CloseReason.routerThrow, `router threw: ${String(envelope.m)}`);
+    case 'noproxy': {
+      const where = typeof envelope.k === 'string' ? routerFrames(envelope.k, filename) : undefined;
+      const at = where === undefined ? '' : ` (at ${filename}:${where.line}:${where.column})`;
+      throw new RouterError(CloseReason.routerThrow, `router threw: ${String(envelope.m)}${at}`, { where });
+    }
     default:
       throw new RouterError(CloseReason.routerInvalid, 'sandbox returned an unknown result');
   }
 }
 
 /** The hooks a loaded script registered, or the RouterLoadError its load amounts to. */
-export function loadedHooks(envelope: Envelope): RouterHooks {
+export function loadedHooks(envelope: Envelope, filename: string): RouterHooks {
   if (envelope.e === 'noproxy') throw new RouterLoadError('ERR_ROUTER_NO_PROXY', String(envelope.m ?? 'the script never calls proxy()'));
-  if (envelope.e !== undefined) throw new RouterLoadError('ERR_ROUTER_THROW', `router threw while loading: ${String(envelope.m)}`);
+  if (envelope.e !== undefined) {
+    const where = typeof envelope.k === 'string' ? routerFrames(envelope.k, filename) : undefined;
+    throw new RouterLoadError('ERR_ROUTER_THROW', `router threw while loading: ${String(envelope.m)}`, where);
+  }
   const d = envelope.d;
   if (!Array.isArray(d) || d.length !== 3 || !d.every((x) => typeof x === 'boolean')) {
     throw new RouterLoadError('ERR_ROUTER_THROW', 'sandbox returned a malformed load result');

@@ -1,3 +1,4 @@
+import { scriptName } from '../authoring/diagnostics.js';
 import { type Decision, validateDecision } from '../routing/decision.js';
 import type { RouterConsole } from './console.js';
 import { envelopeValue, openEnvelope } from './envelope.js';
@@ -17,11 +18,14 @@ export class IsolateRouter implements Router {
   readonly hooks: RouterHooks;
   readonly #isolate: TenantIsolate;
   readonly #console: RouterConsole;
+  /** The script's name in its stack traces. */
+  readonly #filename: string;
 
-  private constructor(isolate: TenantIsolate, hooks: RouterHooks, console: RouterConsole) {
+  private constructor(isolate: TenantIsolate, hooks: RouterHooks, console: RouterConsole, filename: string) {
     this.#isolate = isolate;
     this.hooks = hooks;
     this.#console = console;
+    this.#filename = filename;
   }
 
   /** Compiles and loads a script; rejects with RouterLoadError (with line and column for syntax errors). */
@@ -29,7 +33,7 @@ export class IsolateRouter implements Router {
     const { console, ...spec } = options;
     const { isolate, hooks, envelope } = await TenantIsolate.create(spec);
     openEnvelope(envelope, console);
-    return new IsolateRouter(isolate, hooks, console);
+    return new IsolateRouter(isolate, hooks, console, scriptName(spec.filename));
   }
 
   warm(): Promise<RouterHooks> {
@@ -58,7 +62,7 @@ export class IsolateRouter implements Router {
   }
 
   async #call(fn: EntryPoint, args: readonly (string | number)[]): Promise<unknown> {
-    return envelopeValue(openEnvelope(await this.#isolate.call(fn, args), this.#console));
+    return envelopeValue(openEnvelope(await this.#isolate.call(fn, args), this.#console), this.#filename);
   }
 }
 

@@ -618,8 +618,10 @@ function loadResult(response: Response): string {
   if (response.status === Status.loaded) return (JSON.parse(response.payload) as { envelope: string }).envelope;
   if (response.status === Status.ok) return response.payload;
   if (response.status === Status.loadError) {
-    const e = JSON.parse(response.payload) as { code: RouterLoadCode; message: string; line?: number; column?: number };
-    throw new RouterLoadError(e.code, e.message, e.line === undefined || e.column === undefined ? undefined : { line: e.line, column: e.column });
+    const e = JSON.parse(response.payload) as { code: RouterLoadCode; message: string; line?: number; column?: number; stack?: unknown };
+    // The frames come from a sandbox process: only strings, as many as a stack keeps.
+    const stack = Array.isArray(e.stack) ? e.stack.filter((f): f is string => typeof f === 'string').slice(0, 10).map((f) => f.slice(0, 400)) : undefined;
+    throw new RouterLoadError(e.code, e.message, e.line === undefined || e.column === undefined ? undefined : { line: e.line, column: e.column, stack });
   }
   throw routerError(response.payload);
 }

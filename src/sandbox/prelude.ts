@@ -12,7 +12,11 @@ import { decisionLimits, scriptLimits } from '../config.js';
  *
  * Envelope, built by concatenation of JSON-encoded primitives only:
  *   {"d": <decision as plain JSON, or null>, "l": [[stream, line], ...], "x": dropped}
- *   {"e": "throw"|"invalid"|"noproxy", "m": message, "l": ..., "x": ...}
+ *   {"e": "throw"|"invalid"|"noproxy", "m": message, "k": stack text, "l": ..., "x": ...}
+ *
+ * The script is run by an indirect eval with a sourceURL comment naming its file, so that the
+ * stack of what it throws names the file with lines and columns of the script as uploaded; the
+ * host keeps only those frames (authoring/diagnostics.ts).
  */
 export const preludeSource = `(function () {
   'use strict';
@@ -38,6 +42,7 @@ export const preludeSource = `(function () {
   const MAX_KEYS = 16;
   const MAX_LOG_LINES = ${scriptLimits.maxLogLinesPerCall};
   const MAX_LOG_CHARS = ${scriptLimits.maxLogLineChars};
+  const MAX_STACK = 4000;
   const INVALID = freeze({});
   // Proxies cannot be told apart from plain objects by their behaviour, but V8 refuses to
   // capture a stack trace onto one, with a message learnt here from a known Proxy.
@@ -106,7 +111,10 @@ export const preludeSource = `(function () {
     return s;
   }
   function ok(json) { return '{"d":' + json + takeLogs() + '}'; }
-  function fail(kind, message) { return '{"e":' + stringify(kind) + ',"m":' + stringify(message) + takeLogs() + '}'; }
+  function fail(kind, message, stack) {
+    return '{"e":' + stringify(kind) + ',"m":' + stringify(message) + (typeof stack === 'string' ? ',"k":' + stringify(stack) : '') + takeLogs() + '}';
+  }
+  function thrown(e) { return fail('throw', describeError(e), stackOf(e)); }
   function invalid(reason) { invalidReason = reason; return INVALID; }
 
   function ownValue(o, key, depth) {
@@ -125,6 +133,36 @@ export const preludeSource = `(function () {
       return cut((typeof name === 'string' ? name : 'Error') + (typeof message === 'string' ? ': ' + message : ''), 500);
     } catch {
       return 'an unreadable thrown value';
+    }
+  }
+
+  // V8 keeps an error's stack behind an own accessor, one getter for every error, which formats
+  // the stack on its first read. The header it formats reads the error's "name" and "message":
+  // the getter is called only when both are strings or absent, found as data properties along the
+  // prototype chain, so that formatting runs no tenant getter or toString (as describeError).
+  const stackGetter = (getOwn(new Error(), 'stack') || {}).get;
+  function plainField(e, key) {
+    let o = e;
+    for (let i = 0; i < 8 && o !== null && typeof o === 'object'; i++) {
+      const d = getOwn(o, key);
+      if (d !== undefined) return hasOwn(d, 'value') && (d.value === undefined || typeof d.value === 'string');
+      o = getProto(o);
+    }
+    return o === null;
+  }
+
+  // The stack text of a thrown Error, or undefined.
+  function stackOf(e) {
+    try {
+      if (typeof e !== 'object' || e === null) return undefined;
+      const d = getOwn(e, 'stack');
+      if (d === undefined) return undefined;
+      let v;
+      if (hasOwn(d, 'value')) v = d.value;
+      else if (d.get === stackGetter && stackGetter !== undefined && plainField(e, 'name') && plainField(e, 'message')) v = apply(stackGetter, e, []);
+      return typeof v === 'string' ? cut(v, MAX_STACK) : undefined;
+    } catch {
+      return undefined;
     }
   }
 
@@ -188,7 +226,7 @@ export const preludeSource = `(function () {
       if (result === undefined && allowNothing) return ok('null');
       return ok(decision(result));
     } catch (e) {
-      return e === INVALID ? fail('invalid', invalidReason) : fail('throw', describeError(e));
+      return e === INVALID ? fail('invalid', invalidReason) : thrown(e);
     }
   }
   function conn(tenant, remoteAddress, remotePort, localAddress, localPort) {
@@ -213,26 +251,26 @@ export const preludeSource = `(function () {
     setTable(json) {
       define(G, 'table', { value: deepFreeze(parse(json)) });
     },
-    load(source) {
-      try { indirectEval(source); } catch (e) { return fail('throw', describeError(e)); }
+    load(source, filename) {
+      try { indirectEval(source + '\\n//# sourceURL=' + filename); } catch (e) { return thrown(e); }
       if (routeFn === undefined) return fail('noproxy', 'the script never calls proxy()');
       return ok('[' + (acceptFn !== undefined) + ',' + (connectErrorFn !== undefined) + ',' + (inactivityErrorFn !== undefined) + ']');
     },
     route(data, tenant, ra, rp, la, lp) {
       let result;
-      try { result = routeFn(data, conn(tenant, ra, rp, la, lp)); } catch (e) { return fail('throw', describeError(e)); }
+      try { result = routeFn(data, conn(tenant, ra, rp, la, lp)); } catch (e) { return thrown(e); }
       return settle(result, false);
     },
     accept(tenant, ra, rp, la, lp) {
       if (acceptFn === undefined) return ok('null');
       let result;
-      try { result = acceptFn(conn(tenant, ra, rp, la, lp)); } catch (e) { return fail('throw', describeError(e)); }
+      try { result = acceptFn(conn(tenant, ra, rp, la, lp)); } catch (e) { return thrown(e); }
       return settle(result, true);
     },
     hook(which, remote) {
       const fn = which === 'connect' ? connectErrorFn : inactivityErrorFn;
       if (fn === undefined) return ok('null');
-      try { fn(remote); } catch (e) { return fail('throw', describeError(e)); }
+      try { fn(remote); } catch (e) { return thrown(e); }
       return ok('null');
     },
   });

@@ -1,3 +1,4 @@
+import { scriptName } from '../authoring/diagnostics.js';
 import { CloseReason, RouterError } from '../errors.js';
 import { type Decision, validateDecision } from '../routing/decision.js';
 import type { RouterConsole } from './console.js';
@@ -18,20 +19,24 @@ export class ProcessRouter implements Router {
   readonly #pool: SandboxPool;
   readonly #slot: number;
   readonly #console: RouterConsole;
+  /** The script's name in its stack traces. */
+  readonly #filename: string;
 
-  private constructor(pool: SandboxPool, slot: number, hooks: RouterHooks | undefined, console: RouterConsole) {
+  private constructor(pool: SandboxPool, slot: number, hooks: RouterHooks | undefined, console: RouterConsole, filename: string) {
     this.#pool = pool;
     this.#slot = slot;
     this.#hooks = hooks;
     this.#console = console;
+    this.#filename = filename;
   }
 
   /** Checks the script in a throwaway process, then loads it into a worker. Rejects with RouterLoadError. */
   static async load(pool: SandboxPool, spec: TenantSpec, console: RouterConsole): Promise<ProcessRouter> {
     const { slot, envelope } = await pool.load(spec);
     try {
-      const hooks = loadedHooks(openEnvelope(envelope, console));
-      return new ProcessRouter(pool, slot, hooks, console);
+      const filename = scriptName(spec.filename);
+      const hooks = loadedHooks(openEnvelope(envelope, console), filename);
+      return new ProcessRouter(pool, slot, hooks, console, filename);
     } catch (err) {
       pool.unload(slot);
       throw err;
@@ -43,7 +48,7 @@ export class ProcessRouter implements Router {
    * isolate built on the first call or warm().
    */
   static cold(pool: SandboxPool, spec: TenantSpec, console: RouterConsole): ProcessRouter {
-    return new ProcessRouter(pool, pool.register(spec), undefined, console);
+    return new ProcessRouter(pool, pool.register(spec), undefined, console, scriptName(spec.filename));
   }
 
   get hooks(): RouterHooks | undefined {
@@ -54,7 +59,7 @@ export class ProcessRouter implements Router {
     if (this.#hooks !== undefined) return Promise.resolve(this.#hooks);
     this.#warming ??= this.#pool.warm(this.#slot).then(
       (envelope) => {
-        this.#hooks = loadedHooks(openEnvelope(envelope, this.#console));
+        this.#hooks = loadedHooks(openEnvelope(envelope, this.#console), this.#filename);
         return this.#hooks;
       },
       (err: unknown) => {
@@ -110,6 +115,6 @@ export class ProcessRouter implements Router {
   }
 
   #call(op: typeof Op.route | typeof Op.accept | typeof Op.hook, conn: ConnInfo, extra?: { which?: number; text?: string }): Promise<unknown> {
-    return this.#pool.call(this.#slot, op, conn, extra).then((text) => envelopeValue(openEnvelope(text, this.#console)));
+    return this.#pool.call(this.#slot, op, conn, extra).then((text) => envelopeValue(openEnvelope(text, this.#console), this.#filename));
   }
 }

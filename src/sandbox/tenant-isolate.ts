@@ -1,4 +1,5 @@
 import ivm from 'isolated-vm';
+import { scriptName } from '../authoring/diagnostics.js';
 import { scriptLimits } from '../config.js';
 import { CloseReason, RouterError, RouterLoadError } from '../errors.js';
 import { loadedHooks, type Envelope } from './envelope.js';
@@ -276,7 +277,7 @@ const syntaxPosition = /\[[^\]]*:(\d+):(\d+)\]$/;
 /** Compiles the script without running it: no tenant code runs, and a syntax error gets its line and column. */
 async function compileCheck(isolate: ivm.Isolate, spec: IsolateSpec): Promise<void> {
   try {
-    (await isolate.compileScript(spec.source, { filename: spec.filename })).release();
+    (await isolate.compileScript(spec.source, { filename: scriptName(spec.filename) })).release();
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     const at = syntaxPosition.exec(message);
@@ -300,7 +301,7 @@ async function build(spec: IsolateSpec, sync = false): Promise<{ instance: Insta
     let text: unknown;
     const loadStart = performance.now();
     try {
-      text = await load.apply(undefined, [spec.source], { timeout: scriptLimits.loadTimeoutMs });
+      text = await load.apply(undefined, [spec.source, scriptName(spec.filename)], { timeout: scriptLimits.loadTimeoutMs });
     } catch (err) {
       // As in TenantIsolate.#failed: nobody else disposes an isolate being built, and the
       // prelude catches what the script throws.
@@ -312,7 +313,7 @@ async function build(spec: IsolateSpec, sync = false): Promise<{ instance: Insta
       throw new RouterLoadError('ERR_ROUTER_THROW', `router failed while loading: ${message}`);
     }
     if (typeof text !== 'string') throw new RouterLoadError('ERR_ROUTER_THROW', 'sandbox returned no load result');
-    const hooks = loadedHooks(JSON.parse(text) as Envelope);
+    const hooks = loadedHooks(JSON.parse(text) as Envelope, scriptName(spec.filename));
     return { instance: { isolate, entry: { route: api.route, accept: api.accept, hook: api.hook } }, hooks, envelope: text };
   } catch (err) {
     release(isolate);

@@ -139,7 +139,7 @@ function load(id: number, slot: number, spec: IsolateSpec & { tenant: string }):
     (err: unknown) => {
       if (tenants.get(slot) === tenant) tenants.delete(slot);
       const e = err instanceof RouterLoadError ? err : new RouterLoadError('ERR_ROUTER_THROW', String(err));
-      writer.write(encodeResponse(id, Status.loadError, JSON.stringify({ code: e.code, message: e.message, line: e.line, column: e.column })));
+      writer.write(encodeResponse(id, Status.loadError, JSON.stringify({ code: e.code, message: e.message, line: e.line, column: e.column, stack: e.frames })));
     },
   ).finally(() => {
     loading--;
