@@ -6,6 +6,7 @@ import { NativeRelay } from './connection/native-relay.js';
 import { CloseReason } from './errors.js';
 import type { Logger } from './log.js';
 import { TenantStats } from './metrics/stats.js';
+import { type Candidate, choose } from './routing/rollout.js';
 import type { ConnInfo, Router } from './sandbox/router.js';
 
 export interface ListenerOptions {
@@ -16,6 +17,8 @@ export interface ListenerOptions {
   readonly log: Logger;
   /** Hosting mode's backend policy; absent, any backend is allowed. */
   readonly gate?: ConnectionHost['gate'];
+  /** Told of every rejection (the tenant's own log keeps them too). */
+  readonly onRejection?: (rejection: Rejection) => void;
 }
 
 /** Rejections kept per tenant, newest last. */
@@ -34,6 +37,9 @@ export class TenantListener implements ConnectionHost {
   #limits: Limits;
   gate: ConnectionHost['gate'];
   #router: Router;
+  /** A gradual rollout: the router a share of new connections get instead (routing/rollout.ts). */
+  #candidate: Candidate<Router> | undefined;
+  readonly #onRejection: ((rejection: Rejection) => void) | undefined;
   /** Open connections per router: a router swapped out is disposed once its last one finishes. */
   readonly #routerUse = new Map<Router, number>();
   /** Accepting: the native path's listener id, or Node's server. */
@@ -50,6 +56,7 @@ export class TenantListener implements ConnectionHost {
     this.#router = options.router;
     this.#limits = options.limits;
     this.gate = options.gate;
+    this.#onRejection = options.onRejection;
     this.log = options.log.child({ tenant: options.tenant });
   }
 
@@ -103,19 +110,37 @@ export class TenantListener implements ConnectionHost {
     return this.#address;
   }
 
-  /** The router new connections get. */
+  /** The router new connections get (but for a rollout's share). */
   get router(): Router {
     return this.#router;
   }
 
+  /** The rollout's router and share, if one is in progress. */
+  get candidate(): Candidate<Router> | undefined {
+    return this.#candidate;
+  }
+
   /**
-   * Hot swap: new connections get `router` at once; open ones keep the router they were
-   * accepted with, which is disposed when the last of them finishes.
+   * Hot swap: new connections get `router` at once (and no rollout is in progress); open ones
+   * keep the router they were accepted with, which is disposed when the last of them finishes.
    */
   setRouter(router: Router): void {
-    const old = this.#router;
-    this.#router = router;
-    if (old !== router && !this.#routerUse.has(old)) old.dispose();
+    this.setRouters(router, undefined);
+  }
+
+  /**
+   * Hot swap with a gradual rollout: new connections get `stable`, or the candidate's router for
+   * its share of client addresses. A router no longer among them is disposed once unused.
+   */
+  setRouters(stable: Router, candidate: Candidate<Router> | undefined): void {
+    const old = [this.#router, this.#candidate?.router];
+    this.#router = stable;
+    this.#candidate = candidate;
+    for (const r of old) if (r !== undefined && !this.#isCurrent(r) && !this.#routerUse.has(r)) r.dispose();
+  }
+
+  #isCurrent(router: Router): boolean {
+    return router === this.#router || router === this.#candidate?.router;
   }
 
   /** Bytes from and to clients, finished connections and open ones together. */
@@ -162,7 +187,7 @@ export class TenantListener implements ConnectionHost {
       return;
     }
     const info: ConnInfo = { tenant: this.tenant, remoteAddress, remotePort, localAddress, localPort };
-    const router = this.#router;
+    const router = choose(this.#router, this.#candidate, remoteAddress);
     this.#routerUse.set(router, (this.#routerUse.get(router) ?? 0) + 1);
     const connection = new Connection(this, client, info, router);
     this.#connections.add(connection);
@@ -172,6 +197,7 @@ export class TenantListener implements ConnectionHost {
 
   rejected(rejection: Rejection): void {
     if (this.rejections.push(rejection) > rejectionRing) this.rejections.shift();
+    this.#onRejection?.(rejection);
     const level = rejection.reason === CloseReason.routerClose ? 'info' : 'warn';
     this.log[level]({ client: rejection.client, reason: rejection.reason, detail: rejection.message }, 'connection rejected');
   }
@@ -184,7 +210,7 @@ export class TenantListener implements ConnectionHost {
     if (left > 0) this.#routerUse.set(router, left);
     else {
       this.#routerUse.delete(router);
-      if (router !== this.#router) router.dispose();
+      if (!this.#isCurrent(router)) router.dispose();
     }
     if (this.#connections.size === 0) this.#drained?.();
   }

@@ -1,7 +1,7 @@
 import { NativeRelay } from '../connection/native-relay.js';
 import type { TenantListener } from '../listener.js';
 import { runtimeInfo } from '../runtime.js';
-import { routerCallBuckets } from './stats.js';
+import { routerCallBuckets, type RouterOutcomes } from './stats.js';
 
 /** Process-wide figures of the sandbox. */
 export interface SandboxFigures {
@@ -68,6 +68,10 @@ export function renderMetrics(listeners: readonly TenantListener[], sandbox: San
   e.family('switchyard_connections_total', 'counter', 'Client connections accepted.', per((l) => l.stats.connections));
   e.family('switchyard_decisions_total', 'counter', 'Router decisions, by kind.', per((l) => Object.entries(l.stats.decisions).map(([kind, n]) => [{ tenant: l.tenant, kind }, n])));
   e.family('switchyard_router_errors_total', 'counter', 'Router calls that failed, by kind.', per((l) => Object.entries(l.stats.routerErrors).map(([kind, n]) => [{ tenant: l.tenant, kind }, n])));
+  const byVersion = (pick: (o: RouterOutcomes) => Record<string, number>) =>
+    per((l) => [...l.stats.versions].flatMap(([version, o]) => Object.entries(pick(o)).map(([kind, n]): [Labels, number] => [{ tenant: l.tenant, version: String(version), kind }, n])));
+  e.family('switchyard_version_decisions_total', 'counter', 'Router decisions, by router version and kind (a gradual rollout compares its versions by these).', byVersion((o) => o.decisions));
+  e.family('switchyard_version_router_errors_total', 'counter', 'Router calls that failed, by router version and kind.', byVersion((o) => o.routerErrors));
   e.family(
     'switchyard_router_call_duration_seconds',
     'histogram',

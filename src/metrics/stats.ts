@@ -15,11 +15,31 @@ export const routerErrorKinds = {
 } as const satisfies Partial<Record<CloseReason, string>>;
 export type RouterErrorKind = (typeof routerErrorKinds)[keyof typeof routerErrorKinds];
 
+/** What a router's calls came to: decisions by kind, failures by kind. */
+export class RouterOutcomes {
+  /** Decisions the router made, by kind. */
+  readonly decisions: Record<DecisionKind, number> = { remote: 0, noop: 0, close: 0 };
+  /** Router calls that failed, by kind. */
+  readonly routerErrors: Record<RouterErrorKind, number> = { timeout: 0, memory: 0, invalid: 0, throw: 0, unavailable: 0, penalty: 0 };
+
+  decided(kind: DecisionKind): void {
+    this.decisions[kind]++;
+  }
+
+  routerFailed(reason: CloseReason): void {
+    const kind = (routerErrorKinds as Partial<Record<CloseReason, RouterErrorKind>>)[reason];
+    if (kind !== undefined) this.routerErrors[kind]++;
+  }
+}
+
+/** Router versions whose outcomes a tenant's stats keep (the newest). */
+const versionsKept = 20;
+
 /**
  * A tenant's counters, all declared here (as Envoy declares its TCP proxy stats in one
  * table). Connections update them; the metrics endpoint reads them.
  */
-export class TenantStats {
+export class TenantStats extends RouterOutcomes {
   /** Client connections open now. */
   active = 0;
   /** Client connections accepted since start. */
@@ -27,18 +47,23 @@ export class TenantStats {
   /** Bytes received from and sent to clients of finished connections (open ones are added when read). */
   bytesIn = 0;
   bytesOut = 0;
-  /** Decisions the router made, by kind. */
-  readonly decisions: Record<DecisionKind, number> = { remote: 0, noop: 0, close: 0 };
-  /** Router calls that failed, by kind. */
-  readonly routerErrors: Record<RouterErrorKind, number> = { timeout: 0, memory: 0, invalid: 0, throw: 0, unavailable: 0, penalty: 0 };
+  /** The same outcomes per router version (so that a gradual rollout's versions can be compared), the newest kept. */
+  readonly versions = new Map<number, RouterOutcomes>();
   /** Router call durations: a count per bucket of routerCallBuckets (and one past the last), and their sum. */
   readonly routerCallBuckets: number[] = new Array<number>(routerCallBuckets.length + 1).fill(0);
   routerCallSeconds = 0;
   /** Connections closed without being relayed, by reason. */
   readonly rejections = new Map<CloseReason, number>();
 
-  decided(kind: DecisionKind): void {
-    this.decisions[kind]++;
+  /** The outcomes of one router version, kept from now on (the oldest version kept goes past `versionsKept`). */
+  version(version: number): RouterOutcomes {
+    let outcomes = this.versions.get(version);
+    if (outcomes === undefined) {
+      outcomes = new RouterOutcomes();
+      this.versions.set(version, outcomes);
+      if (this.versions.size > versionsKept) this.versions.delete(Math.min(...this.versions.keys()));
+    }
+    return outcomes;
   }
 
   routerCall(seconds: number): void {
@@ -46,11 +71,6 @@ export class TenantStats {
     while (i < routerCallBuckets.length && seconds > routerCallBuckets[i]!) i++;
     this.routerCallBuckets[i]!++;
     this.routerCallSeconds += seconds;
-  }
-
-  routerFailed(reason: CloseReason): void {
-    const kind = (routerErrorKinds as Partial<Record<CloseReason, RouterErrorKind>>)[reason];
-    if (kind !== undefined) this.routerErrors[kind]++;
   }
 
   rejected(reason: CloseReason): void {
