@@ -1,5 +1,7 @@
+// @ts-check
 // Routes git-upload-pack requests (git clone/fetch over git://) by the repository's owner.
 // The git protocol's first pkt-line is "0032git-upload-pack /user/repo.git\0host=example.com\0".
+/** @type {Record<string, string>} */
 const users = { mojombo: '127.0.0.1:9418', defunkt: '127.0.0.1:9419' };
 
 proxy((data, conn) => {

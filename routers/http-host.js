@@ -1,13 +1,16 @@
+// @ts-check
 // Routes HTTP/1.x requests by their Host header (name-based virtual hosting).
 // A request starts "METHOD target HTTP/1.x\r\n", then header lines "Name: value\r\n", and the
 // header block ends with an empty line ("\r\n\r\n"). The router waits for that whole block, so
 // it can also refuse a request with no Host or two of them (RFC 9112 §3.2: 400).
 // The connection goes to the backend chosen by its first request: a keep-alive client that
 // later sends another Host on the same connection still reaches that backend.
+/** @type {Record<string, string>} */
 const hosts = { 'alpha.example': '127.0.0.1:8081', 'beta.example': '127.0.0.1:8082' };
 
 const maxHeaderBytes = 16384;
 
+/** @param {string} status @param {string} body */
 function respond(status, body) {
   return 'HTTP/1.1 ' + status + '\r\n' +
     'Content-Type: text/plain\r\n' +

@@ -1,3 +1,4 @@
+// @ts-check
 // Routes PostgreSQL connections by the database named in the client's StartupMessage.
 //
 // Every frontend message before startup is length-prefixed: int32 length (itself included),
@@ -6,20 +7,24 @@
 // in plain text with a StartupMessage: int32 length, int32 protocol (3.0 = 196608), then
 // "key\0value\0" pairs ending with "\0". The backend gets the StartupMessage only, as if the
 // client had connected to it directly. The database defaults to the user name, as in libpq.
+/** @type {Record<string, string>} */
 const databases = { alpha: '127.0.0.1:5433', beta: '127.0.0.1:5434' };
 
 const sslRequest = 80877103;
 const gssencRequest = 80877104;
 const cancelRequest = 80877102;
 
+/** @param {string} s @param {number} i */
 function int32(s, i) {
   return ((s.charCodeAt(i) << 24) | (s.charCodeAt(i + 1) << 16) | (s.charCodeAt(i + 2) << 8) | s.charCodeAt(i + 3)) >>> 0;
 }
+/** @param {number} n */
 function encode32(n) {
   return String.fromCharCode((n >>> 24) & 255, (n >>> 16) & 255, (n >>> 8) & 255, n & 255);
 }
 
 // A backend ErrorResponse ('E'): fields of a type byte and a string, ending with a zero byte.
+/** @param {string} code @param {string} message */
 function errorResponse(code, message) {
   const fields = 'SFATAL\0VFATAL\0C' + code + '\0M' + message + '\0\0';
   return 'E' + encode32(4 + fields.length) + fields;
@@ -46,6 +51,7 @@ proxy((data) => {
   if (data.length - start < length) return { noop: true };
 
   // key\0value\0 ... \0
+  /** @type {Record<string, string>} */
   const params = Object.create(null);
   const fields = data.slice(start + 8, start + length).split('\0');
   if (fields.length < 2 || fields[fields.length - 1] !== '' || fields[fields.length - 2] !== '' || fields.length % 2 !== 0) {

@@ -1,3 +1,4 @@
+// @ts-check
 // A SOCKS4 proxy (ProxyMachine's README example): the client names the destination itself.
 // Request: version(1) = 4, command(1) = 1 (CONNECT), port(2, big-endian), IPv4 address(4),
 // user id, NUL. SOCKS4a: an address of 0.0.0.x (x != 0) means a host name, NUL-terminated,

@@ -1,3 +1,4 @@
+// @ts-check
 // Routes TLS connections by the server name the client asks for (SNI), without terminating TLS:
 // the backend holds the certificate and the session is end to end.
 //
@@ -9,16 +10,21 @@
 //   extension:  type(2) length(2) data; server_name is type 0:
 //               list_length(2), then entries name_type(1) = 0 (host_name), length(2), name
 // The router waits until the whole ClientHello is buffered (a large one may span records).
+/** @type {Record<string, string>} */
 const names = { 'alpha.test': '127.0.0.1:8443', 'beta.test': '127.0.0.1:9443' };
 
 // A fatal TLS alert, unrecognized_name (112), sent in place of a ServerHello.
 const unrecognizedName = '\x15\x03\x01\x00\x02\x02\x70';
 
+/** @param {string} s @param {number} i */
 function u8(s, i) { return s.charCodeAt(i); }
+/** @param {string} s @param {number} i */
 function u16(s, i) { return (s.charCodeAt(i) << 8) | s.charCodeAt(i + 1); }
+/** @param {string} s @param {number} i */
 function u24(s, i) { return (s.charCodeAt(i) << 16) | (s.charCodeAt(i + 1) << 8) | s.charCodeAt(i + 2); }
 
 // The server name of a complete ClientHello body, '' when it has none, or null when malformed.
+/** @param {string} body @returns {string | null} */
 function serverName(body) {
   let p = 2 + 32;                              // client_version, random
   if (p + 1 > body.length) return null;
