@@ -69,8 +69,10 @@ export const schemas = {
     fields: {
       data: { type: 'string', latin1: true },
       base64: { type: 'string', pattern: /^[A-Za-z0-9+/_-]*={0,2}$/, describe: 'a base64 string' },
+      version: { type: 'integer', min: 1, optional: true },
     },
     oneOf: ['data', 'base64'],
   },
+  replay: { fields: { version: { type: 'integer', min: 1 } } },
   table: { fields: {}, open: true },
 } as const satisfies Record<string, Schema>;

@@ -42,6 +42,9 @@ interface Reply {
   readonly status: number;
   readonly json?: unknown;
   readonly text?: string;
+  /** Of `text`: Prometheus text when absent. */
+  readonly contentType?: string;
+  readonly headers?: Readonly<Record<string, string>>;
 }
 
 interface Handler {
@@ -138,11 +141,64 @@ export class AdminServer {
           },
         },
       ],
-      [new RegExp(`^/v1/tenants/${name}/router$`), { PUT: { access: 'tenant', body: 'script', run: async (r) => ({ status: 200, json: { version: await s.putRouter(r.name, r.body as string) } }) } }],
+      [
+        new RegExp(`^/v1/tenants/${name}/router$`),
+        {
+          GET: {
+            access: 'tenant',
+            body: 'none',
+            run: async (r) => {
+              const v = await s.routerSource(r.name, queryInteger(r.http, 'version', 1, 2 ** 31 - 1));
+              return { status: 200, text: v.source, contentType: 'application/javascript; charset=utf-8', headers: { 'x-router-version': String(v.version) } };
+            },
+          },
+          PUT: {
+            access: 'tenant',
+            body: 'script',
+            run: async (r) => {
+              // A gradual rollout: live for that share of new connections (100 is all of them).
+              const percent = queryInteger(r.http, 'percent', 1, 100);
+              return { status: 200, json: { version: await s.putRouter(r.name, r.body as string, percent === 100 ? undefined : percent) } };
+            },
+          },
+        },
+      ],
+      [new RegExp(`^/v1/tenants/${name}/router/versions$`), { GET: { access: 'tenant', body: 'none', run: async (r) => ({ status: 200, json: { versions: await s.versions(r.name) } }) } }],
       [new RegExp(`^/v1/tenants/${name}/router/rollback$`), { POST: { access: 'tenant', body: 'none', run: async (r) => ({ status: 200, json: { version: await s.rollback(r.name) } }) } }],
+      [
+        new RegExp(`^/v1/tenants/${name}/router/promote$`),
+        { POST: { access: 'tenant', body: 'none', run: async (r) => ({ status: 200, json: { version: await s.promote(r.name, queryInteger(r.http, 'percent', 1, 100)) } }) } },
+      ],
+      [
+        new RegExp(`^/v1/tenants/${name}/router/replay$`),
+        { POST: { access: 'tenant', body: 'json', schema: schemas.replay, run: async (r) => ({ status: 200, json: await s.replay(r.name, (r.body as { version: number }).version) }) } },
+      ],
+      [
+        new RegExp(`^/v1/tenants/${name}/logs$`),
+        {
+          GET: {
+            access: 'tenant',
+            body: 'none',
+            run: async (r) => {
+              const since = queryInteger(r.http, 'since', 0, Number.MAX_SAFE_INTEGER) ?? 0;
+              const waitS = queryInteger(r.http, 'wait', 0, maxLogWaitS) ?? 0;
+              // A reader that goes away stops waiting.
+              const gone = new AbortController();
+              const abort = (): void => gone.abort();
+              r.http.socket.once('close', abort);
+              try {
+                return { status: 200, json: await s.logs(r.name, since, waitS * 1000, gone.signal) };
+              } finally {
+                r.http.socket.off('close', abort);
+              }
+            },
+          },
+        },
+      ],
       [
         new RegExp(`^/v1/tenants/${name}/table$`),
         {
+          GET: { access: 'tenant', body: 'none', run: (r) => ({ status: 200, text: s.table(r.name), contentType: 'application/json' }) },
           PUT: {
             access: 'tenant',
             body: 'table',
@@ -163,10 +219,10 @@ export class AdminServer {
             body: 'json',
             schema: schemas.route,
             run: async (r) => {
-              const b = r.body as { data?: string; base64?: string };
+              const b = r.body as { data?: string; base64?: string; version?: number };
               const data = b.data ?? Buffer.from(b.base64!, 'base64').toString('latin1');
               const client = { address: r.http.socket.remoteAddress ?? '127.0.0.1', port: r.http.socket.remotePort ?? 0 };
-              return { status: 200, json: await s.dryRun(r.name, data, client) };
+              return { status: 200, json: await s.dryRun(r.name, data, client, b.version) };
             },
           },
         },
@@ -251,8 +307,9 @@ export class AdminServer {
     if (reply.status === 405 && typeof reply.json === 'object' && reply.json !== null && 'allow' in reply.json) {
       res.setHeader('allow', (reply.json.allow as string[]).join(', '));
     }
+    for (const [k, v] of Object.entries(reply.headers ?? {})) res.setHeader(k, v);
     if (reply.text !== undefined) {
-      res.writeHead(reply.status, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
+      res.writeHead(reply.status, { 'content-type': reply.contentType ?? 'text/plain; version=0.0.4; charset=utf-8' });
       res.end(reply.text);
     } else if (reply.json !== undefined) {
       res.writeHead(reply.status, { 'content-type': 'application/json' });
@@ -265,6 +322,18 @@ export class AdminServer {
     if (!req.complete) req.resume();
     this.#log.debug({ method: req.method, url: req.url, status: reply.status }, 'admin request');
   }
+}
+
+/** The longest a log reader may wait for new entries (`GET …/logs?wait=`), in seconds. */
+const maxLogWaitS = 30;
+
+/** An integer query parameter within [min, max]; undefined when absent; 400 otherwise. */
+function queryInteger(req: IncomingMessage, key: string, min: number, max: number): number | undefined {
+  const text = new URL(req.url ?? '/', 'http://admin').searchParams.get(key);
+  if (text === null) return undefined;
+  const n = Number(text);
+  if (!/^\d{1,16}$/.test(text) || n < min || n > max) throw new AdminError(400, `${key} must be an integer from ${min} to ${max}`);
+  return n;
 }
 
 /** A tenant name from a path; one that is not even valid percent-encoding names no tenant. */

@@ -1,10 +1,10 @@
+import { failureView } from '../authoring/diagnostics.js';
 import type { Limits } from '../config.js';
-import { CloseReason, RouterError, RouterLoadError, ServiceRefusal } from '../errors.js';
+import { CloseReason, RouterLoadError, ServiceRefusal } from '../errors.js';
 import { TenantListener } from '../listener.js';
 import type { Logger } from '../log.js';
 import { renderMetrics } from '../metrics/prometheus.js';
-import { type Decision, decisionView } from '../routing/decision.js';
-import { admissionReason, admit, type AllowRule, BackendPolicy } from '../routing/policy.js';
+import { type AllowRule, BackendPolicy } from '../routing/policy.js';
 import { CachingResolver } from '../routing/resolver.js';
 import { RouterConsole } from '../sandbox/console.js';
 import type { SandboxPool, TenantSpec } from '../sandbox/pool.js';
@@ -12,11 +12,17 @@ import { ProcessRouter } from '../sandbox/process-router.js';
 import type { Router } from '../sandbox/router.js';
 import { effectiveLimits, type EffectiveLimits, type LimitOverrides, storedOverrides, updateOverrides } from './limits.js';
 import { MissingRouter } from './missing-router.js';
+import { clientOf, dryRun, type DryRunResult, replay, type ReplayReport } from './dry-run.js';
+import { TenantLog, type TenantLogEntry } from './tenant-log.js';
+import { VersionedRouter } from './versioned-router.js';
 import { ChangeFeed } from './changes.js';
 import {
   type Change,
   type ClusterStore,
   isClusterStore,
+  type Rollout,
+  type RouterVersion,
+  type RouterVersionInfo,
   StoreConflictError,
   type StoreSnapshot,
   StoreUnavailableError,
@@ -61,7 +67,11 @@ interface Tenant {
   createdAt: string;
   readonly listener: TenantListener;
   readonly console: RouterConsole;
+  /** The tenant's own log: its router's console lines and its rejections. */
+  readonly log: TenantLog;
   version: number | null;
+  /** A gradual rollout in progress: the version a share of new connections get. */
+  rollout: Rollout | null;
   table: string | undefined;
   overrides: LimitOverrides;
   effective: EffectiveLimits;
@@ -138,8 +148,8 @@ export class HostingService {
       const tenant = service.#runtime(record, table);
       service.#tenants.set(record.name, tenant);
       if (live !== undefined) {
-        tenant.listener.setRouter(service.#coldRouter(tenant, live.source));
-        tenant.version = live.version;
+        const rollout = record.rollout === undefined ? undefined : await store.rolloutRouter(record.name);
+        service.#swap(tenant, service.#coldRouter(tenant, live), live.version, rollout && { router: service.#coldRouter(tenant, rollout), version: rollout.version, percent: rollout.percent }, false);
       }
       await service.#bind(tenant);
     }
@@ -211,9 +221,8 @@ export class HostingService {
     const table = await store.getTable(name);
     if (t === undefined) {
       const tenant = this.#runtime(record, table);
-      const live = await store.liveRouter(name);
       this.#tenants.set(name, tenant);
-      if (live !== undefined) this.#swap(tenant, this.#coldRouter(tenant, live.source), live.version);
+      await this.#installStored(tenant);
       await this.#bind(tenant);
       this.#log.info({ tenant: name, port: tenant.port }, 'tenant created by the cluster');
       return;
@@ -228,11 +237,18 @@ export class HostingService {
       t.table = table;
       rebuild = true;
     }
-    if (record.liveVersion !== t.version) rebuild = true;
+    if (record.liveVersion !== t.version || !sameJson(record.rollout ?? null, t.rollout)) rebuild = true;
     if (!rebuild) return;
-    const live = await store.liveRouter(name);
+    await this.#installStored(t);
+  }
+
+  /** Makes what the store has live on this tenant: its live version and any rollout, each built on first use. */
+  async #installStored(t: Tenant): Promise<void> {
+    const store = this.#o.store;
+    const live = await store.liveRouter(t.name);
+    const rollout = live === undefined ? undefined : await store.rolloutRouter(t.name);
     if (live === undefined) this.#swap(t, new MissingRouter(), null);
-    else this.#swap(t, this.#coldRouter(t, live.source), live.version);
+    else this.#swap(t, this.#coldRouter(t, live), live.version, rollout && { router: this.#coldRouter(t, rollout), version: rollout.version, percent: rollout.percent });
   }
 
   /** Removes a tenant from this node only: its port, its connections, its router, its tokens. */
@@ -240,6 +256,7 @@ export class HostingService {
     this.#tenants.delete(t.name);
     t.listener.destroy(CloseReason.killed);
     t.listener.router.dispose();
+    t.listener.candidate?.router.dispose();
     // The name can be reused, by someone else: blame is kept per name, so it goes too.
     this.#o.pool.forget(t.name);
     this.#pushes.forget(t.name);
@@ -363,11 +380,13 @@ export class HostingService {
       name: t.name,
       port: t.port,
       version: t.version,
+      rollout: t.rollout,
       limits: t.effective.view,
       stats: {
         connections: { active: s.active, total: s.connections },
         decisions: { ...s.decisions },
         routerErrors: { ...s.routerErrors },
+        versions: Object.fromEntries([...s.versions].map(([v, o]) => [v, { decisions: { ...o.decisions }, routerErrors: { ...o.routerErrors } }])),
         bytesIn: bytes.in,
         bytesOut: bytes.out,
         rejections: Object.fromEntries(s.rejections),
@@ -386,35 +405,41 @@ export class HostingService {
     this.#log.info({ tenant: t.name }, 'tenant deleted');
   }
 
-  /** Checks a script in a throwaway process, stores it as the next version, makes it live. */
-  putRouter(name: string, source: string): Promise<number> {
+  /**
+   * Checks a script in a throwaway process, stores it as the next version, makes it live; with
+   * `percent` (1–99), live for that share of new connections only (a gradual rollout: see
+   * promote and rollback), the live version keeping the rest.
+   */
+  putRouter(name: string, source: string, percent?: number): Promise<number> {
     this.#get(name);
     this.#pushes.take(name);
-    return this.#exclusive(name, (t) => this.#putRouter(t, source));
+    return this.#exclusive(name, (t) => this.#putRouter(t, source, percent));
   }
 
-  async #putRouter(t: Tenant, source: string): Promise<number> {
+  async #putRouter(t: Tenant, source: string, percent?: number): Promise<number> {
     const name = t.name;
+    const stable = t.listener.router;
+    if (percent !== undefined && t.version === null) {
+      throw new ServiceRefusal('conflict', 'ERR_NO_LIVE_VERSION', 'a gradual rollout shares new connections with the live version: push without a percent first');
+    }
+    const console = t.console.forVersion();
     let router: ProcessRouter;
     try {
-      router = await this.#checks.run(() => ProcessRouter.load(this.#o.pool, this.#spec(t, source), t.console));
+      router = await this.#checks.run(() => ProcessRouter.load(this.#o.pool, this.#spec(t, source), console));
     } catch (err) {
-      if (err instanceof RouterLoadError) {
-        const extra: Record<string, unknown> = {};
-        if (err.line !== undefined) extra.line = err.line;
-        if (err.column !== undefined) extra.column = err.column;
-        throw new ServiceRefusal('rejected', err.code, err.message, { details: { code: err.code, ...extra } });
-      }
-      throw err;
+      throw err instanceof RouterLoadError ? rejectedScript(err, source) : err;
     }
     let version: number;
     try {
-      version = await this.#o.store.addRouterVersion(name, source, this.#quotas.routerVersions);
+      version = await this.#o.store.addRouterVersion(name, source, this.#quotas.routerVersions, percent === undefined ? undefined : { percent });
     } catch (err) {
       router.dispose();
       throw err;
     }
-    this.#swap(t, router, version);
+    console.tag(version);
+    const pushed = this.#versioned(t, router, { version, source });
+    if (percent === undefined) this.#swap(t, pushed, version);
+    else this.#swap(t, stable, t.version, { router: pushed, version, percent });
     return version;
   }
 
@@ -427,9 +452,31 @@ export class HostingService {
     const name = t.name;
     const version = await this.#o.store.rollbackRouter(name);
     if (version === undefined) throw new ServiceRefusal('conflict', 'ERR_NO_EARLIER_VERSION', 'there is no earlier router version to roll back to');
+    if (t.rollout !== null) {
+      // A rollout ends: the live version takes every new connection again.
+      this.#swap(t, t.listener.router, version);
+      return version;
+    }
     const live = await this.#o.store.liveRouter(name);
     if (live === undefined) throw new Error('the rolled-back version could not be read');
-    this.#swap(t, this.#coldRouter(t, live.source), version);
+    this.#swap(t, this.#coldRouter(t, live), version);
+    return version;
+  }
+
+  /**
+   * A gradual rollout goes on: its version becomes live for every new connection (no `percent`,
+   * or 100), or gets `percent` (1–99) of them. Resolves the rollout's version.
+   */
+  promote(name: string, percent?: number): Promise<number> {
+    return this.#exclusive(name, (t) => this.#promote(t, percent));
+  }
+
+  async #promote(t: Tenant, percent?: number): Promise<number> {
+    const candidate = t.listener.candidate;
+    const version = await this.#o.store.promoteRouter(t.name, percent);
+    if (version === undefined || candidate === undefined) throw new ServiceRefusal('conflict', 'ERR_NO_ROLLOUT', 'no gradual rollout is in progress: push with a percent first');
+    if (percent === undefined || percent === 100) this.#swap(t, candidate.router, version);
+    else this.#swap(t, t.listener.router, t.version, { router: candidate.router, version, percent });
     return version;
   }
 
@@ -443,24 +490,32 @@ export class HostingService {
   async #putTable(t: Tenant, json: string): Promise<void> {
     const name = t.name;
     const live = await this.#o.store.liveRouter(name);
-    let router: ProcessRouter | undefined;
-    if (live !== undefined) {
-      // The script must still load with the new table (it reads it at load, in a heap of its own).
+    const rollout = live === undefined ? undefined : await this.#o.store.rolloutRouter(name);
+    const loaded: VersionedRouter[] = [];
+    // The scripts must still load with the new table (they read it at load, in a heap of their own).
+    for (const v of [live, rollout]) {
+      if (v === undefined) continue;
       try {
-        router = await this.#checks.run(() => ProcessRouter.load(this.#o.pool, { ...this.#spec(t, live.source), table: json }, t.console));
+        const router = await this.#checks.run(() => ProcessRouter.load(this.#o.pool, { ...this.#spec(t, v.source), table: json }, t.console.forVersion(v.version)));
+        loaded.push(this.#versioned(t, router, v));
       } catch (err) {
-        if (err instanceof RouterLoadError) throw new ServiceRefusal('invalid', 'ERR_TABLE_BREAKS_ROUTER', `the router does not load with this table: ${err.message}`);
+        for (const r of loaded) r.dispose();
+        if (err instanceof RouterLoadError) {
+          const { error, ...view } = failureView(err, v.source);
+          throw new ServiceRefusal('invalid', 'ERR_TABLE_BREAKS_ROUTER', `version ${v.version} of the router does not load with this table: ${error}`, { details: { ...view, version: v.version } });
+        }
         throw err;
       }
     }
     try {
       await this.#o.store.setTable(name, json);
     } catch (err) {
-      router?.dispose();
+      for (const r of loaded) r.dispose();
       throw err;
     }
     t.table = json;
-    if (router !== undefined) this.#swap(t, router, t.version);
+    const [router, candidate] = loaded;
+    if (router !== undefined) this.#swap(t, router, t.version, candidate && rollout && { router: candidate, version: rollout.version, percent: rollout.percent });
   }
 
   /** Sets a tenant's limits (merged into what was set before); resolves with the limits now in force. */
@@ -481,10 +536,7 @@ export class HostingService {
   /** Works out a tenant's limits and policy again (its overrides or the defaults changed). */
   async #applyLimits(t: Tenant): Promise<void> {
     const sandbox = this.#applyEffective(t);
-    if (sandbox && t.version !== null) {
-      const live = await this.#o.store.liveRouter(t.name);
-      if (live !== undefined) this.#swap(t, this.#coldRouter(t, live.source), t.version);
-    }
+    if (sandbox && t.version !== null) await this.#installStored(t);
   }
 
   /** Works out a tenant's limits and policy for new connections; true when its router's time or memory limit changed. */
@@ -496,30 +548,99 @@ export class HostingService {
     return before.routerTimeoutMs !== t.effective.limits.routerTimeoutMs || before.memoryMb !== t.effective.limits.memoryMb;
   }
 
-  /** A dry run: what the live router decides for `data`, and whether policy allows it. No backend is contacted. */
-  async dryRun(name: string, data: string, client: { address: string; port: number }): Promise<Record<string, unknown>> {
+  // Authoring: dry runs, replays, reading back, the tenant's own log (README "Writing a router").
+
+  /**
+   * A dry run: what the live router (or `version`, any version kept) decides for `data`, and
+   * whether policy allows it. No backend is contacted, and no metric counts it.
+   */
+  async dryRun(name: string, data: string, client: { address: string; port: number }, version?: number): Promise<DryRunResult> {
     const t = this.#get(name);
-    const started = performance.now();
-    const ms = (): number => Math.round((performance.now() - started) * 1000) / 1000;
-    let decision: Decision;
+    return this.#withVersion(t, version, (router, source) =>
+      dryRun(router, source, data, { tenant: name, remoteAddress: client.address, remotePort: client.port, localAddress: this.#o.bindHost, localPort: t.port }, t.listener.gate),
+    );
+  }
+
+  /**
+   * Replays the tenant's captured rejections (their first bytes, as their clients) against
+   * `version` and the live version: where their decisions differ, before `version` goes live.
+   */
+  async replay(name: string, version: number): Promise<ReplayReport> {
+    const t = this.#get(name);
+    const against = t.version;
+    if (against === null) throw new ServiceRefusal('conflict', 'ERR_NO_LIVE_VERSION', 'there is no live version to compare with');
+    return this.#withVersion(t, version, (candidate, candidateSource) =>
+      this.#withVersion(t, against, (live, liveSource) =>
+        replay(t.listener.rejections, {
+          version,
+          against,
+          live: { router: live, source: liveSource ?? '' },
+          candidate: { router: candidate, source: candidateSource ?? '' },
+          conn: (c) => {
+            const { address, port } = clientOf(c);
+            return { tenant: name, remoteAddress: address, remotePort: port, localAddress: this.#o.bindHost, localPort: t.port };
+          },
+          gate: t.listener.gate,
+        }),
+      ),
+    );
+  }
+
+  /**
+   * Runs `use` with the router of a version (the live one when undefined) and its source, not
+   * counted in the metrics: the one serving connections when it is live or in a rollout, else
+   * one loaded from the store for this use (as a push loads it) and disposed after.
+   */
+  async #withVersion<T>(t: Tenant, version: number | undefined, use: (router: Router, source: string | undefined) => Promise<T>): Promise<T> {
+    const serving = [t.listener.router, t.listener.candidate?.router].find((r): r is VersionedRouter => r instanceof VersionedRouter && (version === undefined || r.version === version));
+    if (serving !== undefined) return use(serving.inner, serving.source);
+    if (version === undefined) return use(t.listener.router, undefined);
+    const stored = await this.#o.store.routerVersion(t.name, version);
+    if (stored === undefined) throw new ServiceRefusal('not_found', 'ERR_NO_VERSION', `version ${version} of the router is not kept (see router versions)`);
+    let router: ProcessRouter;
     try {
-      decision = await t.listener.router.route(data, {
-        tenant: name,
-        remoteAddress: client.address,
-        remotePort: client.port,
-        localAddress: this.#o.bindHost,
-        localPort: t.port,
-      });
+      router = await this.#checks.run(() => ProcessRouter.load(this.#o.pool, this.#spec(t, stored.source), t.console.forVersion(version)));
     } catch (err) {
-      const e = err instanceof RouterError ? err : new RouterError(CloseReason.routerUnavailable, String(err));
-      return { error: e.message, reason: e.reason, durationMs: ms() };
+      throw err instanceof RouterLoadError ? rejectedScript(err, stored.source) : err;
     }
-    const durationMs = ms();
-    if (decision.kind !== 'remote') return { decision: decisionView(decision), allowed: true, durationMs };
-    const gate = t.listener.gate!;
-    const admission = await admit(decision.remotes, gate.policy, gate.resolver);
-    if (admission.candidates.length > 0) return { decision: decisionView(decision), allowed: true, durationMs };
-    return { decision: decisionView(decision), allowed: false, reason: admissionReason(admission), durationMs };
+    try {
+      return await use(router, stored.source);
+    } finally {
+      router.dispose();
+    }
+  }
+
+  /** The source of the live version, or of `version`; 404 when there is none or it is not kept. */
+  async routerSource(name: string, version?: number): Promise<RouterVersion> {
+    this.#get(name);
+    const found = version === undefined ? await this.#o.store.liveRouter(name) : await this.#o.store.routerVersion(name, version);
+    if (found === undefined) throw new ServiceRefusal('not_found', 'ERR_NO_VERSION', version === undefined ? 'no router uploaded yet' : `version ${version} of the router is not kept`);
+    return found;
+  }
+
+  /** Every kept version, newest first: whether it is live, and the share of new connections it gets. */
+  async versions(name: string): Promise<(RouterVersionInfo & { live: boolean; percent: number })[]> {
+    const t = this.#get(name);
+    const rollout = t.rollout;
+    return (await this.#o.store.listRouterVersions(name)).map((v) => {
+      const percent = v.version === rollout?.version ? rollout.percent : v.version === t.version ? 100 - (rollout?.percent ?? 0) : 0;
+      return { ...v, live: percent > 0, percent };
+    });
+  }
+
+  /** The routing table as stored (`{}` before any upload), as JSON text. */
+  table(name: string): string {
+    return this.#get(name).table ?? '{}';
+  }
+
+  /**
+   * The tenant's own log after entry `since`: what is there, or (with `waitMs`) the entries that
+   * come within that time, for a reader following it.
+   */
+  async logs(name: string, since: number, waitMs: number, signal: AbortSignal): Promise<{ entries: TenantLogEntry[]; next: number; missed: number }> {
+    const log = this.#get(name).log;
+    await log.wait(since, waitMs, signal);
+    return log.since(since);
   }
 
   rejections(name: string): { time: string; client: string; reason: string; detail: string; firstBytes: string }[] {
@@ -625,20 +746,24 @@ export class HostingService {
   #runtime(record: TenantRecord, table: string | undefined): Tenant {
     const overrides = storedOverrides(record.limits);
     const effective = effectiveLimits(this.#defaults, overrides);
+    const log = new TenantLog();
     const listener = new TenantListener({
       tenant: record.name,
       router: new MissingRouter(),
       limits: effective.limits,
       log: this.#log,
       gate: { policy: this.#policy.with(effective.allow), resolver: this.#resolver.forTenant(record.name) },
+      onRejection: (r) => log.add({ kind: 'rejection', client: r.client, reason: r.reason, detail: r.message }),
     });
     return {
       name: record.name,
       port: record.port,
       createdAt: record.createdAt,
       listener,
-      console: new RouterConsole(this.#log, record.name),
+      console: new RouterConsole(this.#log, record.name, log.sink),
+      log,
       version: record.liveVersion,
+      rollout: record.rollout ?? null,
       table,
       overrides,
       effective,
@@ -657,14 +782,21 @@ export class HostingService {
   }
 
   /** A router for an accepted version: its isolate is built on first use. */
-  #coldRouter(t: Tenant, source: string): Router {
-    return ProcessRouter.cold(this.#o.pool, this.#spec(t, source), t.console);
+  #coldRouter(t: Tenant, v: RouterVersion): VersionedRouter {
+    return this.#versioned(t, ProcessRouter.cold(this.#o.pool, this.#spec(t, v.source), t.console.forVersion(v.version)), v);
   }
 
-  #swap(t: Tenant, router: Router, version: number | null): void {
-    t.listener.setRouter(router);
+  /** A version's router as it serves connections: with its number, its source, and its own counters. */
+  #versioned(t: Tenant, router: Router, v: { readonly version: number; readonly source: string }): VersionedRouter {
+    return new VersionedRouter(router, v.version, v.source, t.listener.stats.version(v.version));
+  }
+
+  /** Makes `router` live for new connections, but for `rollout`'s share of them (routing/rollout.ts) when given. */
+  #swap(t: Tenant, router: Router, version: number | null, rollout?: { readonly router: Router; readonly version: number; readonly percent: number }, announce = true): void {
+    t.listener.setRouters(router, rollout === undefined ? undefined : { router: rollout.router, percent: rollout.percent, salt: rollout.version });
     t.version = version;
-    this.#log.info({ tenant: t.name, version }, 'router live');
+    t.rollout = rollout === undefined ? null : { version: rollout.version, percent: rollout.percent };
+    if (announce) this.#log.info({ tenant: t.name, version, ...(rollout === undefined ? {} : { rollout: t.rollout }) }, 'router live');
   }
 }
 
@@ -673,6 +805,12 @@ async function loadEach(store: TenantStore): Promise<StoreSnapshot['tenants']> {
   const out: { record: TenantRecord; table: string | undefined; live: Awaited<ReturnType<TenantStore['liveRouter']>> }[] = [];
   for (const record of await store.listTenants()) out.push({ record, table: await store.getTable(record.name), live: await store.liveRouter(record.name) });
   return out;
+}
+
+/** A script that does not load, as the admin API's 422: the message, and where and why (authoring/diagnostics.ts). */
+function rejectedScript(err: RouterLoadError, source: string): ServiceRefusal {
+  const { error, ...view } = failureView(err, source);
+  return new ServiceRefusal('rejected', err.code, error, { details: view });
 }
 
 /** A store that cannot be reached, as the refusal the admin API answers 503 (Retry-After); anything else as it is. */
