@@ -6,14 +6,16 @@
  */
 import './runtime-gate.js'; // first: refuses an unsupported Node.js before any native addon loads
 import { readFileSync } from 'node:fs';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { defaultLimits, limitTable, shutdownGraceMs, type Limits } from './config.js';
 import { RouterLoadError } from './errors.js';
 import { join } from 'node:path';
 import { createLogger, type Logger, logLevels, setLogLevel } from './log.js';
 import { changedKeys, type Resolved, resolveSettings, SettingsError, type Source } from './settings.js';
-import { parseAllowRule, type AllowRule } from './routing/policy.js';
+import type { AllowRule } from './routing/policy.js';
 import { addClientCommands } from './client/admin-client.js';
+import { allowRule, integer } from './client/args.js';
+import { addLocalRouterCommands } from './client/router-local.js';
 import { startHosting } from './serve.js';
 import { quotaDefaults } from './tenants/quotas.js';
 import { startSingleRouter, type Service, type SingleRouterService } from './single.js';
@@ -21,15 +23,6 @@ import { sandboxDefaults } from './config.js';
 import { defaultSandboxUser, makeUndumpable } from './sandbox/confine.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-
-function integer(min: number, max: number) {
-  return (text: string): number => {
-    if (!/^\d+$/.test(text)) throw new InvalidArgumentError(`expected an integer from ${min} to ${max}`);
-    const n = Number(text);
-    if (n < min || n > max) throw new InvalidArgumentError(`expected an integer from ${min} to ${max}`);
-    return n;
-  };
-}
 
 /** Limit flags shared by every mode, from config.ts's table, each defaulting to its default there. */
 function limitOptions(): Option[] {
@@ -179,12 +172,6 @@ function logLevel(text: string): string {
   return text;
 }
 
-function allowRule(text: string, previous: AllowRule[] = []): AllowRule[] {
-  const rule = parseAllowRule(text);
-  if (typeof rule === 'string') throw new InvalidArgumentError(rule);
-  return [...previous, rule];
-}
-
 /** A PostgreSQL URL for --store. */
 function storeUrl(text: string): string {
   let url: URL;
@@ -324,6 +311,12 @@ serve.action(async (opts: ServeValues) => {
   });
 });
 
-addClientCommands(program);
+addLocalRouterCommands(addClientCommands(program).router);
 
-await program.parseAsync();
+try {
+  await program.parseAsync();
+} catch (err) {
+  // A command whose usage errors have an exit code of their own (router check and try: 2).
+  if (err instanceof CommanderError) process.exit(err.exitCode);
+  throw err;
+}

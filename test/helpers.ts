@@ -788,3 +788,10 @@ export function sampleRss(pid: number, everyMs = 20): { readonly max: number; st
     },
   };
 }
+
+/** Runs `switchyard args…` to completion (bounded) and returns its exit code and output. */
+export async function runCli(args: readonly string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 60_000): Promise<CommandResult> {
+  const proc = spawnCli(args, { env });
+  const { code } = await within(proc.exited, timeoutMs, `switchyard ${args.join(' ')}`);
+  return { code, stdout: proc.log.text, stderr: proc.stderr() };
+}
