@@ -181,13 +181,24 @@ describe('TenantLog: the bounded ring', () => {
     assert.equal(page.missed, 50);
     assert.equal(page.entries[0]!.seq, 51);
     assert.equal(page.entries.length, tenantLogDefaults.pageEntries);
-    assert.equal(log.since(page.next).entries.length, n - 50 - tenantLogDefaults.pageEntries);
+    assert.equal(log.since(page.next).entries[0]!.seq, 51 + tenantLogDefaults.pageEntries);
     // The character bound: long lines push out more entries.
     const big = new TenantLog();
-    for (let i = 0; i < 1000; i++) big.add({ kind: 'log', line: 'x'.repeat(1024) });
+    for (let i = 0; i < tenantLogDefaults.maxEntries; i++) big.add({ kind: 'log', line: 'x'.repeat(1024) });
     const kept = big.since(0);
-    assert.ok(kept.missed > 700, `missed ${kept.missed}`);
-    assert.ok((1000 - kept.missed) * 1024 <= tenantLogDefaults.maxChars);
+    assert.ok(kept.missed > tenantLogDefaults.maxEntries / 2, `missed ${kept.missed}`);
+    assert.ok((tenantLogDefaults.maxEntries - kept.missed) * 1024 <= tenantLogDefaults.maxChars);
+  });
+
+  it('readers waiting are bounded per tenant and in all: past that a read is answered at once', async () => {
+    const gone = new AbortController();
+    const logs = Array.from({ length: 8 }, () => new TenantLog());
+    const waits = logs.flatMap((log) => Array.from({ length: 8 }, () => log.wait(0, 60_000, gone.signal)));
+    assert.deepEqual(logs.map((l) => l.waiting), [8, 8, 8, 8, 0, 0, 0, 0]);
+    await logs[7]!.wait(0, 60_000, gone.signal); // answered at once: 32 wait already
+    gone.abort();
+    await Promise.all(waits);
+    assert.deepEqual(logs.map((l) => l.waiting), [0, 0, 0, 0, 0, 0, 0, 0]);
   });
 
   it('a reader waits until an entry comes, or gives up when it goes away', async () => {

@@ -25,14 +25,21 @@ export type TenantLogEntry = Base &
 type NewEntry = TenantLogEntry extends infer E ? (E extends TenantLogEntry ? Omit<E, 'seq' | 'time'> : never) : never;
 
 export const tenantLogDefaults = Object.freeze({
-  /** Entries kept, and characters of text over all of them. */
-  maxEntries: 1000,
-  maxChars: 256 * 1024,
+  /** Entries kept, and characters of text over all of them (so a service of N tenants holds at most N × 128 KiB). */
+  maxEntries: 500,
+  maxChars: 128 * 1024,
   /** Entries one read answers with at most. */
-  pageEntries: 500,
-  /** Readers waiting at once for one tenant: past it a read answers at once (a client then polls). */
+  pageEntries: 200,
+  /**
+   * Readers waiting at once, for one tenant and over all: past either a read answers at once
+   * (its client then asks again), so that waiting readers cannot take every admin connection.
+   */
   maxWaiters: 8,
+  maxWaitersInAll: 32,
 });
+
+/** Readers waiting now, over every tenant's log. */
+let waitingInAll = 0;
 
 export class TenantLog {
   readonly #entries: TenantLogEntry[] = [];
@@ -48,8 +55,7 @@ export class TenantLog {
     while (this.#entries.length > tenantLogDefaults.maxEntries || (this.#chars > tenantLogDefaults.maxChars && this.#entries.length > 1)) {
       this.#chars -= weight(this.#entries.shift()!);
     }
-    for (const wake of this.#waiters) wake();
-    this.#waiters.clear();
+    for (const wake of [...this.#waiters]) wake();
   }
 
   /**
@@ -69,12 +75,14 @@ export class TenantLog {
    * whichever is first; at once when there is one already or too many readers wait.
    */
   wait(since: number, waitMs: number, signal: AbortSignal): Promise<void> {
-    if (this.#next - 1 > since || waitMs <= 0 || signal.aborted || this.#waiters.size >= tenantLogDefaults.maxWaiters) return Promise.resolve();
+    if (this.#next - 1 > since || waitMs <= 0 || signal.aborted) return Promise.resolve();
+    if (this.#waiters.size >= tenantLogDefaults.maxWaiters || waitingInAll >= tenantLogDefaults.maxWaitersInAll) return Promise.resolve();
+    waitingInAll++;
     return new Promise((resolve) => {
       const done = (): void => {
         clearTimeout(timer);
         signal.removeEventListener('abort', done);
-        this.#waiters.delete(done);
+        if (this.#waiters.delete(done)) waitingInAll--;
         resolve();
       };
       const timer = setTimeout(done, waitMs);
