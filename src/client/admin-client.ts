@@ -121,6 +121,13 @@ export function addClientCommands(program: Command): void {
       return call(o, 'PUT', `/v1/tenants/${enc(name!)}/table`, JSON.parse(text) as object);
     }),
   );
+
+  connection(program.command('reload').description('re-read the configuration and replace the proxy processes, refusing no client (operator token; as SIGHUP)')).action(
+    run((o) => call(o, 'POST', '/v1/reload')),
+  );
+  connection(program.command('upgrade').description('start the switchyard on disk as the next master: it takes the listeners and the store over (operator token; as SIGUSR2)')).action(
+    run((o) => call(o, 'POST', '/v1/upgrade')),
+  );
 }
 
 /** `\0`, `\r`, `\n`, `\t`, `\\` and `\xHH` in a --data argument. */

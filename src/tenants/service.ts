@@ -1,8 +1,9 @@
 import type { Limits } from '../config.js';
 import { CloseReason, RouterError, RouterLoadError, ServiceRefusal } from '../errors.js';
-import { TenantListener } from '../listener.js';
+import { type ListenerOptions, TenantListener, type TenantPort } from '../listener.js';
 import type { Logger } from '../log.js';
 import { renderMetrics } from '../metrics/prometheus.js';
+import { NativeRelay, type NativeStats } from '../connection/native-relay.js';
 import { type Decision, decisionView } from '../routing/decision.js';
 import { admissionReason, admit, type AllowRule, BackendPolicy } from '../routing/policy.js';
 import { CachingResolver } from '../routing/resolver.js';
@@ -46,6 +47,15 @@ export interface HostingOptions {
   readonly quotas?: Partial<Quotas>;
   /** With a cluster store: the change stream's reconnection backoff and polling (changes.ts). */
   readonly changeFeed?: { readonly backoffMs?: readonly [number, number]; readonly pollMs?: number };
+  /**
+   * Makes a tenant's port; by default a TenantListener (this process accepts). A master makes
+   * ports its proxy processes accept on (node/spread-listener.ts).
+   */
+  readonly newPort?: (options: ListenerOptions) => TenantPort;
+  /** Brings the ports' counters up to date before they are read (a master asks its processes). */
+  readonly refresh?: () => Promise<void>;
+  /** The data path's figures for the metrics, when not this process's own (a master sums its processes'). */
+  readonly relayFigures?: () => NativeStats | undefined;
 }
 
 /** How long a client is told to wait before trying a write again while the store is unavailable. */
@@ -59,7 +69,7 @@ interface Tenant {
   readonly port: number;
   /** As stored: with the name and port, which incarnation of the tenant this is (a name can be deleted and created again). */
   createdAt: string;
-  readonly listener: TenantListener;
+  readonly listener: TenantPort;
   readonly console: RouterConsole;
   version: number | null;
   table: string | undefined;
@@ -138,7 +148,7 @@ export class HostingService {
       const tenant = service.#runtime(record, table);
       service.#tenants.set(record.name, tenant);
       if (live !== undefined) {
-        tenant.listener.setRouter(service.#coldRouter(tenant, live.source));
+        await tenant.listener.setRouter(service.#coldRouter(tenant, live.source));
         tenant.version = live.version;
       }
       await service.#bind(tenant);
@@ -175,7 +185,7 @@ export class HostingService {
       // Queued behind a kill this node is recording, so that its own is recognised and skipped.
       await this.#serial(`kill:${change.tenant}`, async () => {
         if (this.#ownKills.delete(change.revision)) return;
-        const closed = this.#tenants.get(change.tenant)?.listener.closeConnections(CloseReason.killed) ?? 0;
+        const closed = (await this.#tenants.get(change.tenant)?.listener.closeConnections(CloseReason.killed)) ?? 0;
         this.#log.info({ tenant: change.tenant, revision: change.revision, closed }, 'kill switch from the cluster');
       });
       return;
@@ -213,7 +223,7 @@ export class HostingService {
       const tenant = this.#runtime(record, table);
       const live = await store.liveRouter(name);
       this.#tenants.set(name, tenant);
-      if (live !== undefined) this.#swap(tenant, this.#coldRouter(tenant, live.source), live.version);
+      if (live !== undefined) await this.#swap(tenant, this.#coldRouter(tenant, live.source), live.version);
       await this.#bind(tenant);
       this.#log.info({ tenant: name, port: tenant.port }, 'tenant created by the cluster');
       return;
@@ -231,8 +241,8 @@ export class HostingService {
     if (record.liveVersion !== t.version) rebuild = true;
     if (!rebuild) return;
     const live = await store.liveRouter(name);
-    if (live === undefined) this.#swap(t, new MissingRouter(), null);
-    else this.#swap(t, this.#coldRouter(t, live.source), live.version);
+    if (live === undefined) await this.#swap(t, new MissingRouter(), null);
+    else await this.#swap(t, this.#coldRouter(t, live.source), live.version);
   }
 
   /** Removes a tenant from this node only: its port, its connections, its router, its tokens. */
@@ -355,7 +365,9 @@ export class HostingService {
     return name;
   }
 
-  show(name: string): Record<string, unknown> {
+  async show(name: string): Promise<Record<string, unknown>> {
+    this.#get(name);
+    await this.#o.refresh?.();
     const t = this.#get(name);
     const s = t.listener.stats;
     const bytes = t.listener.bytes;
@@ -414,7 +426,7 @@ export class HostingService {
       router.dispose();
       throw err;
     }
-    this.#swap(t, router, version);
+    await this.#swap(t, router, version);
     return version;
   }
 
@@ -429,7 +441,7 @@ export class HostingService {
     if (version === undefined) throw new ServiceRefusal('conflict', 'ERR_NO_EARLIER_VERSION', 'there is no earlier router version to roll back to');
     const live = await this.#o.store.liveRouter(name);
     if (live === undefined) throw new Error('the rolled-back version could not be read');
-    this.#swap(t, this.#coldRouter(t, live.source), version);
+    await this.#swap(t, this.#coldRouter(t, live.source), version);
     return version;
   }
 
@@ -460,7 +472,7 @@ export class HostingService {
       throw err;
     }
     t.table = json;
-    if (router !== undefined) this.#swap(t, router, t.version);
+    if (router !== undefined) await this.#swap(t, router, t.version);
   }
 
   /** Sets a tenant's limits (merged into what was set before); resolves with the limits now in force. */
@@ -483,8 +495,9 @@ export class HostingService {
     const sandbox = this.#applyEffective(t);
     if (sandbox && t.version !== null) {
       const live = await this.#o.store.liveRouter(t.name);
-      if (live !== undefined) this.#swap(t, this.#coldRouter(t, live.source), t.version);
+      if (live !== undefined) await this.#swap(t, this.#coldRouter(t, live.source), t.version);
     }
+    await t.listener.settled?.();
   }
 
   /** Works out a tenant's limits and policy for new connections; true when its router's time or memory limit changed. */
@@ -541,30 +554,32 @@ export class HostingService {
   async closeConnections(name: string): Promise<number> {
     const t = this.#get(name);
     const store = this.#o.store;
-    if (!isClusterStore(store)) return t.listener.closeConnections(CloseReason.killed);
+    if (!isClusterStore(store)) return await t.listener.closeConnections(CloseReason.killed);
     return this.#serial(`kill:${name}`, async () => {
       let revision: number;
       try {
         revision = await store.recordKill(name);
       } catch (err) {
         if (!(err instanceof StoreUnavailableError)) throw err;
-        const closed = t.listener.closeConnections(CloseReason.killed);
+        const closed = await t.listener.closeConnections(CloseReason.killed);
         throw new ServiceRefusal('busy', 'ERR_STORE_UNAVAILABLE', `closed ${closed} connection(s) on this node; the other nodes could not be told: ${err.message}`, {
           retryAfterS: storeRetryAfterS,
           details: { closed },
         });
       }
       this.#ownKills.add(revision);
-      return t.listener.closeConnections(CloseReason.killed);
+      return await t.listener.closeConnections(CloseReason.killed);
     });
   }
 
   async metrics(): Promise<string> {
+    await this.#o.refresh?.();
     const feed = this.#feed;
     return renderMetrics(
       [...this.#tenants.values()].map((t) => t.listener),
       await this.#o.pool.figures(),
       feed === undefined ? { up: true } : { up: feed.state === 'up', revision: feed.applied, changesApplied: feed.figures.changes, changeSeconds: feed.figures.busyMs / 1000 },
+      this.#o.relayFigures === undefined ? NativeRelay.get()?.stats() : this.#o.relayFigures(),
     );
   }
 
@@ -625,13 +640,14 @@ export class HostingService {
   #runtime(record: TenantRecord, table: string | undefined): Tenant {
     const overrides = storedOverrides(record.limits);
     const effective = effectiveLimits(this.#defaults, overrides);
-    const listener = new TenantListener({
+    const options: ListenerOptions = {
       tenant: record.name,
       router: new MissingRouter(),
       limits: effective.limits,
       log: this.#log,
       gate: { policy: this.#policy.with(effective.allow), resolver: this.#resolver.forTenant(record.name) },
-    });
+    };
+    const listener = this.#o.newPort?.(options) ?? new TenantListener(options);
     return {
       name: record.name,
       port: record.port,
@@ -661,8 +677,8 @@ export class HostingService {
     return ProcessRouter.cold(this.#o.pool, this.#spec(t, source), t.console);
   }
 
-  #swap(t: Tenant, router: Router, version: number | null): void {
-    t.listener.setRouter(router);
+  async #swap(t: Tenant, router: Router, version: number | null): Promise<void> {
+    await t.listener.setRouter(router);
     t.version = version;
     this.#log.info({ tenant: t.name, version }, 'router live');
   }
