@@ -21,6 +21,9 @@ import { sandboxDefaults } from './config.js';
 import { defaultSandboxUser, makeUndumpable } from './sandbox/confine.js';
 import { availableParallelism } from 'node:os';
 import { canHandOff } from './node/handoff.js';
+import { isSuccessor, takeOver, upgrade } from './node/upgrade.js';
+import { mkdirSync } from 'node:fs';
+import { ServiceRefusal } from './errors.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -284,8 +287,15 @@ serve.action(async (opts: ServeValues) => {
   log.info({ file, settings: settings.view, sources: settings.sources }, 'configuration');
   const signals = handleSignals(log);
   let service: Awaited<ReturnType<typeof startHosting>>;
+  // Started by a running master as its successor (an upgrade): its sockets first, then the store.
+  let successor: Awaited<ReturnType<typeof takeOver>> | undefined;
   try {
+    if (isSuccessor()) {
+      mkdirSync(opts.data, { recursive: true, mode: 0o700 });
+      successor = await takeOver(opts.data, log);
+    }
     service = await startHosting({
+      ...(successor === undefined ? {} : { inherited: successor.inherited }),
       dataDir: opts.data,
       ...(v.store === undefined ? {} : { store: { url: v.store, poolSize: v.storePool } }),
       admin: v.admin,
@@ -301,11 +311,12 @@ serve.action(async (opts: ServeValues) => {
       log,
       processes: v.processes,
       logLevel: v.logLevel,
-      control: { reload: () => reloadNow('api') },
+      control: { reload: () => reloadNow('api'), upgrade: () => upgradeNow() },
       announce: (line) => process.stderr.write(`${line}\n`),
       describeConfig: () => ({ file, settings: settings.view, sources: settings.sources, pendingRestart }),
     });
   } catch (err) {
+    successor?.failed(err as Error);
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'EADDRINUSE') fail(`the admin address ${v.admin.host}:${v.admin.port} is already in use`);
     fail(e.message);
@@ -329,6 +340,35 @@ serve.action(async (opts: ServeValues) => {
   }
   signals.attach(running, async () => {
     await reloadNow('signal');
+  });
+  successor?.serving();
+  /** Hands this node over to the switchyard on disk (SIGUSR2, POST /v1/upgrade); one at a time. */
+  let upgrading: Promise<Record<string, unknown>> | undefined;
+  function upgradeNow(): Promise<Record<string, unknown>> {
+    const steps = running.handOver;
+    if (steps === undefined) return Promise.reject(new ServiceRefusal('conflict', 'ERR_NOT_SUPPORTED', 'an upgrade needs proxy processes (--processes 1 or more)'));
+    if (upgrading !== undefined) return Promise.reject(new ServiceRefusal('conflict', 'ERR_UPGRADING', 'an upgrade is under way'));
+    const run = upgrade(
+      {
+        ...steps,
+        retire: async () => {
+          await running.close();
+          log.info('upgrade: handed over; exiting');
+          process.exit(0);
+        },
+      },
+      log,
+    ).then(({ pid }) => ({ successor: pid }));
+    upgrading = run;
+    run.catch((err: unknown) => {
+      upgrading = undefined;
+      log.error({ err: (err as Error).message }, 'upgrade failed; this master serves on');
+    });
+    return run;
+  }
+  process.on('SIGUSR2', () => {
+    log.info({ signal: 'SIGUSR2' }, 'upgrading');
+    upgradeNow().catch(() => undefined);
   });
   async function reconfigure(): Promise<Record<string, unknown>> {
     const next = resolveSettings(serve, readConfig());

@@ -8,6 +8,7 @@ import { AdminServer } from './admin/server.js';
 import { bindListener, type BoundSocket, handoff } from './node/handoff.js';
 import { ProxyGroup } from './node/proxy-group.js';
 import { SpreadListener } from './node/spread-listener.js';
+import type { HandOverSteps, Inherited } from './node/upgrade.js';
 import type { Limits } from './config.js';
 import { NativeRelay } from './connection/native-relay.js';
 import { runtimeInfo } from './runtime.js';
@@ -60,6 +61,8 @@ export interface ServeOptions {
   readonly processes?: number;
   /** The log level proxy processes start with. */
   readonly logLevel?: string;
+  /** Sockets a previous master handed over (an upgrade): used instead of binding. */
+  readonly inherited?: Inherited;
   /** A reload or an upgrade asked over the admin API; absent, the API answers 409. */
   readonly control?: { reload(): Promise<Record<string, unknown>>; upgrade?(): Promise<Record<string, unknown>> };
 }
@@ -105,6 +108,8 @@ export interface HostingRun extends Service {
   readonly proxies: ProxyGroup | undefined;
   /** New log level, here and in the proxy processes. */
   setLogLevel(level: string): void;
+  /** What an upgrade takes from this master (with proxy processes only). */
+  readonly handOver: Omit<HandOverSteps, 'retire'> | undefined;
 }
 
 export async function startHosting(o: ServeOptions): Promise<HostingRun> {
@@ -133,7 +138,11 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
   try {
     if ((o.processes ?? 0) > 0) {
       // The admin address is bound first: proxy processes must know it to deny it as a backend.
-      adminSocket = bindListener(isIP(o.admin.host) === 0 ? (await lookup(o.admin.host)).address : o.admin.host, o.admin.port);
+      const handed = o.inherited?.admin;
+      if (handed !== undefined) {
+        const [address, port] = handoff().localAddress(handed);
+        adminSocket = { fd: handed, address, port };
+      } else adminSocket = bindListener(isIP(o.admin.host) === 0 ? (await lookup(o.admin.host)).address : o.admin.host, o.admin.port);
       adminPort = adminSocket.port;
       group = new ProxyGroup({ count: o.processes!, log: o.log, logLevel: o.logLevel ?? 'info', ports: o.ports });
       await group.start();
@@ -142,6 +151,12 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
     const own = { range: o.ports, extra: [adminPort] } as const;
     let figures: Awaited<ReturnType<ProxyGroup['figures']>> | undefined;
     const ports = new Map<string, SpreadListener>();
+    const inherited = new Map(o.inherited?.ports ?? []);
+    const inherit = (port: number): readonly number[] | undefined => {
+      const fds = inherited.get(port);
+      inherited.delete(port);
+      return fds;
+    };
     const service = await HostingService.start({
       store,
       pool,
@@ -158,7 +173,7 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
         ? {}
         : {
             newPort: (options) => {
-              const port = new SpreadListener(spread, options, own);
+              const port = new SpreadListener(spread, options, own, inherit);
               ports.set(options.tenant, port);
               return port;
             },
@@ -185,6 +200,10 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
       'serving',
     );
     const adminServer = admin;
+    // Sockets handed over for tenants that are gone: closed.
+    for (const fds of inherited.values()) for (const fd of fds) handoff().close(fd);
+    inherited.clear();
+    const adminFd = adminSocket?.fd;
     return {
       address,
       adminPort: address.port,
@@ -200,6 +219,16 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
         spread?.destroy();
       },
       proxies: spread,
+      handOver:
+        spread === undefined
+          ? undefined
+          : {
+              sockets: () => ({ admin: adminFd, ports: [...ports.values()].filter((p) => p.listening).map((p) => ({ port: p.port, fds: p.fds })) }),
+              releaseStore: async () => {
+                adminServer.stopAccepting();
+                await store.close();
+              },
+            },
       setLogLevel: (level) => spread?.setLogLevel(level),
       storeState: () => service.storeState,
       pendingRebinds: () => service.pendingRebinds,

@@ -304,9 +304,10 @@ function readdirSafe(dir: string): string[] {
 }
 
 describe('reload under load', { concurrency: false }, () => {
-  it('replaces the processes on SIGHUP and on `switchyard reload` with no client refused or reset, streams intact', { timeout: 120_000 }, async () => {
+  it('replaces the processes on SIGHUP and `switchyard reload`, then upgrades the master, with no client refused or reset, streams intact', { timeout: 120_000 }, async () => {
     const node = await startNode(2);
     const backend = await startServer((socket) => socket.pipe(socket));
+    let successor: number | undefined;
     try {
       const { port } = await node.api.createTenant('busy');
       await node.api.putRouter('busy', `proxy(function (data) { return data.length < 4 ? { noop: true } : { remote: '127.0.0.1:${backend.port}' }; });`);
@@ -326,6 +327,20 @@ describe('reload under load', { concurrency: false }, () => {
         assert.equal(answer.code, 0, answer.stderr);
         assert.equal((JSON.parse(answer.stdout) as { processes: number[] }).processes.length, 2);
         await load.waitFor(load.done + 200);
+
+        // The upgrade: a new master (the switchyard on disk) takes the sockets and the store over.
+        const upgraded = await runCommand(process.execPath, ['--no-node-snapshot', cliPath, 'upgrade'], {
+          env: { ...process.env, SWITCHYARD_URL: `http://127.0.0.1:${node.proc.adminPort}`, SWITCHYARD_TOKEN: token },
+          timeoutMs: 60_000,
+        });
+        assert.equal(upgraded.code, 0, upgraded.stderr);
+        successor = (JSON.parse(upgraded.stdout) as { successor: number }).successor;
+        assert.notEqual(successor, node.proc.pid);
+        await load.waitFor(load.done + 300);
+        // The new master answers on the same admin address, with the tenant as it was.
+        assert.equal((await node.api.show('busy')).version, 1);
+        assert.equal((await node.api.putRouter('busy', `proxy(function (data) { return data.length < 4 ? { noop: true } : { remote: '127.0.0.1:${backend.port}' }; });`)), 2);
+        await load.waitFor(load.done + 200);
       } finally {
         await load.stop();
       }
@@ -333,12 +348,28 @@ describe('reload under load', { concurrency: false }, () => {
       assert.ok(load.done >= 600);
       // The long-lived streams, relayed since before both reloads by processes now gone: every byte.
       for (const s of streams) await s.finish();
+      // Its streams done, the old master has exited.
+      // (Its output pipe is the new master's too, so the process is watched, not the pipe.)
+      await eventually(() => !alive(node.proc.pid), 'the old master exited', 20_000);
     } finally {
+      if (successor !== undefined) {
+        process.kill(successor, 'SIGTERM');
+        await eventually(() => !alive(successor!), 'the new master stopped', 20_000);
+      }
       await node.close();
       await backend.close();
     }
   });
 });
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** A long-lived relayed connection streaming random bytes through an echo backend, checked by hash. */
 async function startStream(port: number): Promise<{ finish(): Promise<void> }> {

@@ -117,7 +117,18 @@ export class AdminServer {
     });
   }
 
+  /** Takes no new connection (they wait in the socket's queue for whoever else accepts on it); requests under way finish. */
+  stopAccepting(): void {
+    this.#server.close();
+    this.#server.closeIdleConnections();
+  }
+
   close(): Promise<void> {
+    // Already not accepting (stopAccepting): its 'close' may be long past; end what is left.
+    if (!this.#server.listening) {
+      this.#server.closeAllConnections();
+      return Promise.resolve();
+    }
     return new Promise((resolve) => {
       this.#server.close(() => resolve());
       this.#server.closeAllConnections();

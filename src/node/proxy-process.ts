@@ -275,10 +275,16 @@ class ProxyProcess {
     process.exit(0);
   }
 
-  /** The master is gone: its routers cannot answer, so connections that need one fail; relayed ones finish. */
+  /**
+   * The master is gone (it crashed, or was killed): no router can answer and no one can manage
+   * this process, and a master started again must own the ports alone. Everything closes now,
+   * as it would had the node been one process.
+   */
   readonly onDisconnect = (): void => {
     this.#calls.failAll();
-    if (!this.#draining) void this.#drain();
+    for (const s of this.#tenants.values()) s.listener.destroy(CloseReason.shutdown);
+    this.#log.warn({ proxy: this.#index }, 'the master is gone; this proxy process exits');
+    process.exit(1);
   };
 }
 

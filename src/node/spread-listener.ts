@@ -34,7 +34,11 @@ export class SpreadListener implements TenantPort, SpreadPort {
   #sent: Promise<unknown> = Promise.resolve();
   #stopped = false;
 
-  constructor(group: ProxyGroup, options: ListenerOptions, ownPorts: PolicySpec['ownPorts']) {
+  readonly #inherit: ((port: number) => readonly number[] | undefined) | undefined;
+
+  /** `inherit`: the sockets a previous master handed over for a port, if any (node/upgrade.ts). */
+  constructor(group: ProxyGroup, options: ListenerOptions, ownPorts: PolicySpec['ownPorts'], inherit?: (port: number) => readonly number[] | undefined) {
+    this.#inherit = inherit;
     this.#group = group;
     this.tenant = options.tenant;
     this.log = options.log.child({ tenant: options.tenant });
@@ -55,6 +59,8 @@ export class SpreadListener implements TenantPort, SpreadPort {
 
   /** Binds one socket per proxy process (port 0: the first picks it) and hands them over. */
   async listen(port: number, host: string): Promise<AddressInfo> {
+    const handed = port === 0 ? undefined : this.#inherit?.(port);
+    if (handed !== undefined && handed.length > 0) return this.#serve([...handed], port);
     const ip = isIP(host) === 0 ? (await lookup(host)).address : host;
     const fds: number[] = [];
     let bound = { address: ip, port };
@@ -68,14 +74,25 @@ export class SpreadListener implements TenantPort, SpreadPort {
       for (const fd of fds) handoff().close(fd);
       throw err;
     }
+    return this.#serve(fds, bound.port);
+  }
+
+  /** The proxy processes accept on `fds` once this resolves. */
+  async #serve(fds: number[], port: number): Promise<AddressInfo> {
     if (this.#stopped) {
       for (const fd of fds) handoff().close(fd);
       throw new Error('listener closed while binding');
     }
+    const [address] = handoff().localAddress(fds[0]!);
     this.#fds = fds;
-    this.#port = bound.port;
+    this.#port = port;
     await this.#group.addPort(this);
-    return { address: bound.address, port: bound.port, family: isIP(bound.address) === 6 ? 'IPv6' : 'IPv4' };
+    return { address, port, family: isIP(address) === 6 ? 'IPv6' : 'IPv4' };
+  }
+
+  /** The port it serves (0 until bound). */
+  get port(): number {
+    return this.#port;
   }
 
   spec(): TenantSpecMessage {
