@@ -182,6 +182,7 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
               for (const [name, port] of ports) port.update(figures.tenants.get(name));
             },
             relayFigures: () => figures?.relay,
+            processFigures: () => figures?.processes,
           }),
     });
     admin = new AdminServer(service, token, o.log, o.adminConnections, o.describeConfig, o.control);

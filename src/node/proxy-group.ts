@@ -6,6 +6,13 @@ import type { Router } from '../sandbox/router.js';
 import { handoff } from './handoff.js';
 import type { FromProxy, ProxyFigures, ProxyRequest, RouterRef, TenantFigures, TenantSpecMessage, ToProxy } from './protocol.js';
 
+/** A serving proxy process's share of the node's connections (the balance between them). */
+export interface ProcessFigures {
+  readonly index: number;
+  /** Connections it accepted, over all tenants, since it started. */
+  readonly connections: number;
+}
+
 /** What the group needs of each tenant port it spreads (spread-listener.ts). */
 export interface SpreadPort {
   readonly name: string;
@@ -268,7 +275,7 @@ export class ProxyGroup {
   // —— figures ——————————————————————————————————————————————————————————————————————
 
   /** Every process's figures, asked now, and the relay's summed. */
-  async figures(): Promise<{ tenants: Map<string, TenantFigures>; relay: NativeStats | undefined }> {
+  async figures(): Promise<{ tenants: Map<string, TenantFigures>; relay: NativeStats | undefined; processes: ProcessFigures[] }> {
     const live = this.#proxies.filter((p) => p.state !== 'gone');
     await Promise.allSettled(
       live.map(async (p) => {
@@ -278,9 +285,11 @@ export class ProxyGroup {
     const tenants = new Map<string, TenantFigures>();
     for (const [name, f] of this.#retired) tenants.set(name, f);
     let relay: NativeStats | undefined;
+    const processes: ProcessFigures[] = [];
     for (const p of live) {
       const f = p.figures;
       if (f === undefined) continue;
+      if (p.state !== 'draining') processes.push({ index: p.index, connections: Object.values(f.tenants).reduce((n, t) => n + t.connections, 0) });
       for (const [name, t] of Object.entries(f.tenants)) tenants.set(name, sumFigures(tenants.get(name), t));
       if (f.relay !== undefined) {
         relay ??= { connections: 0, lentPipes: 0, sparePipes: 0, shed: 0 };
@@ -290,7 +299,7 @@ export class ProxyGroup {
         relay.shed += f.relay.shed;
       }
     }
-    return { tenants, relay };
+    return { tenants, relay, processes };
   }
 
   /** A tenant deleted: its counters go with it. */

@@ -56,6 +56,8 @@ export interface HostingOptions {
   readonly refresh?: () => Promise<void>;
   /** The data path's figures for the metrics, when not this process's own (a master sums its processes'). */
   readonly relayFigures?: () => NativeStats | undefined;
+  /** Each proxy process's connections, when the node runs them. */
+  readonly processFigures?: () => readonly { readonly index: number; readonly connections: number }[] | undefined;
 }
 
 /** How long a client is told to wait before trying a write again while the store is unavailable. */
@@ -580,6 +582,7 @@ export class HostingService {
       await this.#o.pool.figures(),
       feed === undefined ? { up: true } : { up: feed.state === 'up', revision: feed.applied, changesApplied: feed.figures.changes, changeSeconds: feed.figures.busyMs / 1000 },
       this.#o.relayFigures === undefined ? NativeRelay.get()?.stats() : this.#o.relayFigures(),
+      this.#o.processFigures?.(),
     );
   }
 
