@@ -11,6 +11,11 @@
       "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
     },
     {
+      "target_name": "handoff",
+      "sources": ["src/native/handoff.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
+    },
+    {
       "target_name": "sandbox-exec",
       "type": "executable",
       "sources": ["src/native/sandbox-exec.c"],

@@ -21,6 +21,11 @@ import { quotaDefaults } from './tenants/quotas.js';
 import { startSingleRouter, type Service, type SingleRouterService } from './single.js';
 import { sandboxDefaults } from './config.js';
 import { defaultSandboxUser, makeUndumpable } from './sandbox/confine.js';
+import { availableParallelism } from 'node:os';
+import { canHandOff } from './node/handoff.js';
+import { isSuccessor, takeOver, upgrade } from './node/upgrade.js';
+import { mkdirSync } from 'node:fs';
+import { ServiceRefusal } from './errors.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -205,9 +210,15 @@ const serve = program
   .option('--max-warm-mb <mb>', 'V8 heap of the isolates kept built; past it the least recently used are unloaded', integer(16, 1_000_000), sandboxDefaults.maxWarmMb)
   .option('--router-versions <n>', 'router versions kept per tenant; rollback reaches back within them', integer(1, 1000), quotaDefaults.routerVersions)
   .option('--pushes-per-minute <n>', "a tenant's router and table pushes a minute (bursts of up to a third of it, at least 1)", integer(1, 6000), quotaDefaults.pushesPerMinute)
+  .option('--processes <n>', 'proxy processes accepting and relaying clients (0: the master does, on one core)', integer(0, 256), defaultProcesses())
   .addOption(sandboxUserOption())
   .option('--log-level <level>', `${logLevels.join(', ')}`, logLevel, 'info');
 for (const option of limitOptions()) serve.addOption(option);
+
+/** One proxy process per core, where they can run (Linux, the handoff addon built); otherwise 0. */
+function defaultProcesses(): number {
+  return canHandOff() ? availableParallelism() : 0;
+}
 
 /** What `serve` runs with once flags and the configuration file are resolved. */
 interface ServeValues {
@@ -226,6 +237,7 @@ interface ServeValues {
   pushesPerMinute: number;
   sandboxUser: string;
   logLevel: string;
+  processes: number;
 }
 
 /** Settings that apply to a running service on SIGHUP; a change to any other needs a restart. */
@@ -262,8 +274,15 @@ serve.action(async (opts: ServeValues) => {
   log.info({ file, settings: settings.view, sources: settings.sources }, 'configuration');
   const signals = handleSignals(log);
   let service: Awaited<ReturnType<typeof startHosting>>;
+  // Started by a running master as its successor (an upgrade): its sockets first, then the store.
+  let successor: Awaited<ReturnType<typeof takeOver>> | undefined;
   try {
+    if (isSuccessor()) {
+      mkdirSync(opts.data, { recursive: true, mode: 0o700 });
+      successor = await takeOver(opts.data, log);
+    }
     service = await startHosting({
+      ...(successor === undefined ? {} : { inherited: successor.inherited }),
       dataDir: opts.data,
       ...(v.store === undefined ? {} : { store: { url: v.store, poolSize: v.storePool } }),
       admin: v.admin,
@@ -277,10 +296,14 @@ serve.action(async (opts: ServeValues) => {
       sandboxUser: v.sandboxUser,
       quotas: { routerVersions: v.routerVersions, pushesPerMinute: v.pushesPerMinute, pushBurst: Math.max(1, Math.floor(v.pushesPerMinute / 3)) },
       log,
+      processes: v.processes,
+      logLevel: v.logLevel,
+      control: { reload: () => reloadNow('api'), upgrade: () => upgradeNow() },
       announce: (line) => process.stderr.write(`${line}\n`),
       describeConfig: () => ({ file, settings: settings.view, sources: settings.sources, pendingRestart }),
     });
   } catch (err) {
+    successor?.failed(err as Error);
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'EADDRINUSE') fail(`the admin address ${v.admin.host}:${v.admin.port} is already in use`);
     fail(e.message);
@@ -288,7 +311,53 @@ serve.action(async (opts: ServeValues) => {
   /** Settings changed in the file that take effect only at the next start. */
   let pendingRestart: Record<string, unknown> = {};
   const running = service;
+  /** One reload after another, from SIGHUP or the admin API. */
+  let reloads = Promise.resolve<unknown>(undefined);
+  function reloadNow(from: 'signal' | 'api'): Promise<Record<string, unknown>> {
+    const run = reloads.then(() => reloadOnce(from));
+    reloads = run.catch(() => undefined);
+    return run;
+  }
+  async function reloadOnce(from: 'signal' | 'api'): Promise<Record<string, unknown>> {
+    const applied = await reconfigure();
+    await running.proxies?.replace();
+    const done = { ...applied, processes: running.proxies?.pids ?? [] };
+    log.info({ from, ...done }, 'reloaded');
+    return done;
+  }
   signals.attach(running, async () => {
+    await reloadNow('signal');
+  });
+  successor?.serving();
+  /** Hands this node over to the switchyard on disk (SIGUSR2, POST /v1/upgrade); one at a time. */
+  let upgrading: Promise<Record<string, unknown>> | undefined;
+  function upgradeNow(): Promise<Record<string, unknown>> {
+    const steps = running.handOver;
+    if (steps === undefined) return Promise.reject(new ServiceRefusal('conflict', 'ERR_NOT_SUPPORTED', 'an upgrade needs proxy processes (--processes 1 or more)'));
+    if (upgrading !== undefined) return Promise.reject(new ServiceRefusal('conflict', 'ERR_UPGRADING', 'an upgrade is under way'));
+    const run = upgrade(
+      {
+        ...steps,
+        retire: async () => {
+          await running.close();
+          log.info('upgrade: handed over; exiting');
+          process.exit(0);
+        },
+      },
+      log,
+    ).then(({ pid }) => ({ successor: pid }));
+    upgrading = run;
+    run.catch((err: unknown) => {
+      upgrading = undefined;
+      log.error({ err: (err as Error).message }, 'upgrade failed; this master serves on');
+    });
+    return run;
+  }
+  process.on('SIGUSR2', () => {
+    log.info({ signal: 'SIGUSR2' }, 'upgrading');
+    upgradeNow().catch(() => undefined);
+  });
+  async function reconfigure(): Promise<Record<string, unknown>> {
     const next = resolveSettings(serve, readConfig());
     const changed = changedKeys(settings, next);
     const live = changed.filter(liveSettings);
@@ -296,6 +365,7 @@ serve.action(async (opts: ServeValues) => {
     const nv = next.values as unknown as ServeValues;
     await running.reconfigure({ allow: nv.allow, defaults: limitsFrom(next.values) });
     setLogLevel(log, nv.logLevel);
+    running.setLogLevel(nv.logLevel);
     // What runs now: the new live settings, the old ones for everything that needs a restart.
     const view: Record<string, unknown> = { ...next.view };
     const sources: Record<string, Source> = { ...next.sources };
@@ -308,7 +378,8 @@ serve.action(async (opts: ServeValues) => {
     }
     settings = { values: settings.values, view, sources };
     log.info({ file, applied: live, needRestart: Object.keys(pendingRestart), newlyNeedRestart: later }, 'configuration reloaded');
-  });
+    return { applied: live, needRestart: Object.keys(pendingRestart) };
+  }
 });
 
 addLocalRouterCommands(addClientCommands(program).router);

@@ -1,10 +1,11 @@
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer, isIP, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { Limits } from './config.js';
 import { SocketClient, type Client, type Peer } from './connection/client.js';
 import { Connection, type ConnectionHost, type Rejection } from './connection/connection.js';
 import { NativeRelay } from './connection/native-relay.js';
 import { CloseReason } from './errors.js';
 import type { Logger } from './log.js';
+import { handoff } from './node/handoff.js';
 import { TenantStats } from './metrics/stats.js';
 import { type Candidate, choose } from './routing/rollout.js';
 import type { ConnInfo, Router } from './sandbox/router.js';
@@ -19,17 +20,71 @@ export interface ListenerOptions {
   readonly gate?: ConnectionHost['gate'];
   /** Told of every rejection (the tenant's own log keeps them too). */
   readonly onRejection?: (rejection: Rejection) => void;
+  /**
+   * Counts open connections against maxConnections; absent, this listener's own count. Proxy
+   * processes share the node's count (node/counters.ts), so the limit holds per node.
+   */
+  readonly admission?: Admission;
+}
+
+/** Where a listener takes a place for a new connection under maxConnections, and gives it back. */
+export interface Admission {
+  acquire(max: number): boolean;
+  release(): void;
+}
+
+/** A listener's own count (one process serves the port). */
+class LocalAdmission implements Admission {
+  #open = 0;
+  acquire(max: number): boolean {
+    if (this.#open >= max) return false;
+    this.#open++;
+    return true;
+  }
+  release(): void {
+    this.#open--;
+  }
 }
 
 /** Rejections kept per tenant, newest last. */
-const rejectionRing = 100;
+export const rejectionRing = 100;
+
+/**
+ * A tenant's port as the hosting service drives it: a TenantListener where this process
+ * accepts, or the master's view of a port its proxy processes accept on (node/spread-listener.ts).
+ */
+export interface TenantPort {
+  readonly tenant: string;
+  readonly stats: TenantStats;
+  readonly rejections: readonly Rejection[];
+  /** Bytes from and to clients, finished connections and open ones together. */
+  readonly bytes: { in: number; out: number };
+  readonly listening: boolean;
+  /** The router new connections get (but for a rollout's share). */
+  readonly router: Router;
+  /** The rollout's router and share, if one is in progress. */
+  readonly candidate: Candidate<Router> | undefined;
+  limits: Limits;
+  gate: ConnectionHost['gate'];
+  listen(port: number, host: string): Promise<AddressInfo>;
+  /** Hot swap; once it resolves, every new connection gets `router`. */
+  setRouter(router: Router): void | Promise<void>;
+  /** Hot swap with a gradual rollout; once it resolves, new connections get `stable` or, for the candidate's share of clients, its router. */
+  setRouters(stable: Router, candidate: Candidate<Router> | undefined): void | Promise<void>;
+  /** The kill switch; resolves with how many connections were open. */
+  closeConnections(reason?: CloseReason): number | Promise<number>;
+  destroy(reason?: CloseReason): number;
+  close(): Promise<void>;
+  /** Resolves once new limits and policy are in force everywhere the port is served. */
+  settled?(): Promise<void>;
+}
 
 /**
  * A tenant's port: accepts clients, enforces the connection limit, and owns the connections
  * until they finish. `close()` stops accepting and waits for them; `destroy()` ends them now.
  * Node binds the port; the native data path then accepts on it, when it runs.
  */
-export class TenantListener implements ConnectionHost {
+export class TenantListener implements ConnectionHost, TenantPort {
   readonly tenant: string;
   readonly log: Logger;
   readonly stats = new TenantStats();
@@ -50,8 +105,10 @@ export class TenantListener implements ConnectionHost {
   readonly #connections = new Set<Connection>();
   #draining: Promise<void> | undefined;
   #drained: (() => void) | undefined;
+  readonly #admission: Admission;
 
   constructor(options: ListenerOptions) {
+    this.#admission = options.admission ?? new LocalAdmission();
     this.tenant = options.tenant;
     this.#router = options.router;
     this.#limits = options.limits;
@@ -60,13 +117,21 @@ export class TenantListener implements ConnectionHost {
     this.log = options.log.child({ tenant: options.tenant });
   }
 
-  /** Binds the port; resolves with the bound address (port 0 picks a free one). */
-  listen(port: number, host: string): Promise<AddressInfo> {
+  /**
+   * Binds the port, or accepts on a listening socket another process bound and handed over
+   * (`{ fd }`: a proxy process's copy of its master's socket); resolves with the bound address
+   * (port 0 picks a free one).
+   */
+  listen(port: number, host: string): Promise<AddressInfo>;
+  listen(handed: { readonly fd: number }): Promise<AddressInfo>;
+  listen(port: number | { readonly fd: number }, host?: string): Promise<AddressInfo> {
     const native = NativeRelay.get();
+    if (typeof port !== 'number' && native !== undefined) return Promise.resolve(this.#acceptOn(native, port.fd));
     const server = native === undefined ? createServer({ allowHalfOpen: true, noDelay: true }, this.#acceptSocket) : createServer();
+    const where = typeof port === 'number' ? { port, host, backlog: 1024 } : { fd: port.fd };
     return new Promise((resolve, reject) => {
       server.once('error', reject);
-      server.listen({ port, host, backlog: 1024 }, () => {
+      server.listen(where, () => {
         server.off('error', reject);
         // Closed while the port was being bound: it stays closed.
         if (this.#stopped) {
@@ -91,6 +156,15 @@ export class TenantListener implements ConnectionHost {
         resolve(address);
       });
     });
+  }
+
+  /** The native path accepts on its own copy of a handed socket; the caller keeps (and closes) `fd`. */
+  #acceptOn(native: NativeRelay, fd: number): AddressInfo {
+    if (this.#stopped) throw new Error('listener closed');
+    const [address, port] = handoff().localAddress(fd);
+    this.#accepting = { native, listener: native.listenFd(fd, this.#admit, this.#limits.maxBufferBytes) };
+    this.#address = { address, port, family: isIP(address) === 6 ? 'IPv6' : 'IPv4' };
+    return this.#address;
   }
 
   /** The limits new connections get (open ones keep theirs). */
@@ -173,7 +247,7 @@ export class TenantListener implements ConnectionHost {
   readonly #admit = (client: Client, peer: Peer): void => {
     const { remoteAddress, remotePort, localAddress, localPort } = peer;
     this.stats.connections++;
-    if (this.#connections.size >= this.limits.maxConnections) {
+    if (!this.#admission.acquire(this.limits.maxConnections)) {
       const address = `${remoteAddress}:${remotePort}`;
       this.stats.rejected(CloseReason.connectionLimit);
       this.rejected({
@@ -204,6 +278,7 @@ export class TenantListener implements ConnectionHost {
 
   finished(connection: Connection): void {
     if (!this.#connections.delete(connection)) return;
+    this.#admission.release();
     this.stats.active--;
     const router = connection.router;
     const left = (this.#routerUse.get(router) ?? 1) - 1;

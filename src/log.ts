@@ -64,20 +64,42 @@ class TurnBatchedStdout {
   readonly #flush = (): void => {
     this.#scheduled = false;
     if (this.#lines.length === 0) return;
-    const data = Buffer.from(this.#lines.length === 1 ? this.#lines[0]! : this.#lines.join(''), 'utf8');
+    const lines = this.#lines;
     this.#lines = [];
     this.#chars = 0;
-    let written = 0;
-    while (written < data.length) {
-      try {
-        written += writeSync(1, data, written);
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        // A full pipe: wait for its reader, as a blocking write would. Anything else (the
-        // reader is gone): the lines have nowhere to go.
-        if (code !== 'EAGAIN') return;
-        Atomics.wait(pauseCell, 0, 0, 1);
+    // A node's processes share one stdout: a write of at most PIPE_BUF bytes to a pipe is never
+    // interleaved with another's, so lines leave in groups that fit (a longer line alone).
+    let group: string[] = [];
+    let bytes = 0;
+    for (const line of lines) {
+      const n = Buffer.byteLength(line, 'utf8');
+      if (bytes + n > pipeBuf && group.length > 0) {
+        writeOut(Buffer.from(group.join(''), 'utf8'));
+        group = [];
+        bytes = 0;
       }
+      group.push(line);
+      bytes += n;
     }
+    if (group.length > 0) writeOut(Buffer.from(group.join(''), 'utf8'));
   };
+}
+
+/** Bytes a write to a pipe may carry without being interleaved with another process's (Linux). */
+const pipeBuf = 4096;
+
+/** Writes all of `data` to stdout now. */
+function writeOut(data: Buffer): void {
+  let written = 0;
+  while (written < data.length) {
+    try {
+      written += writeSync(1, data, written);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      // A full pipe: wait for its reader, as a blocking write would. Anything else (the
+      // reader is gone): the lines have nowhere to go.
+      if (code !== 'EAGAIN') return;
+      Atomics.wait(pauseCell, 0, 0, 1);
+    }
+  }
 }

@@ -2,7 +2,13 @@ import { mkdir, open, readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { AdminConnectionOptions } from './admin/connections.js';
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
 import { AdminServer } from './admin/server.js';
+import { bindListener, type BoundSocket, handoff } from './node/handoff.js';
+import { ProxyGroup } from './node/proxy-group.js';
+import { SpreadListener } from './node/spread-listener.js';
+import type { HandOverSteps, Inherited } from './node/upgrade.js';
 import type { Limits } from './config.js';
 import { NativeRelay } from './connection/native-relay.js';
 import { runtimeInfo } from './runtime.js';
@@ -48,6 +54,17 @@ export interface ServeOptions {
   readonly describeConfig?: () => unknown;
   /** Where the generated operator token is announced, once. */
   readonly announce: (line: string) => void;
+  /**
+   * Proxy processes that accept and relay clients (node/proxy-group.ts); 0: this process does
+   * (one event loop, as embedded in tests). Needs Linux and the handoff addon.
+   */
+  readonly processes?: number;
+  /** The log level proxy processes start with. */
+  readonly logLevel?: string;
+  /** Sockets a previous master handed over (an upgrade): used instead of binding. */
+  readonly inherited?: Inherited;
+  /** A reload or an upgrade asked over the admin API; absent, the API answers 409. */
+  readonly control?: { reload(): Promise<Record<string, unknown>>; upgrade?(): Promise<Record<string, unknown>> };
 }
 
 /**
@@ -87,6 +104,12 @@ export interface HostingRun extends Service {
   reconfigure(o: { readonly allow: readonly AllowRule[]; readonly defaults: Limits }): Promise<void>;
   /** With a PostgreSQL store: whether it can be reached (`up`/`down`); undefined with SQLite. */
   storeState(): 'up' | 'down' | undefined;
+  /** The proxy processes, when the node runs them. */
+  readonly proxies: ProxyGroup | undefined;
+  /** New log level, here and in the proxy processes. */
+  setLogLevel(level: string): void;
+  /** What an upgrade takes from this master (with proxy processes only). */
+  readonly handOver: Omit<HandOverSteps, 'retire'> | undefined;
 }
 
 export async function startHosting(o: ServeOptions): Promise<HostingRun> {
@@ -110,7 +133,30 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
   });
   let admin: AdminServer | undefined;
   let adminPort = o.admin.port;
+  let group: ProxyGroup | undefined;
+  let adminSocket: BoundSocket | undefined;
   try {
+    if ((o.processes ?? 0) > 0) {
+      // The admin address is bound first: proxy processes must know it to deny it as a backend.
+      const handed = o.inherited?.admin;
+      if (handed !== undefined) {
+        const [address, port] = handoff().localAddress(handed);
+        adminSocket = { fd: handed, address, port };
+      } else adminSocket = bindListener(isIP(o.admin.host) === 0 ? (await lookup(o.admin.host)).address : o.admin.host, o.admin.port);
+      adminPort = adminSocket.port;
+      group = new ProxyGroup({ count: o.processes!, log: o.log, logLevel: o.logLevel ?? 'info', ports: o.ports });
+      await group.start();
+    }
+    const spread = group;
+    const own = { range: o.ports, extra: [adminPort] } as const;
+    let figures: Awaited<ReturnType<ProxyGroup['figures']>> | undefined;
+    const ports = new Map<string, SpreadListener>();
+    const inherited = new Map(o.inherited?.ports ?? []);
+    const inherit = (port: number): readonly number[] | undefined => {
+      const fds = inherited.get(port);
+      inherited.delete(port);
+      return fds;
+    };
     const service = await HostingService.start({
       store,
       pool,
@@ -123,28 +169,76 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
       ...(o.rebindAfterMs === undefined ? {} : { rebindAfterMs: o.rebindAfterMs }),
       ...(o.quotas === undefined ? {} : { quotas: o.quotas }),
       ...(o.changeFeed === undefined ? {} : { changeFeed: o.changeFeed }),
+      ...(spread === undefined
+        ? {}
+        : {
+            newPort: (options) => {
+              const port = new SpreadListener(spread, options, own, inherit);
+              ports.set(options.tenant, port);
+              return port;
+            },
+            refresh: async () => {
+              figures = await spread.figures();
+              for (const [name, port] of ports) port.update(figures.tenants.get(name));
+            },
+            relayFigures: () => figures?.relay,
+            processFigures: () => figures?.processes,
+          }),
     });
-    admin = new AdminServer(service, token, o.log, o.adminConnections, o.describeConfig);
-    const address = await admin.listen(o.admin.port, o.admin.host);
+    admin = new AdminServer(service, token, o.log, o.adminConnections, o.describeConfig, o.control);
+    const address = adminSocket === undefined ? await admin.listen(o.admin.port, o.admin.host) : await admin.listen({ fd: adminSocket.fd });
     adminPort = address.port;
-    o.log.info({ admin: `${address.address}:${address.port}`, ports: `${o.ports[0]}-${o.ports[1]}`, bind: o.bindHost, ...(o.store === undefined ? { data: o.dataDir } : { store: redactUrl(o.store.url), revision: service.revision }), ...NativeRelay.describe(), runtime: runtimeInfo() }, 'serving');
+    o.log.info(
+      {
+        admin: `${address.address}:${address.port}`,
+        ports: `${o.ports[0]}-${o.ports[1]}`,
+        bind: o.bindHost,
+        ...(o.store === undefined ? { data: o.dataDir } : { store: redactUrl(o.store.url), revision: service.revision }),
+        processes: spread === undefined ? 0 : spread.count,
+        ...NativeRelay.describe(),
+        runtime: runtimeInfo(),
+      },
+      'serving',
+    );
     const adminServer = admin;
+    // Sockets handed over for tenants that are gone: closed.
+    for (const fds of inherited.values()) for (const fd of fds) handoff().close(fd);
+    inherited.clear();
+    const adminFd = adminSocket?.fd;
     return {
       address,
       adminPort: address.port,
       close: async () => {
         await service.close();
+        await spread?.close();
         await adminServer.close();
         await pool.close();
         await store.close();
       },
-      destroy: () => service.destroy(),
+      destroy: () => {
+        service.destroy();
+        spread?.destroy();
+      },
+      proxies: spread,
+      handOver:
+        spread === undefined
+          ? undefined
+          : {
+              sockets: () => ({ admin: adminFd, ports: [...ports.values()].filter((p) => p.listening).map((p) => ({ port: p.port, fds: p.fds })) }),
+              releaseStore: async () => {
+                adminServer.stopAccepting();
+                await store.close();
+              },
+            },
+      setLogLevel: (level) => spread?.setLogLevel(level),
       storeState: () => service.storeState,
       pendingRebinds: () => service.pendingRebinds,
       reconfigure: (c) => service.reconfigure(c),
     };
   } catch (err) {
     await admin?.close();
+    group?.destroy();
+    if (adminSocket !== undefined && admin === undefined) handoff().close(adminSocket.fd);
     await pool.close();
     await store.close();
     throw err;

@@ -1,6 +1,7 @@
 /** The Prometheus exposition: per-tenant series labelled tenant="…", and the sandbox's figures. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { NativeRelay } from '../src/connection/native-relay.js';
 import { renderMetrics } from '../src/metrics/prometheus.js';
 import { runtimeInfo } from '../src/runtime.js';
 import { exchange, startEchoBackend, startProxy } from './helpers.js';
@@ -29,7 +30,7 @@ describe('metrics', () => {
     try {
       for (const d of ['route', 'route', 'loop', 'bad', 'throw', 'other']) await exchange(proxy.port, [d]);
       await proxy.log.closed(6);
-      const text = renderMetrics([proxy.listener], await proxy.pool!.figures());
+      const text = renderMetrics([proxy.listener], await proxy.pool!.figures(), { up: true }, NativeRelay.get()?.stats());
       const t = 'tenant="acme"';
       assert.equal(sample(text, `switchyard_connections_total{${t}}`), 6);
       assert.equal(sample(text, `switchyard_connections_active{${t}}`), 0);

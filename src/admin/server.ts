@@ -24,6 +24,14 @@ class AdminError extends Error {
   }
 }
 
+/** What the operator can ask of the node as a whole: a reload, an upgrade. */
+export interface NodeControl {
+  /** Reads the configuration again and replaces the proxy processes; resolves with what was done. */
+  reload(): Promise<Record<string, unknown>>;
+  /** Starts the binary on disk as the next master, which takes the listeners and the store over. */
+  upgrade?(): Promise<Record<string, unknown>>;
+}
+
 /** The status code of each kind of refusal from the tenant service. */
 const refusalStatus: Record<RefusalKind, number> = { invalid: 400, not_found: 404, conflict: 409, rejected: 422, too_many: 429, busy: 503 };
 
@@ -69,9 +77,19 @@ export class AdminServer {
   readonly #gate: ConnectionGate;
   readonly #describeConfig: () => unknown;
 
-  constructor(service: HostingService, operatorToken: string, log: Logger, connections: Partial<AdminConnectionOptions> = {}, describeConfig: () => unknown = () => ({})) {
+  readonly #node: NodeControl | undefined;
+
+  constructor(
+    service: HostingService,
+    operatorToken: string,
+    log: Logger,
+    connections: Partial<AdminConnectionOptions> = {},
+    describeConfig: () => unknown = () => ({}),
+    node?: NodeControl,
+  ) {
     this.#service = service;
     this.#describeConfig = describeConfig;
+    this.#node = node;
     this.#operatorHash = hashToken(operatorToken);
     this.#log = log.child({ component: 'admin' });
     this.#routes = this.#table();
@@ -88,17 +106,32 @@ export class AdminServer {
     return this.#gate.size;
   }
 
-  listen(port: number, host: string): Promise<AddressInfo> {
+  /** Binds `host:port`, or accepts on a listening socket bound before (`{ fd }`). */
+  listen(port: number, host: string): Promise<AddressInfo>;
+  listen(handed: { readonly fd: number }): Promise<AddressInfo>;
+  listen(port: number | { readonly fd: number }, host?: string): Promise<AddressInfo> {
+    const where = typeof port === 'number' ? { port, host } : { fd: port.fd };
     return new Promise((resolve, reject) => {
       this.#server.once('error', reject);
-      this.#server.listen(port, host, () => {
+      this.#server.listen(where, () => {
         this.#server.off('error', reject);
         resolve(this.#server.address() as AddressInfo);
       });
     });
   }
 
+  /** Takes no new connection (they wait in the socket's queue for whoever else accepts on it); requests under way finish. */
+  stopAccepting(): void {
+    this.#server.close();
+    this.#server.closeIdleConnections();
+  }
+
   close(): Promise<void> {
+    // Already not accepting (stopAccepting): its 'close' may be long past; end what is left.
+    if (!this.#server.listening) {
+      this.#server.closeAllConnections();
+      return Promise.resolve();
+    }
     return new Promise((resolve) => {
       this.#server.close(() => resolve());
       this.#server.closeAllConnections();
@@ -111,6 +144,8 @@ export class AdminServer {
     return [
       [/^\/healthz$/, { GET: { access: 'anyone', body: 'none', run: () => this.#health() } }],
       [/^\/v1\/config$/, { GET: { access: 'operator', body: 'none', run: () => ({ status: 200, json: this.#describeConfig() }) } }],
+      [/^\/v1\/reload$/, { POST: { access: 'operator', body: 'none', run: async () => ({ status: 200, json: await this.#control('reload') }) } }],
+      [/^\/v1\/upgrade$/, { POST: { access: 'operator', body: 'none', run: async () => ({ status: 202, json: await this.#control('upgrade') }) } }],
       [/^\/metrics$/, { GET: { access: 'operator', body: 'none', run: async () => ({ status: 200, text: await s.metrics() }) } }],
       [
         /^\/v1\/tenants$/,
@@ -130,7 +165,7 @@ export class AdminServer {
       [
         new RegExp(`^/v1/tenants/${name}$`),
         {
-          GET: { access: 'tenant', body: 'none', run: (r) => ({ status: 200, json: s.show(r.name) }) },
+          GET: { access: 'tenant', body: 'none', run: async (r) => ({ status: 200, json: await s.show(r.name) }) },
           DELETE: {
             access: 'operator',
             body: 'none',
@@ -230,6 +265,13 @@ export class AdminServer {
       [new RegExp(`^/v1/tenants/${name}/rejections$`), { GET: { access: 'tenant', body: 'none', run: (r) => ({ status: 200, json: { rejections: s.rejections(r.name) } }) } }],
       [new RegExp(`^/v1/tenants/${name}/connections$`), { DELETE: { access: 'tenant', body: 'none', run: async (r) => ({ status: 200, json: { closed: await s.closeConnections(r.name) } }) } }],
     ];
+  }
+
+  /** A reload or an upgrade, where this node can do it (409 otherwise). */
+  async #control(what: 'reload' | 'upgrade'): Promise<Record<string, unknown>> {
+    const run = what === 'reload' ? this.#node?.reload : this.#node?.upgrade;
+    if (run === undefined) throw new ServiceRefusal('conflict', 'ERR_NOT_SUPPORTED', `this node cannot ${what} (${what === 'upgrade' ? 'an upgrade needs proxy processes and the handoff addon' : 'not started by switchyard serve'})`);
+    return run.call(this.#node);
   }
 
   /**

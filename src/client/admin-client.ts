@@ -228,6 +228,12 @@ export function addClientCommands(program: Command): { router: Command } {
         return undefined;
       }),
     );
+  connection(program.command('reload').description('re-read the configuration and replace the proxy processes, refusing no client (operator token; as SIGHUP)')).action(
+    run((o) => call(o, 'POST', '/v1/reload')),
+  );
+  connection(program.command('upgrade').description('start the switchyard on disk as the next master: it takes the listeners and the store over (operator token; as SIGUSR2)')).action(
+    run((o) => call(o, 'POST', '/v1/upgrade')),
+  );
   return { router };
 }
 

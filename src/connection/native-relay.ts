@@ -136,6 +136,16 @@ export class NativeRelay {
     return listener;
   }
 
+  /**
+   * Accepts on a duplicate of a listening socket bound elsewhere (handed over by another
+   * process); the caller keeps `fd`. Returns the listener's id for `unlisten()`.
+   */
+  listenFd(fd: number, onClient: OnClient, firstRead = 65536): number {
+    const listener = this.#binding.listen(fd, firstRead);
+    this.#listeners[listener] = onClient;
+    return listener;
+  }
+
   /** The clients a listener accepts from now on are read for at most `bytes` at accept. */
   firstRead(listener: number, bytes: number): void {
     this.#binding.firstRead(listener, bytes);

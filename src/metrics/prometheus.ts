@@ -1,5 +1,5 @@
-import { NativeRelay } from '../connection/native-relay.js';
-import type { TenantListener } from '../listener.js';
+import type { NativeStats } from '../connection/native-relay.js';
+import type { TenantPort } from '../listener.js';
 import { runtimeInfo } from '../runtime.js';
 import { routerCallBuckets, type RouterOutcomes } from './stats.js';
 
@@ -53,10 +53,19 @@ function format(labels: Labels): string {
   return parts.length === 0 ? '' : `{${parts.join(',')}}`;
 }
 
-/** Every metric of the service, per tenant (labelled `tenant`) and process-wide. */
-export function renderMetrics(listeners: readonly TenantListener[], sandbox: SandboxFigures, store: StoreFigures = { up: true }): string {
+/** A tenant's port as the metrics read it. */
+type Metered = Pick<TenantPort, 'tenant' | 'stats' | 'bytes'>;
+
+/** Every metric of the service, per tenant (labelled `tenant`) and process-wide; `relay`: the native data path's figures, if it runs. */
+export function renderMetrics(
+  listeners: readonly Metered[],
+  sandbox: SandboxFigures,
+  store: StoreFigures = { up: true },
+  relay?: NativeStats,
+  processes?: readonly { readonly index: number; readonly connections: number }[],
+): string {
   const e = new Exposition();
-  const per = (f: (l: TenantListener) => Iterable<[Labels, number, string?]> | number): [Labels, number, string?][] =>
+  const per = (f: (l: Metered) => Iterable<[Labels, number, string?]> | number): [Labels, number, string?][] =>
     listeners.flatMap((l): [Labels, number, string?][] => {
       const r = f(l);
       return typeof r === 'number' ? [[{ tenant: l.tenant }, r]] : [...r];
@@ -113,7 +122,15 @@ export function renderMetrics(listeners: readonly TenantListener[], sandbox: San
     e.family('switchyard_cluster_changes_applied_total', 'counter', 'Cluster changes applied on this node.', [[{}, store.changesApplied ?? 0]]);
     e.family('switchyard_cluster_change_seconds_total', 'counter', 'Time spent applying cluster changes on this node (reading the store included).', [[{}, store.changeSeconds ?? 0]]);
   }
-  const relay = NativeRelay.get()?.stats();
+  if (processes !== undefined) {
+    e.family('switchyard_proxy_processes', 'gauge', 'Proxy processes serving (accepting) now.', [[{}, processes.length]]);
+    e.family(
+      'switchyard_proxy_process_connections_total',
+      'counter',
+      'Client connections each serving proxy process accepted since it started (the balance between them).',
+      processes.map((p): [Labels, number] => [{ process: String(p.index) }, p.connections]),
+    );
+  }
   e.family('switchyard_relay_native', 'gauge', 'Whether connections are accepted and relayed by the native data path (splice) rather than by Node streams.', [[{}, relay === undefined ? 0 : 1]]);
   if (relay !== undefined) {
     e.family('switchyard_relay_connections', 'gauge', 'Client connections (and backend connects) held by the native data path now.', [[{}, relay.connections]]);

@@ -47,8 +47,17 @@ export class TenantStats extends RouterOutcomes {
   /** Bytes received from and sent to clients of finished connections (open ones are added when read). */
   bytesIn = 0;
   bytesOut = 0;
-  /** The same outcomes per router version (so that a gradual rollout's versions can be compared), the newest kept. */
-  readonly versions = new Map<number, RouterOutcomes>();
+  /**
+   * The same outcomes per router version (so that a gradual rollout's versions can be compared),
+   * the newest kept. Given when the counters are put together from elsewhere (a master's view of
+   * its proxy processes) and these live on.
+   */
+  readonly versions: Map<number, RouterOutcomes>;
+
+  constructor(versions: Map<number, RouterOutcomes> = new Map()) {
+    super();
+    this.versions = versions;
+  }
   /** Router call durations: a count per bucket of routerCallBuckets (and one past the last), and their sum. */
   readonly routerCallBuckets: number[] = new Array<number>(routerCallBuckets.length + 1).fill(0);
   routerCallSeconds = 0;

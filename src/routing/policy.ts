@@ -73,6 +73,11 @@ export class BackendPolicy {
     this.#host = hostAddresses ?? (sharedHostAddresses ??= new HostAddresses());
   }
 
+  /** Its rules as written (`--allow` texts): what another process needs to build the same policy. */
+  get ruleTexts(): string[] {
+    return this.#rules.map((r) => r.text);
+  }
+
   /** The same policy with a tenant's own rules added. */
   with(rules: readonly AllowRule[]): BackendPolicy {
     return rules.length === 0 ? this : new BackendPolicy([...this.#rules, ...rules], this.#ownPorts, this.#host);

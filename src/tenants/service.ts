@@ -1,9 +1,10 @@
 import { failureView } from '../authoring/diagnostics.js';
 import type { Limits } from '../config.js';
 import { CloseReason, RouterLoadError, ServiceRefusal } from '../errors.js';
-import { TenantListener } from '../listener.js';
+import { type ListenerOptions, TenantListener, type TenantPort } from '../listener.js';
 import type { Logger } from '../log.js';
 import { renderMetrics } from '../metrics/prometheus.js';
+import { NativeRelay, type NativeStats } from '../connection/native-relay.js';
 import { type AllowRule, BackendPolicy } from '../routing/policy.js';
 import { CachingResolver } from '../routing/resolver.js';
 import { RouterConsole } from '../sandbox/console.js';
@@ -52,6 +53,17 @@ export interface HostingOptions {
   readonly quotas?: Partial<Quotas>;
   /** With a cluster store: the change stream's reconnection backoff and polling (changes.ts). */
   readonly changeFeed?: { readonly backoffMs?: readonly [number, number]; readonly pollMs?: number };
+  /**
+   * Makes a tenant's port; by default a TenantListener (this process accepts). A master makes
+   * ports its proxy processes accept on (node/spread-listener.ts).
+   */
+  readonly newPort?: (options: ListenerOptions) => TenantPort;
+  /** Brings the ports' counters up to date before they are read (a master asks its processes). */
+  readonly refresh?: () => Promise<void>;
+  /** The data path's figures for the metrics, when not this process's own (a master sums its processes'). */
+  readonly relayFigures?: () => NativeStats | undefined;
+  /** Each proxy process's connections, when the node runs them. */
+  readonly processFigures?: () => readonly { readonly index: number; readonly connections: number }[] | undefined;
 }
 
 /** How long a client is told to wait before trying a write again while the store is unavailable. */
@@ -65,7 +77,7 @@ interface Tenant {
   readonly port: number;
   /** As stored: with the name and port, which incarnation of the tenant this is (a name can be deleted and created again). */
   createdAt: string;
-  readonly listener: TenantListener;
+  readonly listener: TenantPort;
   readonly console: RouterConsole;
   /** The tenant's own log: its router's console lines and its rejections. */
   readonly log: TenantLog;
@@ -149,7 +161,7 @@ export class HostingService {
       service.#tenants.set(record.name, tenant);
       if (live !== undefined) {
         const rollout = record.rollout === undefined ? undefined : await store.rolloutRouter(record.name);
-        service.#swap(tenant, service.#coldRouter(tenant, live), live.version, rollout && { router: service.#coldRouter(tenant, rollout), version: rollout.version, percent: rollout.percent }, false);
+        await service.#swap(tenant, service.#coldRouter(tenant, live), live.version, rollout && { router: service.#coldRouter(tenant, rollout), version: rollout.version, percent: rollout.percent }, false);
       }
       await service.#bind(tenant);
     }
@@ -185,7 +197,7 @@ export class HostingService {
       // Queued behind a kill this node is recording, so that its own is recognised and skipped.
       await this.#serial(`kill:${change.tenant}`, async () => {
         if (this.#ownKills.delete(change.revision)) return;
-        const closed = this.#tenants.get(change.tenant)?.listener.closeConnections(CloseReason.killed) ?? 0;
+        const closed = (await this.#tenants.get(change.tenant)?.listener.closeConnections(CloseReason.killed)) ?? 0;
         this.#log.info({ tenant: change.tenant, revision: change.revision, closed }, 'kill switch from the cluster');
       });
       return;
@@ -247,8 +259,8 @@ export class HostingService {
     const store = this.#o.store;
     const live = await store.liveRouter(t.name);
     const rollout = live === undefined ? undefined : await store.rolloutRouter(t.name);
-    if (live === undefined) this.#swap(t, new MissingRouter(), null);
-    else this.#swap(t, this.#coldRouter(t, live), live.version, rollout && { router: this.#coldRouter(t, rollout), version: rollout.version, percent: rollout.percent });
+    if (live === undefined) await this.#swap(t, new MissingRouter(), null);
+    else await this.#swap(t, this.#coldRouter(t, live), live.version, rollout && { router: this.#coldRouter(t, rollout), version: rollout.version, percent: rollout.percent });
   }
 
   /** Removes a tenant from this node only: its port, its connections, its router, its tokens. */
@@ -372,7 +384,9 @@ export class HostingService {
     return name;
   }
 
-  show(name: string): Record<string, unknown> {
+  async show(name: string): Promise<Record<string, unknown>> {
+    this.#get(name);
+    await this.#o.refresh?.();
     const t = this.#get(name);
     const s = t.listener.stats;
     const bytes = t.listener.bytes;
@@ -438,8 +452,8 @@ export class HostingService {
     }
     console.tag(version);
     const pushed = this.#versioned(t, router, { version, source });
-    if (percent === undefined) this.#swap(t, pushed, version);
-    else this.#swap(t, stable, t.version, { router: pushed, version, percent });
+    if (percent === undefined) await this.#swap(t, pushed, version);
+    else await this.#swap(t, stable, t.version, { router: pushed, version, percent });
     return version;
   }
 
@@ -454,12 +468,12 @@ export class HostingService {
     if (version === undefined) throw new ServiceRefusal('conflict', 'ERR_NO_EARLIER_VERSION', 'there is no earlier router version to roll back to');
     if (t.rollout !== null) {
       // A rollout ends: the live version takes every new connection again.
-      this.#swap(t, t.listener.router, version);
+      await this.#swap(t, t.listener.router, version);
       return version;
     }
     const live = await this.#o.store.liveRouter(name);
     if (live === undefined) throw new Error('the rolled-back version could not be read');
-    this.#swap(t, this.#coldRouter(t, live), version);
+    await this.#swap(t, this.#coldRouter(t, live), version);
     return version;
   }
 
@@ -475,8 +489,8 @@ export class HostingService {
     const candidate = t.listener.candidate;
     const version = await this.#o.store.promoteRouter(t.name, percent);
     if (version === undefined || candidate === undefined) throw new ServiceRefusal('conflict', 'ERR_NO_ROLLOUT', 'no gradual rollout is in progress: push with a percent first');
-    if (percent === undefined || percent === 100) this.#swap(t, candidate.router, version);
-    else this.#swap(t, t.listener.router, t.version, { router: candidate.router, version, percent });
+    if (percent === undefined || percent === 100) await this.#swap(t, candidate.router, version);
+    else await this.#swap(t, t.listener.router, t.version, { router: candidate.router, version, percent });
     return version;
   }
 
@@ -515,7 +529,7 @@ export class HostingService {
     }
     t.table = json;
     const [router, candidate] = loaded;
-    if (router !== undefined) this.#swap(t, router, t.version, candidate && rollout && { router: candidate, version: rollout.version, percent: rollout.percent });
+    if (router !== undefined) await this.#swap(t, router, t.version, candidate && rollout && { router: candidate, version: rollout.version, percent: rollout.percent });
   }
 
   /** Sets a tenant's limits (merged into what was set before); resolves with the limits now in force. */
@@ -537,6 +551,7 @@ export class HostingService {
   async #applyLimits(t: Tenant): Promise<void> {
     const sandbox = this.#applyEffective(t);
     if (sandbox && t.version !== null) await this.#installStored(t);
+    await t.listener.settled?.();
   }
 
   /** Works out a tenant's limits and policy for new connections; true when its router's time or memory limit changed. */
@@ -662,30 +677,33 @@ export class HostingService {
   async closeConnections(name: string): Promise<number> {
     const t = this.#get(name);
     const store = this.#o.store;
-    if (!isClusterStore(store)) return t.listener.closeConnections(CloseReason.killed);
+    if (!isClusterStore(store)) return await t.listener.closeConnections(CloseReason.killed);
     return this.#serial(`kill:${name}`, async () => {
       let revision: number;
       try {
         revision = await store.recordKill(name);
       } catch (err) {
         if (!(err instanceof StoreUnavailableError)) throw err;
-        const closed = t.listener.closeConnections(CloseReason.killed);
+        const closed = await t.listener.closeConnections(CloseReason.killed);
         throw new ServiceRefusal('busy', 'ERR_STORE_UNAVAILABLE', `closed ${closed} connection(s) on this node; the other nodes could not be told: ${err.message}`, {
           retryAfterS: storeRetryAfterS,
           details: { closed },
         });
       }
       this.#ownKills.add(revision);
-      return t.listener.closeConnections(CloseReason.killed);
+      return await t.listener.closeConnections(CloseReason.killed);
     });
   }
 
   async metrics(): Promise<string> {
+    await this.#o.refresh?.();
     const feed = this.#feed;
     return renderMetrics(
       [...this.#tenants.values()].map((t) => t.listener),
       await this.#o.pool.figures(),
       feed === undefined ? { up: true } : { up: feed.state === 'up', revision: feed.applied, changesApplied: feed.figures.changes, changeSeconds: feed.figures.busyMs / 1000 },
+      this.#o.relayFigures === undefined ? NativeRelay.get()?.stats() : this.#o.relayFigures(),
+      this.#o.processFigures?.(),
     );
   }
 
@@ -747,14 +765,15 @@ export class HostingService {
     const overrides = storedOverrides(record.limits);
     const effective = effectiveLimits(this.#defaults, overrides);
     const log = new TenantLog();
-    const listener = new TenantListener({
+    const options: ListenerOptions = {
       tenant: record.name,
       router: new MissingRouter(),
       limits: effective.limits,
       log: this.#log,
       gate: { policy: this.#policy.with(effective.allow), resolver: this.#resolver.forTenant(record.name) },
       onRejection: (r) => log.add({ kind: 'rejection', client: r.client, reason: r.reason, detail: r.message }),
-    });
+    };
+    const listener = this.#o.newPort?.(options) ?? new TenantListener(options);
     return {
       name: record.name,
       port: record.port,
@@ -792,8 +811,8 @@ export class HostingService {
   }
 
   /** Makes `router` live for new connections, but for `rollout`'s share of them (routing/rollout.ts) when given. */
-  #swap(t: Tenant, router: Router, version: number | null, rollout?: { readonly router: Router; readonly version: number; readonly percent: number }, announce = true): void {
-    t.listener.setRouters(router, rollout === undefined ? undefined : { router: rollout.router, percent: rollout.percent, salt: rollout.version });
+  async #swap(t: Tenant, router: Router, version: number | null, rollout?: { readonly router: Router; readonly version: number; readonly percent: number }, announce = true): Promise<void> {
+    await t.listener.setRouters(router, rollout === undefined ? undefined : { router: rollout.router, percent: rollout.percent, salt: rollout.version });
     t.version = version;
     t.rollout = rollout === undefined ? null : { version: rollout.version, percent: rollout.percent };
     if (announce) this.#log.info({ tenant: t.name, version, ...(rollout === undefined ? {} : { rollout: t.rollout }) }, 'router live');
