@@ -13,7 +13,7 @@
     {
       "target_name": "sandbox-exec",
       "type": "executable",
-      "sources": ["src/native/sandbox-exec.c"],
+      "sources": ["src/native/sandbox-exec.c", "src/native/capabilities.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
     }
   ]
