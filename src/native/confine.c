@@ -52,7 +52,8 @@
  *
  * JavaScript sees:
  *   confine({ uid?, gid?, maxFiles, profiling? }) -> { landlockAbi }   throws, naming the step
- *   lookupUser(name) -> { uid, gid } | undefined           getpwnam
+ *   lookupUser(name) -> { uid, gid, groups } | undefined   getpwnam, getgrouplist
+ *   dropPrivileges                                         privileges.c (the service's own)
  *   setDumpable(bool)                                      prctl(PR_SET_DUMPABLE), for the proxy
  *   attempt(name) -> errno (0: it worked)                  tests only: one forbidden (or
  *                                                          allowed) call, made directly
@@ -66,6 +67,7 @@
 #include <linux/seccomp.h>
 #include <node_api.h>
 #include <pthread.h>
+#include "service.h"
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
@@ -410,11 +412,24 @@ static napi_value js_lookup_user(napi_env env, napi_callback_info info) {
     napi_get_undefined(env, &result);
     return result;
   }
+  gid_t groups[1024];
+  int ngroups = (int)(sizeof groups / sizeof groups[0]);
+  if (getgrouplist(found->pw_name, found->pw_gid, groups, &ngroups) < 0) {
+    napi_throw_error(env, "ERR_USER_GROUPS", "lookupUser: the user is in more than 1024 groups");
+    return NULL;
+  }
+  napi_value list;
   napi_create_object(env, &result);
   napi_create_uint32(env, found->pw_uid, &v);
   napi_set_named_property(env, result, "uid", v);
   napi_create_uint32(env, found->pw_gid, &v);
   napi_set_named_property(env, result, "gid", v);
+  napi_create_array_with_length(env, (size_t)ngroups, &list);
+  for (int i = 0; i < ngroups; i++) {
+    napi_create_uint32(env, groups[i], &v);
+    napi_set_element(env, list, (uint32_t)i, v);
+  }
+  napi_set_named_property(env, result, "groups", list);
   return result;
 }
 
@@ -577,6 +592,7 @@ static napi_value module_init(napi_env env, napi_value exports) {
     { "attempt", NULL, js_attempt, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  if (switchyard_privileges_init(env, exports) != 0) return NULL;
   return exports;
 }
 

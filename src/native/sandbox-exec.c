@@ -16,8 +16,8 @@
  *                  groups (the service holds CAP_SETUID and CAP_SETGID for it, as ambient
  *                  capabilities), and then holds no capability at all: ambient, permitted,
  *                  effective and inheritable sets cleared. The service's ambient capabilities
- *                  (CAP_NET_BIND_SERVICE from systemd's AmbientCapabilities=, say) would
- *                  otherwise pass to the worker, and a uid change between
+ *                  (CAP_NET_BIND_SERVICE from systemd's AmbientCapabilities=, or kept by
+ *                  dropPrivileges) would otherwise pass to the worker, and a uid change between
  *                  two users other than root keeps capabilities. It is done here because this
  *                  process has one thread: capabilities belong to each thread, and Node starts
  *                  its threads as it starts. A service that is root leaves the switch to the

@@ -1,6 +1,6 @@
 /**
  * Linux capabilities by name, and the sets a process holds as /proc reports them. Read-only:
- * sandbox workers give theirs up in sandbox-exec and confine.ts.
+ * changing them is privileges.ts (the service) and confine.ts (sandbox workers).
  */
 import { readFileSync } from 'node:fs';
 

@@ -10,7 +10,7 @@ import { capabilities } from '../node/capabilities.js';
 /** The addon built from src/native/confine.c. */
 interface Binding {
   confine(options: { uid?: number; gid?: number; maxFiles: number; profiling: boolean }): { landlockAbi: number };
-  lookupUser(name: string): { uid: number; gid: number } | undefined;
+  lookupUser(name: string): { uid: number; gid: number; groups: number[] } | undefined;
   setDumpable(on: boolean): void;
   /** Tests only: makes one named system call directly; its errno, 0 when it worked. */
   attempt(name: string): number;
@@ -51,8 +51,8 @@ export class SandboxUserError extends SwitchyardError {
 
 /**
  * Who workers run as. A service that can switch them to another user — it runs as root, or
- * holds CAP_SETUID and CAP_SETGID as ambient capabilities (systemd's AmbientCapabilities=),
- * which its workers inherit — the named user, with its primary
+ * holds CAP_SETUID and CAP_SETGID as ambient capabilities (kept by dropPrivileges, or given by
+ * systemd's AmbientCapabilities=), which its workers inherit — the named user, with its primary
  * group and no supplementary ones (throws SandboxUserError when there is no such user, or it is
  * root). Any other: workers keep the service's user (undefined), and `user` is not consulted.
  */
