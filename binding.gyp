@@ -7,7 +7,7 @@
     },
     {
       "target_name": "confine",
-      "sources": ["src/native/confine.c", "src/native/privileges.c", "src/native/capabilities.c"],
+      "sources": ["src/native/confine.c", "src/native/privileges.c", "src/native/notify.c", "src/native/capabilities.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
     },
     {

@@ -54,6 +54,7 @@
  *   confine({ uid?, gid?, maxFiles, profiling? }) -> { landlockAbi }   throws, naming the step
  *   lookupUser(name) -> { uid, gid, groups } | undefined   getpwnam, getgrouplist
  *   dropPrivileges                                         privileges.c (the service's own)
+ *   notify                                                 notify.c (sd_notify)
  *   setDumpable(bool)                                      prctl(PR_SET_DUMPABLE), for the proxy
  *   attempt(name) -> errno (0: it worked)                  tests only: one forbidden (or
  *                                                          allowed) call, made directly
@@ -592,7 +593,7 @@ static napi_value module_init(napi_env env, napi_value exports) {
     { "attempt", NULL, js_attempt, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
-  if (switchyard_privileges_init(env, exports) != 0) return NULL;
+  if (switchyard_privileges_init(env, exports) != 0 || switchyard_notify_init(env, exports) != 0) return NULL;
   return exports;
 }
 
