@@ -70,6 +70,7 @@ interface Report {
   threads: Threads;
   newLow: number | string;
   worker?: { identity?: { uid: number; gid: number }; pid?: number; threads?: Threads; failed?: unknown };
+  children?: { asIs: string; withoutAmbient: string; ambientAfter: string[] };
 }
 
 interface Probe {
@@ -155,7 +156,7 @@ describe('dropPrivileges: refusals', () => {
 describe('dropPrivileges: a master started as root', { skip }, () => {
   it('becomes the user, keeps only CAP_NET_BIND_SERVICE, still binds below 1024 and accepts on its old ports', async (t) => {
     const { user, nobody } = await accounts();
-    const probe = await startProbe({ drop: { user: testUser, keep: ['CAP_NET_BIND_SERVICE'] }, dropAgain: [testUser, 'nobody'] });
+    const probe = await startProbe({ drop: { user: testUser, keep: ['CAP_NET_BIND_SERVICE'] }, dropAgain: [testUser, 'nobody'], children: true });
     t.after(() => probe.stop());
     const r = probe.report;
     assert.equal(typeof r.low, 'number', `a port below ${unprivilegedStart} bound as root: ${r.low}`);
@@ -183,6 +184,10 @@ describe('dropPrivileges: a master started as root', { skip }, () => {
     assert.equal(r.again[0]!.switched, false);
     assert.equal(r.again[1]!.error, 'ERR_PRIVILEGES_NOT_ROOT');
     assert.notEqual(user.uid, nobody.uid);
+    // A program it starts holds the kept capability, unless started with the ambient set aside.
+    assert.equal(r.children!.asIs, 'CapInh: 0000000000000400 CapPrm: 0000000000000400 CapEff: 0000000000000400 CapAmb: 0000000000000400');
+    assert.equal(r.children!.withoutAmbient, 'CapInh: 0000000000000400 CapPrm: 0000000000000000 CapEff: 0000000000000000 CapAmb: 0000000000000000');
+    assert.deepEqual(r.children!.ambientAfter, ['CAP_NET_BIND_SERVICE'], 'the ambient set is back');
     assert.equal(await probe.ask(r.low as number), user.uid, 'the old port below 1024 accepts');
     assert.equal(await probe.ask(r.high as number), user.uid, 'the old port above 1024 accepts');
   });

@@ -44,9 +44,13 @@
  *
  * A failure after step 2 leaves the process half-dropped: the caller must exit.
  *
+ * setAmbient: replaces the calling thread's ambient set, for withoutAmbientCapabilities
+ * (privileges.ts): a child process forked while it is empty starts with no capability.
+ *
  * JavaScript sees:
  *   dropPrivileges({ uid, gid, groups, keep, switchUser }) -> undefined
- *       throws an Error whose code is the errno's name (EPERM, …), naming the step
+ *   setAmbient(capabilities: number[]) -> undefined   each must be permitted and inheritable
+ *       both throw an Error whose code is the errno's name (EPERM, …), naming the step
  */
 #define _GNU_SOURCE
 #include "capabilities.h"
@@ -214,9 +218,32 @@ static napi_value js_drop_privileges(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* setAmbient(capabilities) */
+static napi_value js_set_ambient(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], holder;
+  uint32_t caps[64];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || napi_create_object(env, &holder) != napi_ok ||
+      napi_set_named_property(env, holder, "keep", argv[0]) != napi_ok) {
+    napi_throw_type_error(env, NULL, "setAmbient(capabilities)");
+    return NULL;
+  }
+  long n = get_uint_array(env, holder, "keep", caps, 64);
+  if (n < 0) {
+    napi_throw_type_error(env, NULL, "setAmbient: capability numbers");
+    return NULL;
+  }
+  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0) return switchyard_throw_errno(env, "setAmbient (clear)", errno);
+  for (long i = 0; i < n; i++) {
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, caps[i], 0, 0) != 0) return switchyard_throw_errno(env, "setAmbient (raise)", errno);
+  }
+  return NULL;
+}
+
 int switchyard_privileges_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "dropPrivileges", NULL, js_drop_privileges, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "setAmbient", NULL, js_set_ambient, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   return napi_define_properties(env, exports, sizeof props / sizeof props[0], props) == napi_ok ? 0 : -1;
 }

@@ -4,7 +4,8 @@
 
 #include <node_api.h>
 
-/* Add dropPrivileges (privileges.c) and notify (notify.c) to the addon's exports; 0 or -1. */
+/* Add dropPrivileges and setAmbient (privileges.c), and notify (notify.c), to the addon's
+   exports; 0 or -1. */
 int switchyard_privileges_init(napi_env env, napi_value exports);
 int switchyard_notify_init(napi_env env, napi_value exports);
 

@@ -20,6 +20,7 @@ export { type Capability, type CapabilitySets, capabilities, capabilityNames } f
 interface Binding {
   lookupUser(name: string): { uid: number; gid: number; groups: number[] } | undefined;
   dropPrivileges(request: { uid: number; gid: number; groups: number[]; keep: number[]; switchUser: boolean }): void;
+  setAmbient(capabilities: number[]): void;
 }
 
 /** Where `npm ci` (node-gyp) leaves the addon, from dist/src/node/. */
@@ -174,6 +175,27 @@ export function dropPrivileges(options: DropOptions): Dropped {
     throw new PrivilegeError('ERR_PRIVILEGES_DROP', `--user ${p.user}: ${(err as Error).message}`, { cause: err });
   }
   return { user: p.user, uid: p.account.uid, gid: p.account.gid, groups: [...p.account.groups], keep: p.keep, switched: p.switchUser };
+}
+
+/**
+ * Runs `start` with this thread's ambient capabilities set aside, and gives them back: a child
+ * process it starts (synchronously: child_process.spawn and fork do) holds no capability once it
+ * executes its program, whatever the master kept. For the proxy processes, which bind nothing
+ * and run the data path on clients' bytes. Not for the children that need the kept
+ * capabilities: a new master for an upgrade (CAP_NET_BIND_SERVICE), and sandbox workers when
+ * they switch to the sandbox user (CAP_SETUID, CAP_SETGID; they clear everything themselves in
+ * sandbox-exec). Call it on the main thread; with no ambient capability it only calls `start`.
+ */
+export function withoutAmbientCapabilities<T>(start: () => T): T {
+  if (!isMainThread) throw new PrivilegeError('ERR_PRIVILEGES_THREAD', 'ambient capabilities are set aside on the main thread, which starts child processes');
+  const ambient = capabilities().ambient.map((c) => capabilityNumber(c) ?? Number(c.slice('CAP_'.length)));
+  if (ambient.length === 0) return start();
+  addon().setAmbient([]);
+  try {
+    return start();
+  } finally {
+    addon().setAmbient(ambient);
+  }
 }
 
 /** Parses a comma-separated list of capabilities, as `--keep-capabilities` takes it ('' is none). */
