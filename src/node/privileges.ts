@@ -148,13 +148,19 @@ export function checkDrop(options: DropOptions): void {
  * thread; no_new_privs. Afterwards the process is as systemd starts a service with `User=user`,
  * `AmbientCapabilities=keep`, `CapabilityBoundingSet=keep` and `NoNewPrivileges=yes`.
  *
- * When: once, in the master, on its main thread, after it has bound every socket it needs
- * privileges for (the admin address and the tenant ports below 1024) and opened its data
- * directory and store, and before it starts any child process (proxy processes, sandbox
- * workers) or accepts a connection: children inherit the credentials they are started with.
- * Everything the master writes afterwards belongs to `user`, so the data directory must too.
- * The sandbox pool decides at construction whether workers switch to the sandbox user
- * (`sandboxIdentity`): construct it after this call. Log `capabilities()` afterwards.
+ * When: once, in the master, on its main thread (`serve --user`), after `checkDrop` and the
+ * sockets that need root, and before
+ * - it creates or opens anything in the data directory or opens the store: files it creates
+ *   as root would stay root's (SQLite's database on a first start, the operator token, the
+ *   upgrade's handover socket), so the directory and everything in it must belong to `user`;
+ * - it starts any child process (proxy processes, sandbox workers): children keep the
+ *   credentials they were started with. The sandbox pool decides at construction whether
+ *   workers switch to the sandbox user (`sandboxIdentity`): construct it after this call;
+ * - it accepts a connection.
+ * Sockets bound before the call stay bound. With CAP_NET_BIND_SERVICE kept (the default),
+ * ports below 1024 can be bound after it as well, the tenant ports read from the store
+ * included; keeping nothing, bind them before, or not at all. Log `capabilities()` afterwards.
+ * Start proxy processes inside `withoutAmbientCapabilities`.
  *
  * A process that is `user` already only narrows its capabilities to `keep` (`switched: false`);
  * one that is neither root nor `user` is refused. Throws PrivilegeError: any code but
