@@ -7,7 +7,7 @@
     },
     {
       "target_name": "confine",
-      "sources": ["src/native/confine.c"],
+      "sources": ["src/native/confine.c", "src/native/privileges.c", "src/native/notify.c", "src/native/capabilities.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
     },
     {
@@ -18,7 +18,7 @@
     {
       "target_name": "sandbox-exec",
       "type": "executable",
-      "sources": ["src/native/sandbox-exec.c"],
+      "sources": ["src/native/sandbox-exec.c", "src/native/capabilities.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
     }
   ]

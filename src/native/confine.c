@@ -3,9 +3,14 @@
  * cannot do. The worker calls confine() once, after it has loaded everything it will ever
  * need and opened its channel, and before it reads its first request:
  *
- *   1. identity    as root: no supplementary groups, then the sandbox user's gid and uid
- *                  (setresgid/setresuid; glibc applies them to every thread), which clears
- *                  every capability. Not root: the user is kept.
+ *   1. identity    when given one: no supplementary groups, then the sandbox user's gid and
+ *                  uid (setresgid/setresuid; glibc applies them to every thread). As root this
+ *                  clears every capability on every thread. A service that is not root but
+ *                  holds CAP_SETUID and CAP_SETGID has its workers switch in sandbox-exec
+ *                  instead, before Node starts a thread (a uid change between two users other
+ *                  than root would keep the capabilities); the worker then is that user
+ *                  already, and this step checks it. Without an identity the user is kept
+ *                  (sandbox-exec has cleared the capabilities of a worker that is not root).
  *   2. dumpable 0  no process of its uid may read its memory or ptrace it (/proc/PID/mem,
  *                  environ, …); a credential change clears it anyway, this makes it explicit.
  *   3. limits      RLIMIT_CORE 0, RLIMIT_FSIZE 0, RLIMIT_NOFILE small (the caller's figure).
@@ -47,7 +52,9 @@
  *
  * JavaScript sees:
  *   confine({ uid?, gid?, maxFiles, profiling? }) -> { landlockAbi }   throws, naming the step
- *   lookupUser(name) -> { uid, gid } | undefined           getpwnam
+ *   lookupUser(name) -> { uid, gid, groups } | undefined   getpwnam, getgrouplist
+ *   dropPrivileges                                         privileges.c (the service's own)
+ *   notify                                                 notify.c (sd_notify)
  *   setDumpable(bool)                                      prctl(PR_SET_DUMPABLE), for the proxy
  *   attempt(name) -> errno (0: it worked)                  tests only: one forbidden (or
  *                                                          allowed) call, made directly
@@ -61,6 +68,7 @@
 #include <linux/seccomp.h>
 #include <node_api.h>
 #include <pthread.h>
+#include "service.h"
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
@@ -344,6 +352,15 @@ static int get_bool(napi_env env, napi_value obj, const char *key, bool *out) {
   return napi_get_value_bool(env, v, out) == napi_ok ? 0 : -1;
 }
 
+/* Whether this process is uid and gid already (real, effective and saved), with no
+   supplementary group: sandbox-exec switched it. */
+static bool is_identity(uid_t uid, gid_t gid) {
+  uid_t ru, eu, su;
+  gid_t rg, eg, sg;
+  return getresuid(&ru, &eu, &su) == 0 && ru == uid && eu == uid && su == uid && getresgid(&rg, &eg, &sg) == 0 && rg == gid &&
+         eg == gid && sg == gid && getgroups(0, NULL) == 0;
+}
+
 /* confine({ uid?, gid?, maxFiles, profiling? }) -> { landlockAbi } */
 static napi_value js_confine(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -357,7 +374,7 @@ static napi_value js_confine(napi_env env, napi_callback_info info) {
       has_uid != has_gid || !has_max || max_files < 8) {
     return throw_step(env, "arguments", EINVAL);
   }
-  if (has_uid) {
+  if (has_uid && !is_identity(uid, gid)) {
     if (uid == 0) return throw_step(env, "identity (uid 0)", EINVAL);
     if (setgroups(0, NULL) != 0) return throw_step(env, "setgroups", errno);
     if (setresgid(gid, gid, gid) != 0) return throw_step(env, "setresgid", errno);
@@ -396,11 +413,24 @@ static napi_value js_lookup_user(napi_env env, napi_callback_info info) {
     napi_get_undefined(env, &result);
     return result;
   }
+  gid_t groups[1024];
+  int ngroups = (int)(sizeof groups / sizeof groups[0]);
+  if (getgrouplist(found->pw_name, found->pw_gid, groups, &ngroups) < 0) {
+    napi_throw_error(env, "ERR_USER_GROUPS", "lookupUser: the user is in more than 1024 groups");
+    return NULL;
+  }
+  napi_value list;
   napi_create_object(env, &result);
   napi_create_uint32(env, found->pw_uid, &v);
   napi_set_named_property(env, result, "uid", v);
   napi_create_uint32(env, found->pw_gid, &v);
   napi_set_named_property(env, result, "gid", v);
+  napi_create_array_with_length(env, (size_t)ngroups, &list);
+  for (int i = 0; i < ngroups; i++) {
+    napi_create_uint32(env, groups[i], &v);
+    napi_set_element(env, list, (uint32_t)i, v);
+  }
+  napi_set_named_property(env, result, "groups", list);
   return result;
 }
 
@@ -563,6 +593,7 @@ static napi_value module_init(napi_env env, napi_value exports) {
     { "attempt", NULL, js_attempt, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  if (switchyard_privileges_init(env, exports) != 0 || switchyard_notify_init(env, exports) != 0) return NULL;
   return exports;
 }
 

@@ -5,11 +5,12 @@
  */
 import { createRequire } from 'node:module';
 import { SwitchyardError } from '../errors.js';
+import { capabilities } from '../node/capabilities.js';
 
 /** The addon built from src/native/confine.c. */
 interface Binding {
   confine(options: { uid?: number; gid?: number; maxFiles: number; profiling: boolean }): { landlockAbi: number };
-  lookupUser(name: string): { uid: number; gid: number } | undefined;
+  lookupUser(name: string): { uid: number; gid: number; groups: number[] } | undefined;
   setDumpable(on: boolean): void;
   /** Tests only: makes one named system call directly; its errno, 0 when it worked. */
   attempt(name: string): number;
@@ -49,16 +50,24 @@ export class SandboxUserError extends SwitchyardError {
 }
 
 /**
- * Who workers run as. A service started as root: the named user, with its primary group and no
- * supplementary ones (throws SandboxUserError when there is no such user, or it is root).
- * Started as any other user: workers keep that user (undefined), and `user` is not consulted.
+ * Who workers run as. A service that can switch them to another user — it runs as root, or
+ * holds CAP_SETUID and CAP_SETGID as ambient capabilities (kept by dropPrivileges, or given by
+ * systemd's AmbientCapabilities=), which its workers inherit — the named user, with its primary
+ * group and no supplementary ones (throws SandboxUserError when there is no such user, or it is
+ * root). Any other: workers keep the service's user (undefined), and `user` is not consulted.
  */
 export function sandboxIdentity(user: string = defaultSandboxUser): SandboxIdentity | undefined {
-  if (process.getuid?.() !== 0) return undefined;
+  if (process.getuid?.() !== 0 && !workersCanSwitchUser()) return undefined;
   const found = addon().lookupUser(user);
   if (found === undefined) throw new SandboxUserError(`sandbox user "${user}" does not exist (see --sandbox-user)`);
   if (found.uid === 0) throw new SandboxUserError(`sandbox user "${user}" is root: workers must run as an unprivileged user`);
-  return found;
+  return { uid: found.uid, gid: found.gid };
+}
+
+/** Whether the programs this process starts hold CAP_SETUID and CAP_SETGID (its ambient set). */
+function workersCanSwitchUser(): boolean {
+  const ambient = capabilities().ambient;
+  return ambient.includes('CAP_SETUID') && ambient.includes('CAP_SETGID');
 }
 
 /**
