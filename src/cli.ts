@@ -24,6 +24,8 @@ import { defaultSandboxUser, makeUndumpable } from './sandbox/confine.js';
 import { availableParallelism } from 'node:os';
 import { canHandOff } from './node/handoff.js';
 import { isSuccessor, takeOver, upgrade } from './node/upgrade.js';
+import { type Capability, checkDrop, keepCapabilitiesOption, userOption } from './node/privileges.js';
+import { mainPid, notify, ready, reloading, stopping as stopping_ } from './node/notify.js';
 import { mkdirSync } from 'node:fs';
 import { ServiceRefusal } from './errors.js';
 
@@ -70,6 +72,7 @@ function handleSignals(log: Logger): { attach(service: Service, reload: () => Pr
       return;
     }
     stopping = true;
+    tellManager(stopping_(), log);
     const graceMs = signal === 'SIGQUIT' ? undefined : shutdownGraceMs;
     const closed = service.close(); // stops accepting before anything is logged
     log.info({ signal, graceMs: graceMs ?? null }, 'shutting down: no longer accepting');
@@ -110,6 +113,15 @@ function handleSignals(log: Logger): { attach(service: Service, reload: () => Pr
 /** `--sandbox-user`, for both modes. */
 function sandboxUserOption(): Option {
   return new Option('--sandbox-user <name>', 'user sandbox workers run as when the service runs as root').default(defaultSandboxUser);
+}
+
+/** Tells the service manager (systemd's NOTIFY_SOCKET), when there is one; a failure is logged, never fatal. */
+function tellManager(state: string, log: Logger): void {
+  try {
+    notify(state);
+  } catch (err) {
+    log.warn({ err: (err as Error).message, state }, 'could not notify the service manager');
+  }
 }
 
 function fail(message: string): never {
@@ -210,6 +222,8 @@ const serve = program
   .option('--max-warm-mb <mb>', 'V8 heap of the isolates kept built; past it the least recently used are unloaded', integer(16, 1_000_000), sandboxDefaults.maxWarmMb)
   .option('--router-versions <n>', 'router versions kept per tenant; rollback reaches back within them', integer(1, 1000), quotaDefaults.routerVersions)
   .option('--pushes-per-minute <n>', "a tenant's router and table pushes a minute (bursts of up to a third of it, at least 1)", integer(1, 6000), quotaDefaults.pushesPerMinute)
+  .addOption(userOption())
+  .addOption(keepCapabilitiesOption())
   .option('--processes <n>', 'proxy processes accepting and relaying clients (0: the master does, on one core)', integer(0, 256), defaultProcesses())
   .addOption(sandboxUserOption())
   .option('--log-level <level>', `${logLevels.join(', ')}`, logLevel, 'info');
@@ -238,6 +252,8 @@ interface ServeValues {
   sandboxUser: string;
   logLevel: string;
   processes: number;
+  user?: string;
+  keepCapabilities: Capability[];
 }
 
 /** Settings that apply to a running service on SIGHUP; a change to any other needs a restart. */
@@ -268,6 +284,14 @@ serve.action(async (opts: ServeValues) => {
     throw err;
   }
   const v = settings.values as unknown as ServeValues;
+  const dropTo = v.user === undefined ? undefined : { user: v.user, keep: v.keepCapabilities };
+  if (dropTo !== undefined) {
+    try {
+      checkDrop(dropTo); // an unknown user, or root: refused before anything is bound
+    } catch (err) {
+      fail(`--user: ${(err as Error).message}`);
+    }
+  }
   // Nothing of this process (the operator token in its environment, clients' bytes) is readable through /proc.
   makeUndumpable();
   const log = createLogger(v.logLevel);
@@ -298,6 +322,7 @@ serve.action(async (opts: ServeValues) => {
       log,
       processes: v.processes,
       logLevel: v.logLevel,
+      ...(dropTo === undefined ? {} : { dropTo }),
       control: { reload: () => reloadNow('api'), upgrade: () => upgradeNow() },
       announce: (line) => process.stderr.write(`${line}\n`),
       describeConfig: () => ({ file, settings: settings.view, sources: settings.sources, pendingRestart }),
@@ -319,8 +344,14 @@ serve.action(async (opts: ServeValues) => {
     return run;
   }
   async function reloadOnce(from: 'signal' | 'api'): Promise<Record<string, unknown>> {
-    const applied = await reconfigure();
-    await running.proxies?.replace();
+    tellManager(reloading(), log);
+    let applied: Record<string, unknown>;
+    try {
+      applied = await reconfigure();
+      await running.proxies?.replace();
+    } finally {
+      tellManager(ready(), log);
+    }
     const done = { ...applied, processes: running.proxies?.pids ?? [] };
     log.info({ from, ...done }, 'reloaded');
     return done;
@@ -329,6 +360,8 @@ serve.action(async (opts: ServeValues) => {
     await reloadNow('signal');
   });
   successor?.serving();
+  // systemd (Type=notify): up; a successor is the service's main process from now on.
+  tellManager(successor === undefined ? ready() : `${mainPid(process.pid)}\n${ready()}`, log);
   /** Hands this node over to the switchyard on disk (SIGUSR2, POST /v1/upgrade); one at a time. */
   let upgrading: Promise<Record<string, unknown>> | undefined;
   function upgradeNow(): Promise<Record<string, unknown>> {

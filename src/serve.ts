@@ -9,6 +9,7 @@ import { bindListener, type BoundSocket, handoff } from './node/handoff.js';
 import { ProxyGroup } from './node/proxy-group.js';
 import { SpreadListener } from './node/spread-listener.js';
 import type { HandOverSteps, Inherited } from './node/upgrade.js';
+import { capabilities, type DropOptions, dropPrivileges } from './node/privileges.js';
 import type { Limits } from './config.js';
 import { NativeRelay } from './connection/native-relay.js';
 import { runtimeInfo } from './runtime.js';
@@ -61,6 +62,11 @@ export interface ServeOptions {
   readonly processes?: number;
   /** The log level proxy processes start with. */
   readonly logLevel?: string;
+  /**
+   * Started as root: the user to become (and the capabilities kept) once the admin socket is
+   * bound, before the data directory, the store or any process is touched.
+   */
+  readonly dropTo?: DropOptions;
   /** Sockets a previous master handed over (an upgrade): used instead of binding. */
   readonly inherited?: Inherited;
   /** A reload or an upgrade asked over the admin API; absent, the API answers 409. */
@@ -113,6 +119,20 @@ export interface HostingRun extends Service {
 }
 
 export async function startHosting(o: ServeOptions): Promise<HostingRun> {
+  // With proxy processes the admin address is bound first (as root, when started as root):
+  // proxy processes must know it to deny it as a backend.
+  let adminSocket: BoundSocket | undefined;
+  if ((o.processes ?? 0) > 0) {
+    const handed = o.inherited?.admin;
+    if (handed !== undefined) {
+      const [address, port] = handoff().localAddress(handed);
+      adminSocket = { fd: handed, address, port };
+    } else adminSocket = bindListener(isIP(o.admin.host) === 0 ? (await lookup(o.admin.host)).address : o.admin.host, o.admin.port);
+  }
+  if (o.dropTo !== undefined) {
+    const dropped = dropPrivileges(o.dropTo);
+    o.log.info({ user: dropped.user, uid: dropped.uid, gid: dropped.gid, switched: dropped.switched, capabilities: capabilities() }, 'privileges dropped');
+  }
   sandboxIdentity(o.sandboxUser); // an unknown sandbox user: refused before anything is touched
   if (o.store === undefined) await mkdir(o.dataDir, { recursive: true, mode: 0o700 });
   const token = await operatorToken(o);
@@ -134,15 +154,8 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
   let admin: AdminServer | undefined;
   let adminPort = o.admin.port;
   let group: ProxyGroup | undefined;
-  let adminSocket: BoundSocket | undefined;
   try {
-    if ((o.processes ?? 0) > 0) {
-      // The admin address is bound first: proxy processes must know it to deny it as a backend.
-      const handed = o.inherited?.admin;
-      if (handed !== undefined) {
-        const [address, port] = handoff().localAddress(handed);
-        adminSocket = { fd: handed, address, port };
-      } else adminSocket = bindListener(isIP(o.admin.host) === 0 ? (await lookup(o.admin.host)).address : o.admin.host, o.admin.port);
+    if (adminSocket !== undefined) {
       adminPort = adminSocket.port;
       group = new ProxyGroup({ count: o.processes!, log: o.log, logLevel: o.logLevel ?? 'info', ports: o.ports });
       await group.start();

@@ -458,3 +458,67 @@ function startLoad(port: number, rate: number): { readonly done: number; readonl
     },
   };
 }
+
+describe('started as root', { concurrency: false }, () => {
+  const user = 'switchyard-serve-test';
+  const skip = process.getuid?.() !== 0 ? 'needs root' : false;
+
+  it('binds its admin port below 1024, then runs as --user: the master keeps only CAP_NET_BIND_SERVICE, proxy processes none', { skip, timeout: 60_000 }, async () => {
+    if ((await runCommand('id', ['-u', user])).code !== 0) {
+      const made = await runCommand('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', '--user-group', user]);
+      if (made.code !== 0 && made.code !== 9) throw new Error(`useradd ${user}: ${made.stderr}`);
+    }
+    const uid = Number((await runCommand('id', ['-u', user])).stdout);
+    const dataDir = join(tmpdir(), `sy-processes-root-${process.pid}-${randomBytes(4).toString('hex')}`);
+    // The data directory is the user's: it is opened after the drop.
+    assert.equal((await runCommand('install', ['-d', '-o', user, '-g', user, '-m', '0700', dataDir])).code, 0);
+    const adminPort = await lowFreePort();
+    const [lo, hi] = await freePortRange(4);
+    const proc = await startCliServe(
+      ['--data', dataDir, '--admin', `127.0.0.1:${adminPort}`, '--ports', `${lo}-${hi}`, '--bind', '127.0.0.1', '--allow', '127.0.0.0/8', '--sandbox-workers', '1', '--processes', '2', '--user', user],
+      { SWITCHYARD_ADMIN_TOKEN: token },
+    );
+    const backend = await lineBackend('r');
+    try {
+      assert.equal(proc.adminPort, adminPort);
+      const status = (pid: number): string => readFileSync(`/proc/${pid}/status`, 'latin1');
+      const field = (pid: number, name: string): string => new RegExp(`^${name}:\\s+(.*)$`, 'm').exec(status(pid))?.[1] ?? '';
+      assert.equal(field(proc.pid, 'Uid').split(/\s+/)[0], String(uid), 'the master runs as the user');
+      assert.equal(field(proc.pid, 'CapEff'), '0000000000000400', 'the master keeps CAP_NET_BIND_SERVICE alone');
+      await proc.log.waitFor((r) => r.msg === 'proxy process serving' && r.proxy === 1, 10_000);
+      const pids = new Set<number>();
+      for (const r of proc.log.records) if (r.msg === 'proxy process serving') pids.add(r.proxyPid as number);
+      for (const pid of pids) {
+        assert.equal(field(pid, 'Uid').split(/\s+/)[0], String(uid));
+        for (const set of ['CapEff', 'CapPrm', 'CapAmb']) assert.equal(field(pid, set), '0000000000000000', `a proxy process holds ${set}`);
+      }
+      // It serves: a tenant, a router, a client.
+      const api = new AdminApi(adminPort, token);
+      const { port } = await api.createTenant('rooted');
+      await api.putRouter('rooted', routerTo(backend.port));
+      assert.equal((await exchange(port, ['x\n'], { end: true })).data, 'v;r:x\n');
+    } finally {
+      proc.child.kill('SIGTERM');
+      await proc.exited;
+      await backend.close();
+      removeDir(dataDir);
+    }
+  });
+});
+
+/** A free port below 1024 (only root, or CAP_NET_BIND_SERVICE, may bind it). */
+async function lowFreePort(): Promise<number> {
+  const { createServer } = await import('node:net');
+  for (let port = 900 + Math.floor(Math.random() * 100); port < 1024; port++) {
+    const s = createServer();
+    const ok = await new Promise<boolean>((resolve) => {
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => resolve(true));
+    });
+    if (ok) {
+      await new Promise((r) => s.close(r));
+      return port;
+    }
+  }
+  throw new Error('no free port below 1024');
+}

@@ -4,6 +4,7 @@ import { CloseReason, RouterError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Router } from '../sandbox/router.js';
 import { handoff } from './handoff.js';
+import { withoutAmbientCapabilities } from './privileges.js';
 import type { FromProxy, ProxyFigures, ProxyRequest, RouterRef, TenantFigures, TenantSpecMessage, ToProxy } from './protocol.js';
 
 /** A serving proxy process's share of the node's connections (the balance between them). */
@@ -323,7 +324,10 @@ export class ProxyGroup {
     const [mine, theirs] = handoff().socketPair();
     let child: ChildProcess;
     try {
-      child = spawn(process.execPath, ['--no-node-snapshot', proxyMain], { stdio: ['ignore', 'inherit', 'inherit', 'ipc', theirs], env: proxyEnv() });
+      // Proxy processes hold no capability, whatever the master kept (node/privileges.ts).
+      child = withoutAmbientCapabilities(() =>
+        spawn(process.execPath, ['--no-node-snapshot', proxyMain], { stdio: ['ignore', 'inherit', 'inherit', 'ipc', theirs], env: proxyEnv() }),
+      );
     } catch (err) {
       handoff().close(mine);
       this.#freeRows.push(row);
