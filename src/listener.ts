@@ -1,8 +1,9 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { Limits } from './config.js';
-import { SocketClient, type Client, type Peer } from './connection/client.js';
+import type { Client, Peer } from './connection/client.js';
 import { Connection, type ConnectionHost, type Rejection } from './connection/connection.js';
 import { NativeRelay } from './connection/native-relay.js';
+import { SocketClient } from './connection/node-relay.js';
 import { CloseReason } from './errors.js';
 import type { Logger } from './log.js';
 import { TenantStats } from './metrics/stats.js';

@@ -170,11 +170,11 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-/** A TCP server on 127.0.0.1:0 that hands each socket to `onSocket`. */
-export async function startServer(onSocket: (socket: Socket, server: TestServer) => void): Promise<TestServer> {
+/** A TCP server on `host` (127.0.0.1), port 0, that hands each socket to `onSocket`. */
+export async function startServer(onSocket: (socket: Socket, server: TestServer) => void, host = '127.0.0.1'): Promise<TestServer> {
   const accepted: Socket[] = [];
   const server = createServer({ allowHalfOpen: true });
-  server.listen(0, '127.0.0.1');
+  server.listen(0, host);
   await once(server, 'listening');
   const result: TestServer = {
     port: (server.address() as AddressInfo).port,

@@ -7,8 +7,10 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { once } from 'node:events';
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { createServer, type Socket } from 'node:net';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
+import { NativeRelay } from '../src/connection/native-relay.js';
 import {
   deferred,
   dial,
@@ -870,14 +872,18 @@ describe('resets', () => {
   });
 });
 
+/** Echoes every chunk; closes its side when the client does. */
+function startEcho(): Promise<TestServer> {
+  return startServer((socket) => {
+    socket.on('data', (b: Buffer) => socket.write(b));
+    socket.on('end', () => socket.end());
+  });
+}
+
 describe('listener: connection limit, close, destroy', () => {
   let echo: TestServer;
   before(async () => {
-    // Echoes every chunk; closes its side when the client does.
-    echo = await startServer((socket) => {
-      socket.on('data', (b: Buffer) => socket.write(b));
-      socket.on('end', () => socket.end());
-    });
+    echo = await startEcho();
   });
   after(async () => {
     await echo.close();
@@ -975,6 +981,40 @@ describe('listener: connection limit, close, destroy', () => {
       );
     } finally {
       watch.stop();
+      await p.close();
+    }
+  });
+});
+
+describe('backends named by host names', () => {
+  let echo: TestServer;
+  before(async () => {
+    echo = await startEcho();
+  });
+  after(async () => {
+    await echo.close();
+  });
+
+  it('relays a backend named by a host name; the native data path builds no net.Socket for it', async () => {
+    const p = await startProxy(`proxy(() => ({ remote: 'localhost:${echo.port}' }));`);
+    // Node publishes every socket net.connect creates on this channel: the ones to the backend count.
+    const toBackend: Socket[] = [];
+    const onSocket = (message: unknown): void => {
+      const { socket } = message as { socket: Socket };
+      socket.once('connect', () => {
+        if (socket.remotePort === echo.port) toBackend.push(socket);
+      });
+    };
+    subscribe('net.client.socket', onSocket);
+    try {
+      const result = await exchange(p.port, ['by name\n'], { end: true });
+      assert.deepEqual([result.data, result.clean], ['by name\n', true]);
+      const closed = await p.log.closed();
+      assert.equal(closed.backend, `localhost:${echo.port}`);
+      // Node's path (SWITCHYARD_RELAY=node, test/transport-node-relay.test.ts) connects it with a net.Socket.
+      assert.equal(toBackend.length, NativeRelay.get() === undefined ? 1 : 0);
+    } finally {
+      unsubscribe('net.client.socket', onSocket);
       await p.close();
     }
   });

@@ -1,9 +1,9 @@
 import { createRequire } from 'node:module';
-import { isIP, type Server, type Socket } from 'node:net';
+import type { Server } from 'node:net';
 import { getSystemErrorName } from 'node:util';
 import type { Endpoint } from '../routing/endpoint.js';
-import type { Client, ClientHandler, Peer, Upstream } from './client.js';
-import { dialSocket, type Dial } from './upstream.js';
+import type { Client, ClientHandler, OnClient, Upstream } from './client.js';
+import { type ConnectCancel, type ConnectPlan, ConnectTimeoutError, connectUpstream, type Dial, resolving } from './upstream.js';
 
 /** The addon built from src/native/ (relay.h states its contract and how it works). */
 interface Binding {
@@ -24,7 +24,6 @@ interface Binding {
   end(id: number, bytes?: Buffer): void;
   dial(ip: string, port: number): number;
   join(id: number, dialed: number, toUpstream?: Buffer, toClient?: Buffer): void;
-  attach(id: number, fd: number, toUpstream?: Buffer, toClient?: Buffer): void;
   bytes(id: number): [number, number];
   idleMs(id: number): number;
   destroy(id: number, reset: boolean): [number, number];
@@ -42,27 +41,9 @@ export interface NativeStats {
   shed: number;
 }
 
-/** What a listener is told of each client it accepts. */
-export type OnClient = (client: Client, peer: Peer) => void;
-
-/** libuv's handle of a net.Socket or net.Server, as far as the native path needs it. */
+/** libuv's handle of a net.Server, as far as the native path needs it. */
 interface UvHandle {
   readonly fd?: number;
-  reading?: boolean;
-  readStop?(): number;
-}
-
-/** A backend connected by the native path, waiting for its client (`NativeRelay.dial`). */
-export class DialedUpstream {
-  constructor(
-    readonly relay: NativeRelay,
-    readonly id: number,
-  ) {}
-
-  /** Closes it unused. */
-  destroy(): void {
-    this.relay.destroy(this.id);
-  }
 }
 
 /**
@@ -74,8 +55,9 @@ const addonPath = process.env['SWITCHYARD_ADDON'] ?? '../../../build/Release/spl
 /**
  * The native data path. A tenant's port is accepted by the addon (`listen()`), each client is
  * read there and its chunks handed up until the router decides (`NativeClient`), and once the
- * backend is connected the addon relays both sides with splice(2) on this event loop: no
- * net.Socket, stream or JS callback per chunk, and one report when the connection ends.
+ * backend is connected (by the addon too) the addon relays both sides with splice(2) on this
+ * event loop: no net.Socket, stream or JS callback per chunk, and one report when the
+ * connection ends.
  */
 export class NativeRelay {
   readonly #binding: Binding;
@@ -147,18 +129,11 @@ export class NativeRelay {
     this.#binding.unlisten(listener);
   }
 
-  /**
-   * How backends are connected: by the addon when the address is an IP, so that no net.Socket
-   * is built for a side the addon will relay anyway; a host name (single-router mode) or an
-   * IPv6 address with a zone goes through Node's resolver and a net.Socket.
-   */
-  readonly dial: Dial<Upstream> = (endpoint, timeoutMs, cancel) =>
-    dialsNatively(endpoint.host) ? this.#dial(endpoint, timeoutMs, cancel) : dialSocket(endpoint, timeoutMs, cancel);
-
-  readonly #dial: Dial<DialedUpstream> = (endpoint, timeoutMs, cancel) =>
+  /** A connect attempt to an IP address: resolves with the dialed id, for `join()`. */
+  readonly #dialAddress: Dial<number> = (endpoint, timeoutMs, cancel) =>
     new Promise((resolve, reject) => {
       const id = this.#binding.dial(endpoint.host, endpoint.port);
-      const timer = setTimeout(() => fail(new Error(`connect timed out after ${timeoutMs} ms`)), timeoutMs);
+      const timer = setTimeout(() => fail(new ConnectTimeoutError(timeoutMs)), timeoutMs);
       const fail = (err: Error): void => {
         clearTimeout(timer);
         cancel.release();
@@ -170,10 +145,17 @@ export class NativeRelay {
       this.#dials[id] = (errno) => {
         clearTimeout(timer);
         cancel.release();
-        if (errno === 0) resolve(new DialedUpstream(this, id));
+        if (errno === 0) resolve(id);
         else reject(connectError(errno, endpoint));
       };
     });
+
+  /**
+   * How backends are connected: always by the addon, so that no net.Socket is built for a side
+   * it relays. A host name (single-router mode) is resolved first, within the attempt's timeout;
+   * an IPv6 address may carry its zone ("fe80::1%eth0"). Resolves with the dialed id.
+   */
+  readonly dial: Dial<number> = resolving(this.#dialAddress);
 
   /** `handler` hears client `id`'s chunks and its end. */
   own(id: number, handler: ClientHandler): void {
@@ -198,26 +180,9 @@ export class NativeRelay {
     this.#binding.end(id, bytes);
   }
 
-  /**
-   * Relays client `id` with `upstream`, after the bytes owed to each side. A net.Socket
-   * upstream (a host name was dialed) is taken over: what Node had read from it goes to the
-   * client first, and the socket is destroyed (the addon holds a duplicate).
-   */
-  relay(id: number, upstream: Upstream, toUpstream: Buffer | undefined, toClient: Buffer | undefined): void {
-    if (upstream instanceof DialedUpstream) {
-      this.#binding.join(id, upstream.id, toUpstream, toClient);
-      return;
-    }
-    const handle = handleOf(upstream);
-    if (handle === undefined) throw new Error('the backend closed before it could be relayed');
-    const fromUpstream = drain(upstream, handle);
-    try {
-      this.#binding.attach(id, handle.fd, toUpstream, join(toClient, fromUpstream));
-    } finally {
-      upstream.removeAllListeners();
-      upstream.on('error', ignore);
-      upstream.destroy();
-    }
+  /** Relays client `id` with the upstream it dialed, after the bytes owed to each side. */
+  join(id: number, dialed: number, toUpstream: Buffer | undefined, toClient: Buffer | undefined): void {
+    this.#binding.join(id, dialed, toUpstream, toClient);
   }
 
   /** Bytes from and to the client so far. */
@@ -289,10 +254,6 @@ export class NativeClient implements Client {
     this.#first = first;
   }
 
-  get dial(): Dial<Upstream> {
-    return this.#native.dial;
-  }
-
   listen(handler: ClientHandler): void {
     this.#native.own(this.#id, handler);
     const first = this.#first;
@@ -320,8 +281,14 @@ export class NativeClient implements Client {
     this.#native.end(this.#id, reply === undefined ? undefined : Buffer.from(reply, 'latin1'));
   }
 
-  relay(upstream: Upstream, toUpstream: Buffer | undefined, toClient: Buffer | undefined): void {
-    this.#native.relay(this.#id, upstream, toUpstream, toClient);
+  async connect(plan: ConnectPlan, cancel: ConnectCancel): Promise<Upstream> {
+    const native = this.#native;
+    const { upstream: dialed, endpoint } = await connectUpstream(plan, cancel, native.dial);
+    return {
+      endpoint,
+      relay: (toUpstream, toClient) => native.join(this.#id, dialed, toUpstream, toClient),
+      destroy: () => native.destroy(dialed),
+    };
   }
 
   idleMs(): number {
@@ -344,36 +311,6 @@ let loaded: { relay?: NativeRelay; reason?: string } | undefined;
 function maxPipes(): number {
   const n = Number(process.env['SWITCHYARD_RELAY_PIPES'] ?? 1024);
   return Number.isInteger(n) && n >= 0 && n <= 1_000_000 ? n : 1024;
-}
-
-/** An IP address the addon's inet_pton takes: not a host name, and no IPv6 zone ("fe80::1%eth0"). */
-function dialsNatively(host: string): boolean {
-  return isIP(host) !== 0 && !host.includes('%');
-}
-
-function ignore(): void {}
-
-function handleOf(socket: Socket): (UvHandle & { fd: number }) | undefined {
-  const handle = (socket as unknown as { _handle?: UvHandle | null })._handle;
-  if (handle == null || typeof handle.fd !== 'number' || handle.fd < 0 || socket.destroyed || socket.connecting) return undefined;
-  return handle as UvHandle & { fd: number };
-}
-
-/**
- * Stops Node reading the socket and takes what it had read but not delivered. `reading` is
- * left true so that `read()` does not start the handle again (net.Socket's `_read` checks it).
- */
-function drain(socket: Socket, handle: UvHandle): Buffer[] {
-  handle.readStop?.();
-  handle.reading = true;
-  const chunks: Buffer[] = [];
-  for (let chunk: Buffer | null; (chunk = socket.read() as Buffer | null) !== null; ) chunks.push(chunk);
-  return chunks;
-}
-
-function join(first: Buffer | undefined, rest: Buffer[]): Buffer | undefined {
-  if (rest.length === 0) return first;
-  return Buffer.concat(first === undefined ? rest : [first, ...rest]);
 }
 
 /** A failed connect, worded as Node words it ("connect ECONNREFUSED 127.0.0.1:9"). */
