@@ -11,7 +11,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { readdirSync, readFileSync } from 'node:fs';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { after, before, describe, it } from 'node:test';
 import type { Client, ClientHandler, Peer } from '../src/connection/client.js';
@@ -52,35 +52,38 @@ interface Front {
 async function startFront(relay: NativeRelay, onClient: (a: Accepted) => void = () => undefined): Promise<Front> {
   const accepted: Accepted[] = [];
   const waiting: ((a: Accepted) => void)[] = [];
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as { port: number }).port;
-  const listener = relay.listen(server, (client, peer) => {
-    const ended = deferred<Ended>();
-    const fin = deferred();
-    const drained = deferred();
-    const a: Accepted = { client, peer, chunks: [], fin: fin.promise, drained: drained.promise, ended: ended.promise };
-    const handler: ClientHandler = {
-      received: (chunk) => a.chunks.push(chunk),
-      ended: () => fin.resolve(),
-      drained: () => drained.resolve(),
-      closed: (bytesIn, bytesOut, errno) => ended.resolve({ bytesIn, bytesOut, errno }),
-    };
-    client.listen(handler);
-    accepted.push(a);
-    waiting.shift()?.(a);
-    onClient(a);
-  });
+  const acceptor = await relay.listen(
+    { host: '127.0.0.1', port: 0 },
+    {
+      firstRead: 65536,
+      onError: (err) => assert.fail(err),
+      onClient: (client, peer) => {
+        const ended = deferred<Ended>();
+        const fin = deferred();
+        const drained = deferred();
+        const a: Accepted = { client, peer, chunks: [], fin: fin.promise, drained: drained.promise, ended: ended.promise };
+        const handler: ClientHandler = {
+          received: (chunk) => a.chunks.push(chunk),
+          ended: () => fin.resolve(),
+          drained: () => drained.resolve(),
+          closed: (bytesIn, bytesOut, errno) => ended.resolve({ bytesIn, bytesOut, errno }),
+        };
+        client.listen(handler);
+        accepted.push(a);
+        waiting.shift()?.(a);
+        onClient(a);
+      },
+    },
+  );
   let next = 0;
   return {
-    port,
+    port: acceptor.address.port,
     accepted,
     next: () => {
       const i = next++;
       return i < accepted.length ? Promise.resolve(accepted[i]!) : new Promise((resolve) => waiting.push(resolve));
     },
-    close: () => relay.unlisten(listener),
+    close: () => acceptor.close(),
   };
 }
 
@@ -154,8 +157,8 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
   let echo: TestServer;
 
   before(async () => {
-    const r = NativeRelay.get();
-    assert.ok(r, `the native relay must load on Linux: ${NativeRelay.unavailableReason}`);
+    const r = NativeRelay.load();
+    assert.ok(r instanceof NativeRelay, `the native relay must load on Linux: ${'reason' in r ? r.reason : ''}`);
     relay = r;
     echo = await startServer((socket) => socket.pipe(socket));
   });
@@ -411,18 +414,18 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     // A process whose only handle is a native listener: it answers each client, and exits
     // once the listener is closed (after its first client).
     const script = `
-      import { createServer } from 'node:net';
       import { NativeRelay } from ${JSON.stringify(new URL('../src/connection/native-relay.js', import.meta.url).href)};
-      const relay = NativeRelay.get();
-      const server = createServer().listen(0, '127.0.0.1', () => {
-        const port = server.address().port;
-        const listener = relay.listen(server, (client) => {
+      const relay = NativeRelay.load();
+      const acceptor = await relay.listen({ host: '127.0.0.1', port: 0 }, {
+        firstRead: 65536,
+        onError() {},
+        onClient(client) {
           client.listen({ received() {}, ended() {}, drained() {}, closed() {} });
           client.end('alive');
-          relay.unlisten(listener);
-        });
-        console.log(port);
-      });`;
+          acceptor.close();
+        },
+      });
+      console.log(acceptor.address.port);`;
     const child = spawn(process.execPath, ['--no-node-snapshot', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
     const exited = once(child, 'close'); // after its stdio closed too: no pipe left open here
     const [line] = (await within(once(child.stdout, 'data'), 10_000, 'the port')) as [Buffer];
@@ -439,12 +442,12 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     // A process allowed 64 descriptors, which greets each client and keeps it open; "stats"
     // is answered with how many clients were shed.
     const script = `
-      import { createServer } from 'node:net';
       import { NativeRelay } from ${JSON.stringify(new URL('../src/connection/native-relay.js', import.meta.url).href)};
-      const relay = NativeRelay.get();
-      const server = createServer().listen(0, '127.0.0.1', () => {
-        const port = server.address().port;
-        relay.listen(server, (client) => {
+      const relay = NativeRelay.load();
+      const acceptor = await relay.listen({ host: '127.0.0.1', port: 0 }, {
+        firstRead: 65536,
+        onError() {},
+        onClient(client) {
           client.listen({
             received(chunk) { if (chunk.toString() === 'stats') client.end('shed=' + relay.stats().shed); },
             ended() { client.end(); },
@@ -452,9 +455,9 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
             closed() {},
           });
           client.write('hi');
-        });
-        console.log(port);
-      });`;
+        },
+      });
+      console.log(acceptor.address.port);`;
     const child = spawn('prlimit', ['--nofile=64:64', process.execPath, '--no-node-snapshot', '--input-type=module', '-e', script], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });

@@ -1,8 +1,14 @@
+import { lookup } from 'node:dns/promises';
+import { closeSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import type { Server } from 'node:net';
-import { getSystemErrorName } from 'node:util';
+import { isIP, type AddressInfo } from 'node:net';
+import { getSystemErrorMap, getSystemErrorName } from 'node:util';
+import type { NativeStats, RelayFigures } from '../metrics/stats.js';
+import { bindListener, handoff } from '../node/handoff.js';
 import type { Endpoint } from '../routing/endpoint.js';
 import type { Client, ClientHandler, OnClient, Upstream } from './client.js';
+import type { Accepting, Acceptor, DataPath, ListenOn, RelayDescription } from './data-path.js';
+import { listenBacklog } from './node-relay.js';
 import { type ConnectCancel, type ConnectPlan, ConnectTimeoutError, connectUpstream, type Dial, resolving } from './upstream.js';
 
 /** The addon built from src/native/ (relay.h states its contract and how it works). */
@@ -30,22 +36,6 @@ interface Binding {
   stats(): NativeStats;
 }
 
-export interface NativeStats {
-  /** Clients, dials and relays open now. */
-  connections: number;
-  /** Pipes holding bytes for a direction now (two descriptors each), at most `maxPipes`. */
-  lentPipes: number;
-  /** Empty pipes kept for reuse (two descriptors each), at most 64. */
-  sparePipes: number;
-  /** Clients accepted and closed at once because the process was out of file descriptors. */
-  shed: number;
-}
-
-/** libuv's handle of a net.Server, as far as the native path needs it. */
-interface UvHandle {
-  readonly fd?: number;
-}
-
 /**
  * Where `npm ci` (node-gyp) leaves the addon, from dist/src/connection/; SWITCHYARD_ADDON names
  * another build of it (test/asan.sh loads one built with sanitizers).
@@ -57,9 +47,10 @@ const addonPath = process.env['SWITCHYARD_ADDON'] ?? '../../../build/Release/spl
  * read there and its chunks handed up until the router decides (`NativeClient`), and once the
  * backend is connected (by the addon too) the addon relays both sides with splice(2) on this
  * event loop: no net.Socket, stream or JS callback per chunk, and one report when the
- * connection ends.
+ * connection ends. One per process at most (`NativeRelay.load()`).
  */
-export class NativeRelay {
+export class NativeRelay implements DataPath {
+  readonly kind = 'splice';
   readonly #binding: Binding;
   readonly #listeners: (OnClient | undefined)[] = [];
   readonly #handlers: (ClientHandler | undefined)[] = [];
@@ -72,61 +63,59 @@ export class NativeRelay {
   }
 
   /**
-   * The process's native data path; undefined where it cannot run (not Linux, the addon not
-   * built, or `SWITCHYARD_RELAY=node`), and connections are then accepted and relayed by Node.
+   * The process's native data path, set up on the first call (the addon is set up once per
+   * process); why not, where it cannot run: not Linux, the addon not built, or
+   * `SWITCHYARD_RELAY=node`. `processDataPath()` is what callers want.
    */
-  static get(): NativeRelay | undefined {
-    if (loaded === undefined) loaded = NativeRelay.#load();
-    return loaded.relay;
+  static load(): NativeRelay | { readonly reason: string } {
+    loaded ??= NativeRelay.#load();
+    return loaded;
   }
 
-  /** Why the native path is not in use, if it is not. */
-  static get unavailableReason(): string | undefined {
-    NativeRelay.get();
-    return loaded?.reason;
+  /** @deprecated The start-up log line's fields: the describe() of the data path in use. */
+  static describe(): RelayDescription {
+    const native = NativeRelay.load();
+    return native instanceof NativeRelay ? native.describe() : { relay: 'node', relayFallback: native.reason };
   }
 
-  /** For the start-up log line: which relay connections get, and why not the native one. */
-  static describe(): { relay: 'splice' | 'node'; relayFallback?: string } {
-    const reason = NativeRelay.unavailableReason;
-    return reason === undefined ? { relay: 'splice' } : { relay: 'node', relayFallback: reason };
-  }
-
-  static #load(): { relay?: NativeRelay; reason?: string } {
+  static #load(): NativeRelay | { readonly reason: string } {
     if (process.env['SWITCHYARD_RELAY'] === 'node') return { reason: 'SWITCHYARD_RELAY=node' };
     if (process.platform !== 'linux') return { reason: `splice(2) is Linux only (this is ${process.platform})` };
     try {
       const binding = createRequire(import.meta.url)(addonPath) as Binding;
-      return { relay: new NativeRelay(binding, maxPipes()) };
+      return new NativeRelay(binding, maxPipes());
     } catch (err) {
       return { reason: `the addon did not load: ${(err as Error).message}` };
     }
   }
 
   /**
-   * Takes over a listening net.Server: the addon accepts on a duplicate of its socket, and the
-   * server itself is closed (Node bound the address, with its own errors and host handling).
-   * Each client is read once at accept, for at most `firstRead` bytes (the buffer cap; the
-   * addon reads at most 64 KiB at once). Returns the listener's id for `unlisten()`.
+   * Accepts on a listening socket: one bound here (a host name resolved first, then bound
+   * without Node, src/native/handoff.c) or one handed over as a descriptor. The addon accepts
+   * on a duplicate; the original is closed once the addon has it (a handed one too: it is the
+   * listener's), and left to the caller if that fails. Each client is read once at accept, for
+   * at most `firstRead` bytes (the buffer cap; the addon reads at most 64 KiB at once).
    */
-  listen(server: Server, onClient: OnClient, firstRead = 65536): number {
-    const fd = (server as unknown as { _handle?: UvHandle | null })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) throw new Error('the server has no listening socket');
-    const listener = this.#binding.listen(fd, firstRead);
-    this.#listeners[listener] = onClient;
-    server.close();
-    return listener;
-  }
-
-  /** The clients a listener accepts from now on are read for at most `bytes` at accept. */
-  firstRead(listener: number, bytes: number): void {
-    this.#binding.firstRead(listener, bytes);
-  }
-
-  /** Stops accepting: the port is closed, and new clients are refused. */
-  unlisten(listener: number): void {
-    this.#listeners[listener] = undefined;
-    this.#binding.unlisten(listener);
+  async listen(on: ListenOn, accepting: Accepting): Promise<Acceptor> {
+    const handed = 'fd' in on;
+    const socket = handed ? handedSocket(on.fd) : await bind(on.host, on.port);
+    let listener: number;
+    try {
+      listener = this.#binding.listen(socket.fd, accepting.firstRead);
+    } catch (err) {
+      if (!handed) closeSync(socket.fd);
+      throw err;
+    }
+    closeSync(socket.fd);
+    this.#listeners[listener] = accepting.onClient;
+    return {
+      address: socket.address,
+      firstRead: (bytes) => this.#binding.firstRead(listener, bytes),
+      close: () => {
+        this.#listeners[listener] = undefined;
+        this.#binding.unlisten(listener);
+      },
+    };
   }
 
   /** A connect attempt to an IP address: resolves with the dialed id, for `join()`. */
@@ -203,6 +192,14 @@ export class NativeRelay {
 
   stats(): NativeStats {
     return this.#binding.stats();
+  }
+
+  figures(): RelayFigures {
+    return { relay: 'splice', stats: this.stats() };
+  }
+
+  describe(): RelayDescription {
+    return { relay: 'splice' };
   }
 
   readonly #accepted = (
@@ -300,7 +297,7 @@ export class NativeClient implements Client {
   }
 }
 
-let loaded: { relay?: NativeRelay; reason?: string } | undefined;
+let loaded: NativeRelay | { readonly reason: string } | undefined;
 
 /**
  * How many pipes directions may hold at once (SWITCHYARD_RELAY_PIPES, default 1024). A pipe is
@@ -311,6 +308,41 @@ let loaded: { relay?: NativeRelay; reason?: string } | undefined;
 function maxPipes(): number {
   const n = Number(process.env['SWITCHYARD_RELAY_PIPES'] ?? 1024);
   return Number.isInteger(n) && n >= 0 && n <= 1_000_000 ? n : 1024;
+}
+
+/** A listening socket's descriptor and the address it is bound to. */
+interface ListeningSocket {
+  readonly fd: number;
+  readonly address: AddressInfo;
+}
+
+function addressInfo(address: string, port: number): AddressInfo {
+  return { address, family: isIP(address) === 6 ? 'IPv6' : 'IPv4', port };
+}
+
+/** A descriptor handed over: the address it is bound to (it must be an IP socket). */
+function handedSocket(fd: number): ListeningSocket {
+  const [address, port] = handoff().localAddress(fd);
+  return { fd, address: addressInfo(address, port) };
+}
+
+/**
+ * Binds and listens as Node's server.listen({ host, port }) does (a host name resolved to its
+ * first address; SO_REUSEADDR; "::" takes IPv4 too), without a net.Server, and fails as it does:
+ * "listen EADDRINUSE: address already in use 0.0.0.0:5432", with the code.
+ */
+async function bind(host: string, port: number): Promise<ListeningSocket> {
+  const ip = isIP(host) !== 0 ? host : (await lookup(host)).address;
+  try {
+    const bound = bindListener(ip, port, { backlog: listenBacklog });
+    return { fd: bound.fd, address: addressInfo(bound.address, bound.port) };
+  } catch (err) {
+    const errno = (err as NodeJS.ErrnoException).errno;
+    if (typeof errno !== 'number' || errno >= 0) throw err;
+    const code = getSystemErrorName(errno);
+    const text = getSystemErrorMap().get(errno)?.[1] ?? code;
+    throw Object.assign(new Error(`listen ${code}: ${text} ${ip}:${port}`), { code, errno, syscall: 'listen', address: ip, port });
+  }
 }
 
 /** A failed connect, worded as Node words it ("connect ECONNREFUSED 127.0.0.1:9"). */

@@ -1,6 +1,66 @@
-import type { Socket } from 'node:net';
-import type { Client, ClientHandler, Upstream } from './client.js';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
+import type { RelayFigures } from '../metrics/stats.js';
+import type { Client, ClientHandler, OnClient, Upstream } from './client.js';
+import type { Accepting, Acceptor, DataPath, ListenOn, RelayDescription } from './data-path.js';
 import { type ConnectCancel, type ConnectPlan, connectUpstream, dialSocket } from './upstream.js';
+
+/** The accept queue of a listening socket (Node's default, 511, is short for a busy port). */
+export const listenBacklog = 1024;
+
+/**
+ * Node's data path, where the native one does not run (not Linux, the addon not built, or
+ * `SWITCHYARD_RELAY=node`): a net.Server accepts, each client is a net.Socket
+ * (`SocketClient`), its backends are net.Sockets, and the two are relayed by streams.
+ */
+export class NodeDataPath implements DataPath {
+  readonly kind = 'node';
+  /** Why the native path is not in use. */
+  readonly reason: string;
+
+  constructor(reason: string) {
+    this.reason = reason;
+  }
+
+  /**
+   * Binds with Node's own bind (it resolves a host name), or listens on a handed descriptor
+   * (`net.Server.listen({ fd })`: Node takes it over, and closes it when the server closes; a
+   * failure leaves it to the caller, but for listen(2) itself failing on it, which a bound TCP
+   * socket does not).
+   */
+  listen(on: ListenOn, accepting: Accepting): Promise<Acceptor> {
+    const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => accept(socket, accepting.onClient));
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen('fd' in on ? { fd: on.fd, backlog: listenBacklog } : { host: on.host, port: on.port, backlog: listenBacklog }, () => {
+        server.off('error', reject);
+        server.on('error', accepting.onError);
+        resolve({
+          address: server.address() as AddressInfo,
+          firstRead: () => undefined, // a net.Socket is read as the connection asks (SocketClient.read)
+          close: () => server.close(),
+        });
+      });
+    });
+  }
+
+  figures(): RelayFigures {
+    return { relay: 'node' };
+  }
+
+  describe(): RelayDescription {
+    return { relay: 'node', relayFallback: this.reason };
+  }
+}
+
+/** Node accepted a client: a SocketClient, with the addresses Node saw. */
+function accept(socket: Socket, onClient: OnClient): void {
+  const { remoteAddress, remotePort, localAddress, localPort } = socket;
+  if (remoteAddress === undefined || remotePort === undefined || localAddress === undefined || localPort === undefined) {
+    socket.destroy(); // gone before we saw it
+    return;
+  }
+  onClient(new SocketClient(socket), { remoteAddress, remotePort, localAddress, localPort });
+}
 
 /** A client as a net.Socket, its backends net.Sockets, and its relay Node streams. */
 export class SocketClient implements Client {

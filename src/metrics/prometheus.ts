@@ -1,7 +1,7 @@
-import { NativeRelay } from '../connection/native-relay.js';
+import { processDataPath } from '../connection/data-path.js';
 import type { TenantListener } from '../listener.js';
 import { runtimeInfo } from '../runtime.js';
-import { routerCallBuckets } from './stats.js';
+import { type RelayFigures, routerCallBuckets } from './stats.js';
 
 /** Process-wide figures of the sandbox. */
 export interface SandboxFigures {
@@ -53,8 +53,17 @@ function format(labels: Labels): string {
   return parts.length === 0 ? '' : `{${parts.join(',')}}`;
 }
 
-/** Every metric of the service, per tenant (labelled `tenant`) and process-wide. */
-export function renderMetrics(listeners: readonly TenantListener[], sandbox: SandboxFigures, store: StoreFigures = { up: true }): string {
+/**
+ * Every metric of the service, per tenant (labelled `tenant`) and process-wide, from the figures
+ * it is given. `relay` is the data path's the listeners were given (`DataPath.figures()`); a
+ * caller that does not pass it gets the process's.
+ */
+export function renderMetrics(
+  listeners: readonly TenantListener[],
+  sandbox: SandboxFigures,
+  store: StoreFigures = { up: true },
+  relay: RelayFigures = processDataPath().figures(),
+): string {
   const e = new Exposition();
   const per = (f: (l: TenantListener) => Iterable<[Labels, number, string?]> | number): [Labels, number, string?][] =>
     listeners.flatMap((l): [Labels, number, string?][] => {
@@ -109,12 +118,17 @@ export function renderMetrics(listeners: readonly TenantListener[], sandbox: San
     e.family('switchyard_cluster_changes_applied_total', 'counter', 'Cluster changes applied on this node.', [[{}, store.changesApplied ?? 0]]);
     e.family('switchyard_cluster_change_seconds_total', 'counter', 'Time spent applying cluster changes on this node (reading the store included).', [[{}, store.changeSeconds ?? 0]]);
   }
-  const relay = NativeRelay.get()?.stats();
-  e.family('switchyard_relay_native', 'gauge', 'Whether connections are accepted and relayed by the native data path (splice) rather than by Node streams.', [[{}, relay === undefined ? 0 : 1]]);
-  if (relay !== undefined) {
-    e.family('switchyard_relay_connections', 'gauge', 'Client connections (and backend connects) held by the native data path now.', [[{}, relay.connections]]);
-    e.family('switchyard_relay_pipes_lent', 'gauge', 'Pipes holding bytes for a slow destination now (SWITCHYARD_RELAY_PIPES caps them).', [[{}, relay.lentPipes]]);
-    e.family('switchyard_relay_shed_total', 'counter', 'Clients accepted and closed at once because the process was out of file descriptors.', [[{}, relay.shed]]);
+  e.family('switchyard_relay_native', 'gauge', 'Whether connections are accepted and relayed by the native data path (splice) rather than by Node streams.', [[{}, relay.relay === 'splice' ? 1 : 0]]);
+  switch (relay.relay) {
+    case 'splice':
+      e.family('switchyard_relay_connections', 'gauge', 'Client connections (and backend connects) held by the native data path now.', [[{}, relay.stats.connections]]);
+      e.family('switchyard_relay_pipes_lent', 'gauge', 'Pipes holding bytes for a slow destination now (SWITCHYARD_RELAY_PIPES caps them).', [[{}, relay.stats.lentPipes]]);
+      e.family('switchyard_relay_shed_total', 'counter', 'Clients accepted and closed at once because the process was out of file descriptors.', [[{}, relay.stats.shed]]);
+      break;
+    case 'node':
+      break;
+    default:
+      relay satisfies never;
   }
   return e.text();
 }
