@@ -1,11 +1,10 @@
-import { createServer, isIP, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import type { Limits } from './config.js';
-import { SocketClient, type Client, type Peer } from './connection/client.js';
+import type { Client, Peer } from './connection/client.js';
 import { Connection, type ConnectionHost, type Rejection } from './connection/connection.js';
-import { NativeRelay } from './connection/native-relay.js';
+import { type Acceptor, type DataPath, type ListenOn, processDataPath } from './connection/data-path.js';
 import { CloseReason } from './errors.js';
 import type { Logger } from './log.js';
-import { handoff } from './node/handoff.js';
 import { TenantStats } from './metrics/stats.js';
 import { type Candidate, choose } from './routing/rollout.js';
 import type { ConnInfo, Router } from './sandbox/router.js';
@@ -25,6 +24,8 @@ export interface ListenerOptions {
    * processes share the node's count (node/counters.ts), so the limit holds per node.
    */
   readonly admission?: Admission;
+  /** How clients are accepted and relayed; absent, the process's (`processDataPath()`). */
+  readonly dataPath?: DataPath;
 }
 
 /** Where a listener takes a place for a new connection under maxConnections, and gives it back. */
@@ -82,11 +83,13 @@ export interface TenantPort {
 /**
  * A tenant's port: accepts clients, enforces the connection limit, and owns the connections
  * until they finish. `close()` stops accepting and waits for them; `destroy()` ends them now.
- * Node binds the port; the native data path then accepts on it, when it runs.
+ * Its data path (given, or the process's) binds the port or takes a handed one, and accepts.
  */
 export class TenantListener implements ConnectionHost, TenantPort {
   readonly tenant: string;
   readonly log: Logger;
+  /** How its clients are accepted and relayed. */
+  readonly dataPath: DataPath;
   readonly stats = new TenantStats();
   readonly rejections: Rejection[] = [];
   #limits: Limits;
@@ -97,9 +100,13 @@ export class TenantListener implements ConnectionHost, TenantPort {
   readonly #onRejection: ((rejection: Rejection) => void) | undefined;
   /** Open connections per router: a router swapped out is disposed once its last one finishes. */
   readonly #routerUse = new Map<Router, number>();
-  /** Accepting: the native path's listener id, or Node's server. */
-  #accepting: { readonly native: NativeRelay; readonly listener: number } | Server | undefined;
-  #address: AddressInfo | null = null;
+  /** The listening socket, while accepting. */
+  #acceptor: Acceptor | undefined;
+  /**
+   * More listening sockets of the same port, when it is handed several (a proxy process after an
+   * upgrade to fewer processes than the port has sockets): accepted on alike.
+   */
+  readonly #more: Acceptor[] = [];
   /** Closed or destroyed: it never accepts again. */
   #stopped = false;
   readonly #connections = new Set<Connection>();
@@ -115,56 +122,34 @@ export class TenantListener implements ConnectionHost, TenantPort {
     this.gate = options.gate;
     this.#onRejection = options.onRejection;
     this.log = options.log.child({ tenant: options.tenant });
+    this.dataPath = options.dataPath ?? processDataPath();
   }
 
   /**
-   * Binds the port, or accepts on a listening socket another process bound and handed over
-   * (`{ fd }`: a proxy process's copy of its master's socket); resolves with the bound address
-   * (port 0 picks a free one).
+   * Starts accepting: on `host:port`, bound here (a host name is resolved first; port 0 picks
+   * a free port), or on a listening socket handed over as `{ fd }`, which is the listener's from
+   * then on (see ListenOn). Resolves with the bound address; rejects as Node's listen does
+   * (`EADDRINUSE`, `EACCES` …), or if the listener is closed meanwhile.
    */
   listen(port: number, host: string): Promise<AddressInfo>;
-  listen(handed: { readonly fd: number }): Promise<AddressInfo>;
-  listen(port: number | { readonly fd: number }, host?: string): Promise<AddressInfo> {
-    const native = NativeRelay.get();
-    if (typeof port !== 'number' && native !== undefined) return Promise.resolve(this.#acceptOn(native, port.fd));
-    const server = native === undefined ? createServer({ allowHalfOpen: true, noDelay: true }, this.#acceptSocket) : createServer();
-    const where = typeof port === 'number' ? { port, host, backlog: 1024 } : { fd: port.fd };
-    return new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(where, () => {
-        server.off('error', reject);
-        // Closed while the port was being bound: it stays closed.
-        if (this.#stopped) {
-          server.close();
-          reject(new Error('listener closed while binding'));
-          return;
-        }
-        const address = server.address() as AddressInfo;
-        if (native === undefined) {
-          server.on('error', (err) => this.log.error({ err }, 'listener error'));
-          this.#accepting = server;
-        } else {
-          try {
-            this.#accepting = { native, listener: native.listen(server, this.#admit, this.#limits.maxBufferBytes) };
-          } catch (err) {
-            server.close();
-            reject(err as Error);
-            return;
-          }
-        }
-        this.#address = address;
-        resolve(address);
-      });
+  listen(on: ListenOn): Promise<AddressInfo>;
+  async listen(...args: [number, string] | [ListenOn]): Promise<AddressInfo> {
+    const on: ListenOn = args.length === 2 ? { port: args[0], host: args[1] } : args[0];
+    const acceptor = await this.dataPath.listen(on, {
+      onClient: this.#admit,
+      firstRead: this.#limits.maxBufferBytes,
+      onError: (err) => this.log.error({ err }, 'listener error'),
     });
-  }
-
-  /** The native path accepts on its own copy of a handed socket; the caller keeps (and closes) `fd`. */
-  #acceptOn(native: NativeRelay, fd: number): AddressInfo {
-    if (this.#stopped) throw new Error('listener closed');
-    const [address, port] = handoff().localAddress(fd);
-    this.#accepting = { native, listener: native.listenFd(fd, this.#admit, this.#limits.maxBufferBytes) };
-    this.#address = { address, port, family: isIP(address) === 6 ? 'IPv6' : 'IPv4' };
-    return this.#address;
+    // Closed while the port was being bound: it stays closed.
+    if (this.#stopped) {
+      acceptor.close();
+      throw new Error('listener closed while binding');
+    }
+    // Read at accept no further than the cap in force now (it may have changed meanwhile).
+    acceptor.firstRead(this.#limits.maxBufferBytes);
+    if (this.#acceptor === undefined) this.#acceptor = acceptor;
+    else this.#more.push(acceptor);
+    return acceptor.address;
   }
 
   /** The limits new connections get (open ones keep theirs). */
@@ -175,13 +160,13 @@ export class TenantListener implements ConnectionHost, TenantPort {
   set limits(limits: Limits) {
     this.#limits = limits;
     // The native path reads each client once at accept: no further than the buffer cap.
-    const accepting = this.#accepting;
-    if (accepting !== undefined && 'native' in accepting) accepting.native.firstRead(accepting.listener, limits.maxBufferBytes);
+    this.#acceptor?.firstRead(limits.maxBufferBytes);
+    for (const a of this.#more) a.firstRead(limits.maxBufferBytes);
   }
 
   /** The bound address while listening. */
   get address(): AddressInfo | null {
-    return this.#address;
+    return this.#acceptor?.address ?? null;
   }
 
   /** The router new connections get (but for a rollout's share). */
@@ -233,26 +218,14 @@ export class TenantListener implements ConnectionHost, TenantPort {
     return this.#connections.size;
   }
 
-  /** Node accepted a client (the native path does not run). */
-  readonly #acceptSocket = (socket: Socket): void => {
-    const { remoteAddress, remotePort, localAddress, localPort } = socket;
-    if (remoteAddress === undefined || remotePort === undefined || localAddress === undefined || localPort === undefined) {
-      socket.destroy(); // gone before we saw it
-      return;
-    }
-    this.#admit(new SocketClient(socket), { remoteAddress, remotePort, localAddress, localPort });
-  };
-
   /** accept: a new client. Over the connection limit it is accepted and closed at once. */
   readonly #admit = (client: Client, peer: Peer): void => {
-    const { remoteAddress, remotePort, localAddress, localPort } = peer;
     this.stats.connections++;
     if (!this.#admission.acquire(this.limits.maxConnections)) {
-      const address = `${remoteAddress}:${remotePort}`;
       this.stats.rejected(CloseReason.connectionLimit);
       this.rejected({
         time: new Date(),
-        client: address,
+        client: `${peer.remoteAddress}:${peer.remotePort}`,
         reason: CloseReason.connectionLimit,
         message: `over the limit of ${this.limits.maxConnections} connections`,
         firstBytes: Buffer.alloc(0),
@@ -260,8 +233,8 @@ export class TenantListener implements ConnectionHost, TenantPort {
       client.destroy();
       return;
     }
-    const info: ConnInfo = { tenant: this.tenant, remoteAddress, remotePort, localAddress, localPort };
-    const router = choose(this.#router, this.#candidate, remoteAddress);
+    const info: ConnInfo = { tenant: this.tenant, ...peer };
+    const router = choose(this.#router, this.#candidate, peer.remoteAddress);
     this.#routerUse.set(router, (this.#routerUse.get(router) ?? 0) + 1);
     const connection = new Connection(this, client, info, router);
     this.#connections.add(connection);
@@ -309,18 +282,15 @@ export class TenantListener implements ConnectionHost, TenantPort {
 
   /** Whether the port is bound now. */
   get listening(): boolean {
-    return this.#accepting !== undefined;
+    return this.#acceptor !== undefined;
   }
 
   /** Closes the port: clients that connect from now on are refused. */
   #stopAccepting(): void {
     this.#stopped = true;
-    const accepting = this.#accepting;
-    this.#accepting = undefined;
-    this.#address = null;
-    if (accepting === undefined) return;
-    if ('native' in accepting) accepting.native.unlisten(accepting.listener);
-    else accepting.close();
+    this.#acceptor?.close();
+    this.#acceptor = undefined;
+    for (const a of this.#more.splice(0)) a.close();
   }
 
   /** Forced: stop accepting and destroy every open connection now. Resolves with how many were open. */

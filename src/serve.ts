@@ -11,7 +11,7 @@ import { SpreadListener } from './node/spread-listener.js';
 import type { HandOverSteps, Inherited } from './node/upgrade.js';
 import { capabilities, type DropOptions, dropPrivileges } from './node/privileges.js';
 import type { Limits } from './config.js';
-import { NativeRelay } from './connection/native-relay.js';
+import { processDataPath } from './connection/data-path.js';
 import { runtimeInfo } from './runtime.js';
 import { SwitchyardError } from './errors.js';
 import type { Logger } from './log.js';
@@ -208,7 +208,7 @@ export async function startHosting(o: ServeOptions): Promise<HostingRun> {
         bind: o.bindHost,
         ...(o.store === undefined ? { data: o.dataDir } : { store: redactUrl(o.store.url), revision: service.revision }),
         processes: spread === undefined ? 0 : spread.count,
-        ...NativeRelay.describe(),
+        ...processDataPath().describe(),
         runtime: runtimeInfo(),
       },
       'serving',

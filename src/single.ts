@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { Limits } from './config.js';
-import { NativeRelay } from './connection/native-relay.js';
+import { processDataPath } from './connection/data-path.js';
 import { runtimeInfo } from './runtime.js';
 import { TenantListener } from './listener.js';
 import type { Logger } from './log.js';
@@ -45,17 +45,18 @@ export async function startSingleRouter(o: SingleRouterOptions): Promise<SingleR
   let listener: TenantListener;
   let address: AddressInfo;
   const console = new RouterConsole(o.log, tenant);
+  const dataPath = processDataPath();
   const load = (text: string): Promise<ProcessRouter> =>
     ProcessRouter.load(pool, { tenant, source: text, filename: basename(o.file), routerTimeoutMs: o.limits.routerTimeoutMs, memoryMb: o.limits.memoryMb }, console);
   try {
     const router = await load(source);
-    listener = new TenantListener({ tenant, router, limits: o.limits, log: o.log });
+    listener = new TenantListener({ tenant, router, limits: o.limits, log: o.log, dataPath });
     address = await listener.listen(o.port, o.host);
   } catch (err) {
     await pool.close();
     throw err;
   }
-  listener.log.info({ host: address.address, port: address.port, router: o.file, ...NativeRelay.describe(), runtime: runtimeInfo() }, 'listening');
+  listener.log.info({ host: address.address, port: address.port, router: o.file, ...dataPath.describe(), runtime: runtimeInfo() }, 'listening');
   return {
     address,
     close: async () => {

@@ -7,6 +7,7 @@ import { connect, createServer, type AddressInfo, type Server, type Socket } fro
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { defaultLimits, type Limits } from '../src/config.js';
+import type { ListenOn } from '../src/connection/data-path.js';
 import { TenantListener } from '../src/listener.js';
 import type { Logger } from '../src/log.js';
 import { RouterConsole } from '../src/sandbox/console.js';
@@ -115,6 +116,8 @@ export interface ProxyOptions {
   sharedPool?: SandboxPool;
   /** Hosting mode's backend policy; absent, any backend is allowed. */
   gate?: ConstructorParameters<typeof TenantListener>[0]['gate'];
+  /** Where the listener accepts (default 127.0.0.1, port 0). */
+  listenOn?: ListenOn;
 }
 
 /** Starts a single-router proxy on 127.0.0.1, port 0, with its log captured. */
@@ -146,7 +149,7 @@ export async function startProxy(source: string, options: ProxyOptions = {}): Pr
     }
   }
   const listener = new TenantListener({ tenant, router, limits, log: log.logger, gate: options.gate });
-  const { port } = await listener.listen(0, '127.0.0.1');
+  const { port } = await listener.listen(options.listenOn ?? { host: '127.0.0.1', port: 0 });
   return {
     port,
     log,
@@ -170,11 +173,11 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-/** A TCP server on 127.0.0.1:0 that hands each socket to `onSocket`. */
-export async function startServer(onSocket: (socket: Socket, server: TestServer) => void): Promise<TestServer> {
+/** A TCP server on `host` (127.0.0.1), port 0, that hands each socket to `onSocket`. */
+export async function startServer(onSocket: (socket: Socket, server: TestServer) => void, host = '127.0.0.1'): Promise<TestServer> {
   const accepted: Socket[] = [];
   const server = createServer({ allowHalfOpen: true });
-  server.listen(0, '127.0.0.1');
+  server.listen(0, host);
   await once(server, 'listening');
   const result: TestServer = {
     port: (server.address() as AddressInfo).port,

@@ -1,8 +1,7 @@
 /** The Prometheus exposition: per-tenant series labelled tenant="…", and the sandbox's figures. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { NativeRelay } from '../src/connection/native-relay.js';
-import { renderMetrics } from '../src/metrics/prometheus.js';
+import { renderMetrics, type SandboxFigures } from '../src/metrics/prometheus.js';
 import { runtimeInfo } from '../src/runtime.js';
 import { exchange, startEchoBackend, startProxy } from './helpers.js';
 
@@ -30,7 +29,7 @@ describe('metrics', () => {
     try {
       for (const d of ['route', 'route', 'loop', 'bad', 'throw', 'other']) await exchange(proxy.port, [d]);
       await proxy.log.closed(6);
-      const text = renderMetrics([proxy.listener], await proxy.pool!.figures(), { up: true }, NativeRelay.get()?.stats());
+      const text = renderMetrics([proxy.listener], await proxy.pool!.figures(), { up: true }, proxy.listener.dataPath.figures());
       const t = 'tenant="acme"';
       assert.equal(sample(text, `switchyard_connections_total{${t}}`), 6);
       assert.equal(sample(text, `switchyard_connections_active{${t}}`), 0);
@@ -53,8 +52,9 @@ describe('metrics', () => {
       assert.ok(sample(text, 'switchyard_sandbox_isolates') >= 1);
       assert.ok(sample(text, 'switchyard_sandbox_heap_bytes') > 100_000);
       assert.ok(sample(text, 'switchyard_sandbox_worker_rss_bytes') > 10_000_000);
-      assert.equal(sample(text, 'switchyard_relay_native'), process.platform === 'linux' ? 1 : 0);
-      if (process.platform === 'linux') {
+      const native = proxy.listener.dataPath.kind === 'splice';
+      assert.equal(sample(text, 'switchyard_relay_native'), native ? 1 : 0);
+      if (native) {
         assert.equal(sample(text, 'switchyard_relay_connections'), 0, 'every relayed connection has ended');
         assert.equal(sample(text, 'switchyard_relay_pipes_lent'), 0);
       }
@@ -67,5 +67,29 @@ describe('metrics', () => {
       await proxy.close();
       await echo.close();
     }
+  });
+
+  it('shows the data path from the figures it is given, not from the process', () => {
+    const sandbox: SandboxFigures = {
+      workers: 0,
+      isolates: 0,
+      heapBytes: 0,
+      spareIsolates: 0,
+      coldStartsFromSpare: 0,
+      workerRssBytes: 0,
+      restarts: 0,
+      quarantined: 0,
+      slowLane: 0,
+      penalties: {},
+      penalizedSources: 0,
+    };
+    const native = renderMetrics([], sandbox, { up: true }, { relay: 'splice', stats: { connections: 3, lentPipes: 2, sparePipes: 1, shed: 7 } });
+    assert.deepEqual(
+      ['switchyard_relay_native', 'switchyard_relay_connections', 'switchyard_relay_pipes_lent', 'switchyard_relay_shed_total'].map((s) => sample(native, s)),
+      [1, 3, 2, 7],
+    );
+    const node = renderMetrics([], sandbox, { up: true }, { relay: 'node' });
+    assert.equal(sample(node, 'switchyard_relay_native'), 0);
+    assert.doesNotMatch(node, /switchyard_relay_connections/);
   });
 });

@@ -9,12 +9,14 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { readdirSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import { readdirSync, readFileSync } from 'node:fs';
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { connect, type Socket } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { after, before, describe, it } from 'node:test';
 import type { Client, ClientHandler, Peer } from '../src/connection/client.js';
 import { NativeRelay } from '../src/connection/native-relay.js';
-import { ConnectCancel } from '../src/connection/upstream.js';
+import { ConnectCancel, type ConnectPlan, resolving } from '../src/connection/upstream.js';
 import { deferred, eventually, readAll, refusingPort, spawnCli, startCliProxy, startServer, within, writeRouterFile, type TestServer } from './helpers.js';
 
 // Two pipes at most, so that the tests below also run the copying path (past the cap).
@@ -50,48 +52,84 @@ interface Front {
 async function startFront(relay: NativeRelay, onClient: (a: Accepted) => void = () => undefined): Promise<Front> {
   const accepted: Accepted[] = [];
   const waiting: ((a: Accepted) => void)[] = [];
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as { port: number }).port;
-  const listener = relay.listen(server, (client, peer) => {
-    const ended = deferred<Ended>();
-    const fin = deferred();
-    const drained = deferred();
-    const a: Accepted = { client, peer, chunks: [], fin: fin.promise, drained: drained.promise, ended: ended.promise };
-    const handler: ClientHandler = {
-      received: (chunk) => a.chunks.push(chunk),
-      ended: () => fin.resolve(),
-      drained: () => drained.resolve(),
-      closed: (bytesIn, bytesOut, errno) => ended.resolve({ bytesIn, bytesOut, errno }),
-    };
-    client.listen(handler);
-    accepted.push(a);
-    waiting.shift()?.(a);
-    onClient(a);
-  });
+  const acceptor = await relay.listen(
+    { host: '127.0.0.1', port: 0 },
+    {
+      firstRead: 65536,
+      onError: (err) => assert.fail(err),
+      onClient: (client, peer) => {
+        const ended = deferred<Ended>();
+        const fin = deferred();
+        const drained = deferred();
+        const a: Accepted = { client, peer, chunks: [], fin: fin.promise, drained: drained.promise, ended: ended.promise };
+        const handler: ClientHandler = {
+          received: (chunk) => a.chunks.push(chunk),
+          ended: () => fin.resolve(),
+          drained: () => drained.resolve(),
+          closed: (bytesIn, bytesOut, errno) => ended.resolve({ bytesIn, bytesOut, errno }),
+        };
+        client.listen(handler);
+        accepted.push(a);
+        waiting.shift()?.(a);
+        onClient(a);
+      },
+    },
+  );
   let next = 0;
   return {
-    port,
+    port: acceptor.address.port,
     accepted,
     next: () => {
       const i = next++;
       return i < accepted.length ? Promise.resolve(accepted[i]!) : new Promise((resolve) => waiting.push(resolve));
     },
-    close: () => relay.unlisten(listener),
+    close: () => acceptor.close(),
   };
 }
 
+/** One candidate, one try. */
+function only(host: string, port: number): ConnectPlan {
+  return { remotes: [{ host, port }], tries: 1, retryDelayMs: 0, timeoutMs: 5_000 };
+}
+
 /** A front that relays every client to `backendPort` as soon as it is accepted, dialed natively. */
-function relayingTo(relay: NativeRelay, backendPort: number, owed: { toUpstream?: Buffer; toClient?: Buffer } = {}): (a: Accepted) => void {
+function relayingTo(backendPort: number, owed: { toUpstream?: Buffer; toClient?: Buffer } = {}): (a: Accepted) => void {
   return (a) => {
     a.client.pause();
-    void relay.dial({ host: '127.0.0.1', port: backendPort }, 5_000, new ConnectCancel()).then((upstream) => {
+    void a.client.connect(only('127.0.0.1', backendPort), new ConnectCancel()).then((upstream) => {
       const early = a.chunks.length > 0 ? Buffer.concat(a.chunks) : undefined;
       const toUpstream = owed.toUpstream === undefined ? early : early === undefined ? owed.toUpstream : Buffer.concat([owed.toUpstream, early]);
-      a.client.relay(upstream, toUpstream, owed.toClient);
+      upstream.relay(toUpstream, owed.toClient);
     });
   };
+}
+
+/**
+ * The ports of the net.Sockets that `net.connect` creates while `work` runs: Node publishes each
+ * on the `net.client.socket` diagnostics channel as it creates it.
+ */
+async function socketsCreatedDuring<T>(work: () => Promise<T>): Promise<{ result: T; ports: number[] }> {
+  const ports: number[] = [];
+  const onSocket = (message: unknown): void => {
+    const { socket } = message as { socket: Socket };
+    socket.once('connect', () => ports.push(socket.remotePort ?? -1));
+    ports.push(0); // counted at creation; the port is added once it connects
+  };
+  subscribe('net.client.socket', onSocket);
+  try {
+    return { result: await work(), ports };
+  } finally {
+    unsubscribe('net.client.socket', onSocket);
+  }
+}
+
+function hasIPv6Loopback(): boolean {
+  return Object.values(networkInterfaces()).some((addresses) => addresses?.some((a) => a.address === '::1'));
+}
+
+/** An interface's index, as the kernel numbers it. */
+function interfaceIndex(name: string): number {
+  return Number(readFileSync(`/sys/class/net/${name}/ifindex`, 'utf8').trim());
 }
 
 function openFds(): number {
@@ -119,8 +157,8 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
   let echo: TestServer;
 
   before(async () => {
-    const r = NativeRelay.get();
-    assert.ok(r, `the native relay must load on Linux: ${NativeRelay.unavailableReason}`);
+    const r = NativeRelay.load();
+    assert.ok(r instanceof NativeRelay, `the native relay must load on Linux: ${'reason' in r ? r.reason : ''}`);
     relay = r;
     echo = await startServer((socket) => socket.pipe(socket));
   });
@@ -156,8 +194,8 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     a.client.write('NOOP|');
     a.client.pause();
     socket.write('paused|'); // waits in the kernel, and is relayed after what is owed
-    const upstream = await relay.dial({ host: '127.0.0.1', port: echo.port }, 5_000, new ConnectCancel());
-    a.client.relay(upstream, Buffer.concat([Buffer.from('HEADER|'), ...a.chunks]), Buffer.from('REPLY|'));
+    const upstream = await a.client.connect(only('127.0.0.1', echo.port), new ConnectCancel());
+    upstream.relay(Buffer.concat([Buffer.from('HEADER|'), ...a.chunks]), Buffer.from('REPLY|'));
     socket.end('late');
     assert.equal(await received, 'NOOP|REPLY|HEADER|first|paused|late');
     assert.deepEqual(await a.ended, { bytesIn: 'first|paused|late'.length, bytesOut: 'NOOP|REPLY|HEADER|first|paused|late'.length, errno: 0 });
@@ -261,7 +299,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
   });
 
   it('carries 64 MiB each way, byte for byte, with several relays at once', async () => {
-    const front = await startFront(relay, relayingTo(relay, echo.port));
+    const front = await startFront(relay, relayingTo(echo.port));
     const payloads = [0, 1, 2].map(() => randomBytes(64 * 1024 * 1024));
     const results = await within(Promise.all(payloads.map((p) => roundTrip(front.port, p))), 60_000, 'three 64 MiB round trips');
     results.forEach((r, i) => assert.equal(sha(r), sha(payloads[i]!), `relay ${i} changed the bytes`));
@@ -269,7 +307,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     front.close();
   });
 
-  it('relays a backend that Node connected (a host name), with what Node had read from it first', async () => {
+  it('dials a host name itself, resolved first: no net.Socket, and what the backend says first reaches the client', async () => {
     const greeter = await startServer((socket) => {
       socket.write('220 hello|');
       socket.pipe(socket);
@@ -280,10 +318,11 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     socket.on('end', () => socket.end());
     await once(socket, 'connect');
     const a = await front.next();
-    const upstream = await relay.dial({ host: 'localhost', port: greeter.port }, 5_000, new ConnectCancel());
-    assert.ok(!('id' in upstream), 'a host name is dialed by Node');
-    await once(upstream as Socket, 'readable'); // Node has read the greeting
-    a.client.relay(upstream, undefined, Buffer.from('REPLY|'));
+    const { result: upstream, ports } = await socketsCreatedDuring(() => a.client.connect(only('localhost', greeter.port), new ConnectCancel()));
+    assert.deepEqual(ports, [], 'no net.Socket was created for the backend');
+    assert.deepEqual(upstream.endpoint, { host: 'localhost', port: greeter.port });
+    await eventually(() => greeter.accepted.length === 1, 'the backend to accept');
+    upstream.relay(undefined, Buffer.from('REPLY|'));
     socket.end('ping');
     assert.equal(await received, 'REPLY|220 hello|ping');
     assert.equal((await a.ended).errno, 0);
@@ -291,8 +330,40 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     await greeter.close();
   });
 
+  it("tries each of a name's addresses in turn, within the attempt's timeout; a name that does not resolve fails as Node says it", async () => {
+    const refusing = await refusingPort();
+    const listening = await startServer((s) => s.end());
+    // A resolver with two answers for the name: the first refuses, the second listens.
+    const twoAnswers = resolving(relay.dial, async () => ['127.0.0.2', '127.0.0.1']);
+    const both = await startServer((s) => s.end());
+    const id = await twoAnswers({ host: 'backend.test', port: both.port }, 5_000, new ConnectCancel());
+    assert.equal(typeof id, 'number');
+    relay.destroy(id);
+    const none = resolving(relay.dial, () => Promise.reject(Object.assign(new Error('getaddrinfo ENOTFOUND backend.test'), { code: 'ENOTFOUND' })));
+    await assert.rejects(none({ host: 'backend.test', port: listening.port }, 5_000, new ConnectCancel()), { code: 'ENOTFOUND' });
+    const refused = resolving(relay.dial, async () => ['127.0.0.1']);
+    await assert.rejects(refused({ host: 'backend.test', port: refusing }, 5_000, new ConnectCancel()), { code: 'ECONNREFUSED' });
+    const silent = resolving(relay.dial, () => new Promise<readonly string[]>(() => undefined));
+    await assert.rejects(silent({ host: 'backend.test', port: listening.port }, 50, new ConnectCancel()), /connect timed out after 50 ms/);
+    assert.equal(relay.stats().connections, 0, 'nothing left open');
+    await listening.close();
+    await both.close();
+  });
+
+  it('dials an IPv6 address with its zone', { skip: !hasIPv6Loopback() && 'no IPv6 loopback here' }, async () => {
+    const v6 = await startServer((s) => s.end('v6'), '::1');
+    for (const host of ['::1%lo', `::1%${interfaceIndex('lo')}`]) {
+      const id = await relay.dial({ host, port: v6.port }, 5_000, new ConnectCancel());
+      relay.destroy(id);
+    }
+    // A zone that names no interface: a link-local address without its scope, which the kernel refuses.
+    await assert.rejects(relay.dial({ host: 'fe80::1%no-such-interface', port: v6.port }, 5_000, new ConnectCancel()));
+    assert.equal(relay.stats().connections, 0, 'nothing left open');
+    await v6.close();
+  });
+
   it('reports bytes and idle time while open, and destroy() closes both sides at once', async () => {
-    const front = await startFront(relay, relayingTo(relay, echo.port));
+    const front = await startFront(relay, relayingTo(echo.port));
     const socket = connect({ port: front.port, host: '127.0.0.1', allowHalfOpen: true });
     socket.on('error', () => undefined);
     await once(socket, 'connect');
@@ -312,7 +383,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
 
   it('passes a reset on as a reset', async () => {
     const resetting = await startServer((socket) => socket.once('data', () => socket.resetAndDestroy()));
-    const front = await startFront(relay, relayingTo(relay, resetting.port));
+    const front = await startFront(relay, relayingTo(resetting.port));
     const socket = connect({ port: front.port, host: '127.0.0.1', allowHalfOpen: true });
     const error = deferred<string>();
     socket.on('error', (e: NodeJS.ErrnoException) => error.resolve(e.code ?? ''));
@@ -325,7 +396,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
   });
 
   it('refuses new clients once unlistened, and the open ones carry on', async () => {
-    const front = await startFront(relay, relayingTo(relay, echo.port));
+    const front = await startFront(relay, relayingTo(echo.port));
     const open = connect({ port: front.port, host: '127.0.0.1', allowHalfOpen: true });
     await once(open, 'connect');
     await front.next();
@@ -343,18 +414,18 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     // A process whose only handle is a native listener: it answers each client, and exits
     // once the listener is closed (after its first client).
     const script = `
-      import { createServer } from 'node:net';
       import { NativeRelay } from ${JSON.stringify(new URL('../src/connection/native-relay.js', import.meta.url).href)};
-      const relay = NativeRelay.get();
-      const server = createServer().listen(0, '127.0.0.1', () => {
-        const port = server.address().port;
-        const listener = relay.listen(server, (client) => {
+      const relay = NativeRelay.load();
+      const acceptor = await relay.listen({ host: '127.0.0.1', port: 0 }, {
+        firstRead: 65536,
+        onError() {},
+        onClient(client) {
           client.listen({ received() {}, ended() {}, drained() {}, closed() {} });
           client.end('alive');
-          relay.unlisten(listener);
-        });
-        console.log(port);
-      });`;
+          acceptor.close();
+        },
+      });
+      console.log(acceptor.address.port);`;
     const child = spawn(process.execPath, ['--no-node-snapshot', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
     const exited = once(child, 'close'); // after its stdio closed too: no pipe left open here
     const [line] = (await within(once(child.stdout, 'data'), 10_000, 'the port')) as [Buffer];
@@ -371,12 +442,12 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     // A process allowed 64 descriptors, which greets each client and keeps it open; "stats"
     // is answered with how many clients were shed.
     const script = `
-      import { createServer } from 'node:net';
       import { NativeRelay } from ${JSON.stringify(new URL('../src/connection/native-relay.js', import.meta.url).href)};
-      const relay = NativeRelay.get();
-      const server = createServer().listen(0, '127.0.0.1', () => {
-        const port = server.address().port;
-        relay.listen(server, (client) => {
+      const relay = NativeRelay.load();
+      const acceptor = await relay.listen({ host: '127.0.0.1', port: 0 }, {
+        firstRead: 65536,
+        onError() {},
+        onClient(client) {
           client.listen({
             received(chunk) { if (chunk.toString() === 'stats') client.end('shed=' + relay.stats().shed); },
             ended() { client.end(); },
@@ -384,9 +455,9 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
             closed() {},
           });
           client.write('hi');
-        });
-        console.log(port);
-      });`;
+        },
+      });
+      console.log(acceptor.address.port);`;
     const child = spawn('prlimit', ['--nofile=64:64', process.execPath, '--no-node-snapshot', '--input-type=module', '-e', script], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
@@ -431,13 +502,13 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
 
   it('leaves no file descriptor behind once its clients and relays have ended', async () => {
     // One relay first, so that whatever Node opens lazily is open before the count.
-    const warm = await startFront(relay, relayingTo(relay, echo.port));
+    const warm = await startFront(relay, relayingTo(echo.port));
     await roundTrip(warm.port, Buffer.from('warm'));
     await warm.accepted[0]!.ended;
     warm.close();
     const baseline = openFds() - 2 * relay.stats().sparePipes;
 
-    const front = await startFront(relay, relayingTo(relay, echo.port));
+    const front = await startFront(relay, relayingTo(echo.port));
     await Promise.all(Array.from({ length: 100 }, (_, i) => roundTrip(front.port, randomBytes(i % 2 === 0 ? 300_000 : 10))));
     await Promise.all(front.accepted.map((a) => a.ended));
     front.close();
@@ -463,7 +534,7 @@ describe('native data path', { skip: process.platform !== 'linux' && 'splice(2) 
     // More than the kernel's socket buffers hold on the way (several MiB on loopback).
     const payload = randomBytes(32 * 1024 * 1024);
     const blaster = await startServer((socket) => socket.end(payload));
-    const front = await startFront(relay, relayingTo(relay, blaster.port));
+    const front = await startFront(relay, relayingTo(blaster.port));
     const clients = await Promise.all(
       Array.from({ length: 6 }, async () => {
         const socket = connect({ port: front.port, host: '127.0.0.1', allowHalfOpen: true });

@@ -7,9 +7,15 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { once } from 'node:events';
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { createServer, type Socket } from 'node:net';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
+import { defaultLimits } from '../src/config.js';
+import { TenantListener } from '../src/listener.js';
+import { bindListener, canHandOff } from '../src/node/handoff.js';
+import { MissingRouter } from '../src/tenants/missing-router.js';
 import {
+  CapturedLog,
   deferred,
   dial,
   exchange,
@@ -25,6 +31,7 @@ import {
   type TestProxy,
   type TestServer,
   refusingPort,
+  tryConnect,
 } from './helpers.js';
 import { attemptChannel, type AttemptMessage } from '../src/connection/upstream.js';
 
@@ -870,14 +877,18 @@ describe('resets', () => {
   });
 });
 
+/** Echoes every chunk; closes its side when the client does. */
+function startEcho(): Promise<TestServer> {
+  return startServer((socket) => {
+    socket.on('data', (b: Buffer) => socket.write(b));
+    socket.on('end', () => socket.end());
+  });
+}
+
 describe('listener: connection limit, close, destroy', () => {
   let echo: TestServer;
   before(async () => {
-    // Echoes every chunk; closes its side when the client does.
-    echo = await startServer((socket) => {
-      socket.on('data', (b: Buffer) => socket.write(b));
-      socket.on('end', () => socket.end());
-    });
+    echo = await startEcho();
   });
   after(async () => {
     await echo.close();
@@ -975,6 +986,78 @@ describe('listener: connection limit, close, destroy', () => {
       );
     } finally {
       watch.stop();
+      await p.close();
+    }
+  });
+});
+
+describe('listener: where it accepts, and backends named by host names', () => {
+  let echo: TestServer;
+  before(async () => {
+    echo = await startEcho();
+  });
+  after(async () => {
+    await echo.close();
+  });
+
+  it('serves clients on a listening socket it is handed, and closes that socket when it stops', { skip: !canHandOff() && 'no descriptor hand-off here' }, async () => {
+    // Bound elsewhere, as a master process binds a tenant's port for its proxy processes.
+    const bound = bindListener('127.0.0.1', 0);
+    const p = await startProxy(`proxy(() => ({ remote: '127.0.0.1:${echo.port}' }));`, { listenOn: { fd: bound.fd } });
+    try {
+      assert.equal(p.port, bound.port);
+      assert.deepEqual(p.listener.address, { address: '127.0.0.1', family: 'IPv4', port: bound.port });
+      const results = await Promise.all([1, 2, 3].map((i) => exchange(p.port, [`hello ${i}\n`], { end: true })));
+      assert.deepEqual(
+        results.map((r) => [r.data, r.clean]),
+        [1, 2, 3].map((i) => [`hello ${i}\n`, true]),
+      );
+      await p.listener.close();
+      assert.equal(await tryConnect(p.port), 'ECONNREFUSED', 'the handed socket is closed with the listener');
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('binds a host name, resolved first; a port in use fails with EADDRINUSE, as Node words it', async () => {
+    const log = new CapturedLog();
+    const listener = (): TenantListener => new TenantListener({ tenant: 't', router: new MissingRouter(), limits: defaultLimits, log: log.logger });
+    const first = listener();
+    const second = listener();
+    try {
+      const address = await first.listen({ host: 'localhost', port: 0 });
+      assert.equal(address.address, '127.0.0.1');
+      await assert.rejects(second.listen(address.port, '127.0.0.1'), {
+        code: 'EADDRINUSE',
+        message: `listen EADDRINUSE: address already in use 127.0.0.1:${address.port}`,
+      });
+      assert.equal(second.listening, false);
+    } finally {
+      first.destroy();
+      second.destroy();
+    }
+  });
+
+  it('relays a backend named by a host name; the native data path builds no net.Socket for it', async () => {
+    const p = await startProxy(`proxy(() => ({ remote: 'localhost:${echo.port}' }));`);
+    // Node publishes every socket net.connect creates on this channel: the ones to the backend count.
+    const toBackend: Socket[] = [];
+    const onSocket = (message: unknown): void => {
+      const { socket } = message as { socket: Socket };
+      socket.once('connect', () => {
+        if (socket.remotePort === echo.port) toBackend.push(socket);
+      });
+    };
+    subscribe('net.client.socket', onSocket);
+    try {
+      const result = await exchange(p.port, ['by name\n'], { end: true });
+      assert.deepEqual([result.data, result.clean], ['by name\n', true]);
+      const closed = await p.log.closed();
+      assert.equal(closed.backend, `localhost:${echo.port}`);
+      // Node's path (SWITCHYARD_RELAY=node, test/transport-node-relay.test.ts) connects it with a net.Socket.
+      assert.equal(toBackend.length, p.listener.dataPath.kind === 'splice' ? 0 : 1);
+    } finally {
+      unsubscribe('net.client.socket', onSocket);
       await p.close();
     }
   });

@@ -9,7 +9,7 @@ import type { CachingResolver } from '../routing/resolver.js';
 import type { ConnInfo, Router, RouterHooks } from '../sandbox/router.js';
 import type { Client, ClientHandler, Upstream } from './client.js';
 import { proxyProtocolHeader } from './proxy-protocol.js';
-import { ConnectCancel, connectUpstream } from './upstream.js';
+import { ConnectCancel } from './upstream.js';
 
 /** What a connection needs from the listener that accepted it. */
 export interface ConnectionHost {
@@ -50,7 +50,8 @@ const empty = Buffer.alloc(0);
  *
  * One timer slot serves every phase: the decision deadline while receiving, the inactivity
  * timeout while relaying, and a linger limit once Switchyard has closed its side. The client
- * is the native data path's or a net.Socket (`Client`); the phases are the same for both.
+ * is the native data path's or a net.Socket (`Client`), and connects its own kind of backend
+ * (`Upstream`); the phases are the same for both.
  */
 export class Connection implements ClientHandler {
   readonly #host: ConnectionHost;
@@ -304,7 +305,7 @@ export class Connection implements ClientHandler {
       remotes = admission.candidates;
     }
     try {
-      const { upstream, endpoint } = await connectUpstream(
+      const upstream = await this.#client.connect(
         {
           remotes,
           tries: limits.connectTries,
@@ -312,10 +313,9 @@ export class Connection implements ClientHandler {
           timeoutMs: clamp(decision.connectTimeoutMs ?? limits.connectTimeoutMs),
         },
         cancel,
-        this.#client.dial,
       );
       this.#cancel = undefined;
-      this.#backend = formatEndpoint(endpoint);
+      this.#backend = formatEndpoint(upstream.endpoint);
       if (this.#phase !== 'connecting') {
         upstream.destroy();
         return;
@@ -365,7 +365,7 @@ export class Connection implements ClientHandler {
     this.#inactivityMs = clamp(decision.inactivityTimeoutMs ?? this.#host.limits.inactivityTimeoutMs);
     if (this.#inactivityMs > 0) this.#arm('inactivity', this.#inactivityMs);
     try {
-      this.#client.relay(upstream, toUpstream, toClient);
+      upstream.relay(toUpstream, toClient);
     } catch (err) {
       upstream.destroy();
       this.#host.log.warn({ client: this.client, backend: this.#backend, err: (err as Error).message }, 'relay could not start');

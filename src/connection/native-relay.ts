@@ -1,9 +1,15 @@
+import { lookup } from 'node:dns/promises';
+import { closeSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { isIP, type Server, type Socket } from 'node:net';
-import { getSystemErrorName } from 'node:util';
+import { isIP, type AddressInfo } from 'node:net';
+import { getSystemErrorMap, getSystemErrorName } from 'node:util';
+import type { NativeStats, RelayFigures } from '../metrics/stats.js';
+import { bindListener, handoff } from '../node/handoff.js';
 import type { Endpoint } from '../routing/endpoint.js';
-import type { Client, ClientHandler, Peer, Upstream } from './client.js';
-import { dialSocket, type Dial } from './upstream.js';
+import type { Client, ClientHandler, OnClient, Upstream } from './client.js';
+import type { Accepting, Acceptor, DataPath, ListenOn, RelayDescription } from './data-path.js';
+import { listenBacklog } from './node-relay.js';
+import { type ConnectCancel, type ConnectPlan, ConnectTimeoutError, connectUpstream, type Dial, resolving } from './upstream.js';
 
 /** The addon built from src/native/ (relay.h states its contract and how it works). */
 interface Binding {
@@ -24,45 +30,10 @@ interface Binding {
   end(id: number, bytes?: Buffer): void;
   dial(ip: string, port: number): number;
   join(id: number, dialed: number, toUpstream?: Buffer, toClient?: Buffer): void;
-  attach(id: number, fd: number, toUpstream?: Buffer, toClient?: Buffer): void;
   bytes(id: number): [number, number];
   idleMs(id: number): number;
   destroy(id: number, reset: boolean): [number, number];
   stats(): NativeStats;
-}
-
-export interface NativeStats {
-  /** Clients, dials and relays open now. */
-  connections: number;
-  /** Pipes holding bytes for a direction now (two descriptors each), at most `maxPipes`. */
-  lentPipes: number;
-  /** Empty pipes kept for reuse (two descriptors each), at most 64. */
-  sparePipes: number;
-  /** Clients accepted and closed at once because the process was out of file descriptors. */
-  shed: number;
-}
-
-/** What a listener is told of each client it accepts. */
-export type OnClient = (client: Client, peer: Peer) => void;
-
-/** libuv's handle of a net.Socket or net.Server, as far as the native path needs it. */
-interface UvHandle {
-  readonly fd?: number;
-  reading?: boolean;
-  readStop?(): number;
-}
-
-/** A backend connected by the native path, waiting for its client (`NativeRelay.dial`). */
-export class DialedUpstream {
-  constructor(
-    readonly relay: NativeRelay,
-    readonly id: number,
-  ) {}
-
-  /** Closes it unused. */
-  destroy(): void {
-    this.relay.destroy(this.id);
-  }
 }
 
 /**
@@ -74,10 +45,12 @@ const addonPath = process.env['SWITCHYARD_ADDON'] ?? '../../../build/Release/spl
 /**
  * The native data path. A tenant's port is accepted by the addon (`listen()`), each client is
  * read there and its chunks handed up until the router decides (`NativeClient`), and once the
- * backend is connected the addon relays both sides with splice(2) on this event loop: no
- * net.Socket, stream or JS callback per chunk, and one report when the connection ends.
+ * backend is connected (by the addon too) the addon relays both sides with splice(2) on this
+ * event loop: no net.Socket, stream or JS callback per chunk, and one report when the
+ * connection ends. One per process at most (`NativeRelay.load()`).
  */
-export class NativeRelay {
+export class NativeRelay implements DataPath {
+  readonly kind = 'splice';
   readonly #binding: Binding;
   readonly #listeners: (OnClient | undefined)[] = [];
   readonly #handlers: (ClientHandler | undefined)[] = [];
@@ -90,85 +63,66 @@ export class NativeRelay {
   }
 
   /**
-   * The process's native data path; undefined where it cannot run (not Linux, the addon not
-   * built, or `SWITCHYARD_RELAY=node`), and connections are then accepted and relayed by Node.
+   * The process's native data path, set up on the first call (the addon is set up once per
+   * process); why not, where it cannot run: not Linux, the addon not built, or
+   * `SWITCHYARD_RELAY=node`. `processDataPath()` is what callers want.
    */
-  static get(): NativeRelay | undefined {
-    if (loaded === undefined) loaded = NativeRelay.#load();
-    return loaded.relay;
+  static load(): NativeRelay | { readonly reason: string } {
+    loaded ??= NativeRelay.#load();
+    return loaded;
   }
 
-  /** Why the native path is not in use, if it is not. */
-  static get unavailableReason(): string | undefined {
-    NativeRelay.get();
-    return loaded?.reason;
+  /** @deprecated The start-up log line's fields: the describe() of the data path in use. */
+  static describe(): RelayDescription {
+    const native = NativeRelay.load();
+    return native instanceof NativeRelay ? native.describe() : { relay: 'node', relayFallback: native.reason };
   }
 
-  /** For the start-up log line: which relay connections get, and why not the native one. */
-  static describe(): { relay: 'splice' | 'node'; relayFallback?: string } {
-    const reason = NativeRelay.unavailableReason;
-    return reason === undefined ? { relay: 'splice' } : { relay: 'node', relayFallback: reason };
-  }
-
-  static #load(): { relay?: NativeRelay; reason?: string } {
+  static #load(): NativeRelay | { readonly reason: string } {
     if (process.env['SWITCHYARD_RELAY'] === 'node') return { reason: 'SWITCHYARD_RELAY=node' };
     if (process.platform !== 'linux') return { reason: `splice(2) is Linux only (this is ${process.platform})` };
     try {
       const binding = createRequire(import.meta.url)(addonPath) as Binding;
-      return { relay: new NativeRelay(binding, maxPipes()) };
+      return new NativeRelay(binding, maxPipes());
     } catch (err) {
       return { reason: `the addon did not load: ${(err as Error).message}` };
     }
   }
 
   /**
-   * Takes over a listening net.Server: the addon accepts on a duplicate of its socket, and the
-   * server itself is closed (Node bound the address, with its own errors and host handling).
-   * Each client is read once at accept, for at most `firstRead` bytes (the buffer cap; the
-   * addon reads at most 64 KiB at once). Returns the listener's id for `unlisten()`.
+   * Accepts on a listening socket: one bound here (a host name resolved first, then bound
+   * without Node, src/native/handoff.c) or one handed over as a descriptor. The addon accepts
+   * on a duplicate; the original is closed once the addon has it (a handed one too: it is the
+   * listener's), and left to the caller if that fails. Each client is read once at accept, for
+   * at most `firstRead` bytes (the buffer cap; the addon reads at most 64 KiB at once).
    */
-  listen(server: Server, onClient: OnClient, firstRead = 65536): number {
-    const fd = (server as unknown as { _handle?: UvHandle | null })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) throw new Error('the server has no listening socket');
-    const listener = this.#binding.listen(fd, firstRead);
-    this.#listeners[listener] = onClient;
-    server.close();
-    return listener;
+  async listen(on: ListenOn, accepting: Accepting): Promise<Acceptor> {
+    const handed = 'fd' in on;
+    const socket = handed ? handedSocket(on.fd) : await bind(on.host, on.port);
+    let listener: number;
+    try {
+      listener = this.#binding.listen(socket.fd, accepting.firstRead);
+    } catch (err) {
+      if (!handed) closeSync(socket.fd);
+      throw err;
+    }
+    closeSync(socket.fd);
+    this.#listeners[listener] = accepting.onClient;
+    return {
+      address: socket.address,
+      firstRead: (bytes) => this.#binding.firstRead(listener, bytes),
+      close: () => {
+        this.#listeners[listener] = undefined;
+        this.#binding.unlisten(listener);
+      },
+    };
   }
 
-  /**
-   * Accepts on a duplicate of a listening socket bound elsewhere (handed over by another
-   * process); the caller keeps `fd`. Returns the listener's id for `unlisten()`.
-   */
-  listenFd(fd: number, onClient: OnClient, firstRead = 65536): number {
-    const listener = this.#binding.listen(fd, firstRead);
-    this.#listeners[listener] = onClient;
-    return listener;
-  }
-
-  /** The clients a listener accepts from now on are read for at most `bytes` at accept. */
-  firstRead(listener: number, bytes: number): void {
-    this.#binding.firstRead(listener, bytes);
-  }
-
-  /** Stops accepting: the port is closed, and new clients are refused. */
-  unlisten(listener: number): void {
-    this.#listeners[listener] = undefined;
-    this.#binding.unlisten(listener);
-  }
-
-  /**
-   * How backends are connected: by the addon when the address is an IP, so that no net.Socket
-   * is built for a side the addon will relay anyway; a host name (single-router mode) or an
-   * IPv6 address with a zone goes through Node's resolver and a net.Socket.
-   */
-  readonly dial: Dial<Upstream> = (endpoint, timeoutMs, cancel) =>
-    dialsNatively(endpoint.host) ? this.#dial(endpoint, timeoutMs, cancel) : dialSocket(endpoint, timeoutMs, cancel);
-
-  readonly #dial: Dial<DialedUpstream> = (endpoint, timeoutMs, cancel) =>
+  /** A connect attempt to an IP address: resolves with the dialed id, for `join()`. */
+  readonly #dialAddress: Dial<number> = (endpoint, timeoutMs, cancel) =>
     new Promise((resolve, reject) => {
       const id = this.#binding.dial(endpoint.host, endpoint.port);
-      const timer = setTimeout(() => fail(new Error(`connect timed out after ${timeoutMs} ms`)), timeoutMs);
+      const timer = setTimeout(() => fail(new ConnectTimeoutError(timeoutMs)), timeoutMs);
       const fail = (err: Error): void => {
         clearTimeout(timer);
         cancel.release();
@@ -180,10 +134,17 @@ export class NativeRelay {
       this.#dials[id] = (errno) => {
         clearTimeout(timer);
         cancel.release();
-        if (errno === 0) resolve(new DialedUpstream(this, id));
+        if (errno === 0) resolve(id);
         else reject(connectError(errno, endpoint));
       };
     });
+
+  /**
+   * How backends are connected: always by the addon, so that no net.Socket is built for a side
+   * it relays. A host name (single-router mode) is resolved first, within the attempt's timeout;
+   * an IPv6 address may carry its zone ("fe80::1%eth0"). Resolves with the dialed id.
+   */
+  readonly dial: Dial<number> = resolving(this.#dialAddress);
 
   /** `handler` hears client `id`'s chunks and its end. */
   own(id: number, handler: ClientHandler): void {
@@ -208,26 +169,9 @@ export class NativeRelay {
     this.#binding.end(id, bytes);
   }
 
-  /**
-   * Relays client `id` with `upstream`, after the bytes owed to each side. A net.Socket
-   * upstream (a host name was dialed) is taken over: what Node had read from it goes to the
-   * client first, and the socket is destroyed (the addon holds a duplicate).
-   */
-  relay(id: number, upstream: Upstream, toUpstream: Buffer | undefined, toClient: Buffer | undefined): void {
-    if (upstream instanceof DialedUpstream) {
-      this.#binding.join(id, upstream.id, toUpstream, toClient);
-      return;
-    }
-    const handle = handleOf(upstream);
-    if (handle === undefined) throw new Error('the backend closed before it could be relayed');
-    const fromUpstream = drain(upstream, handle);
-    try {
-      this.#binding.attach(id, handle.fd, toUpstream, join(toClient, fromUpstream));
-    } finally {
-      upstream.removeAllListeners();
-      upstream.on('error', ignore);
-      upstream.destroy();
-    }
+  /** Relays client `id` with the upstream it dialed, after the bytes owed to each side. */
+  join(id: number, dialed: number, toUpstream: Buffer | undefined, toClient: Buffer | undefined): void {
+    this.#binding.join(id, dialed, toUpstream, toClient);
   }
 
   /** Bytes from and to the client so far. */
@@ -248,6 +192,14 @@ export class NativeRelay {
 
   stats(): NativeStats {
     return this.#binding.stats();
+  }
+
+  figures(): RelayFigures {
+    return { relay: 'splice', stats: this.stats() };
+  }
+
+  describe(): RelayDescription {
+    return { relay: 'splice' };
   }
 
   readonly #accepted = (
@@ -299,10 +251,6 @@ export class NativeClient implements Client {
     this.#first = first;
   }
 
-  get dial(): Dial<Upstream> {
-    return this.#native.dial;
-  }
-
   listen(handler: ClientHandler): void {
     this.#native.own(this.#id, handler);
     const first = this.#first;
@@ -330,8 +278,14 @@ export class NativeClient implements Client {
     this.#native.end(this.#id, reply === undefined ? undefined : Buffer.from(reply, 'latin1'));
   }
 
-  relay(upstream: Upstream, toUpstream: Buffer | undefined, toClient: Buffer | undefined): void {
-    this.#native.relay(this.#id, upstream, toUpstream, toClient);
+  async connect(plan: ConnectPlan, cancel: ConnectCancel): Promise<Upstream> {
+    const native = this.#native;
+    const { upstream: dialed, endpoint } = await connectUpstream(plan, cancel, native.dial);
+    return {
+      endpoint,
+      relay: (toUpstream, toClient) => native.join(this.#id, dialed, toUpstream, toClient),
+      destroy: () => native.destroy(dialed),
+    };
   }
 
   idleMs(): number {
@@ -343,7 +297,7 @@ export class NativeClient implements Client {
   }
 }
 
-let loaded: { relay?: NativeRelay; reason?: string } | undefined;
+let loaded: NativeRelay | { readonly reason: string } | undefined;
 
 /**
  * How many pipes directions may hold at once (SWITCHYARD_RELAY_PIPES, default 1024). A pipe is
@@ -356,34 +310,39 @@ function maxPipes(): number {
   return Number.isInteger(n) && n >= 0 && n <= 1_000_000 ? n : 1024;
 }
 
-/** An IP address the addon's inet_pton takes: not a host name, and no IPv6 zone ("fe80::1%eth0"). */
-function dialsNatively(host: string): boolean {
-  return isIP(host) !== 0 && !host.includes('%');
+/** A listening socket's descriptor and the address it is bound to. */
+interface ListeningSocket {
+  readonly fd: number;
+  readonly address: AddressInfo;
 }
 
-function ignore(): void {}
+function addressInfo(address: string, port: number): AddressInfo {
+  return { address, family: isIP(address) === 6 ? 'IPv6' : 'IPv4', port };
+}
 
-function handleOf(socket: Socket): (UvHandle & { fd: number }) | undefined {
-  const handle = (socket as unknown as { _handle?: UvHandle | null })._handle;
-  if (handle == null || typeof handle.fd !== 'number' || handle.fd < 0 || socket.destroyed || socket.connecting) return undefined;
-  return handle as UvHandle & { fd: number };
+/** A descriptor handed over: the address it is bound to (it must be an IP socket). */
+function handedSocket(fd: number): ListeningSocket {
+  const [address, port] = handoff().localAddress(fd);
+  return { fd, address: addressInfo(address, port) };
 }
 
 /**
- * Stops Node reading the socket and takes what it had read but not delivered. `reading` is
- * left true so that `read()` does not start the handle again (net.Socket's `_read` checks it).
+ * Binds and listens as Node's server.listen({ host, port }) does (a host name resolved to its
+ * first address; SO_REUSEADDR; "::" takes IPv4 too), without a net.Server, and fails as it does:
+ * "listen EADDRINUSE: address already in use 0.0.0.0:5432", with the code.
  */
-function drain(socket: Socket, handle: UvHandle): Buffer[] {
-  handle.readStop?.();
-  handle.reading = true;
-  const chunks: Buffer[] = [];
-  for (let chunk: Buffer | null; (chunk = socket.read() as Buffer | null) !== null; ) chunks.push(chunk);
-  return chunks;
-}
-
-function join(first: Buffer | undefined, rest: Buffer[]): Buffer | undefined {
-  if (rest.length === 0) return first;
-  return Buffer.concat(first === undefined ? rest : [first, ...rest]);
+async function bind(host: string, port: number): Promise<ListeningSocket> {
+  const ip = isIP(host) !== 0 ? host : (await lookup(host)).address;
+  try {
+    const bound = bindListener(ip, port, { backlog: listenBacklog });
+    return { fd: bound.fd, address: addressInfo(bound.address, bound.port) };
+  } catch (err) {
+    const errno = (err as NodeJS.ErrnoException).errno;
+    if (typeof errno !== 'number' || errno >= 0) throw err;
+    const code = getSystemErrorName(errno);
+    const text = getSystemErrorMap().get(errno)?.[1] ?? code;
+    throw Object.assign(new Error(`listen ${code}: ${text} ${ip}:${port}`), { code, errno, syscall: 'listen', address: ip, port });
+  }
 }
 
 /** A failed connect, worded as Node words it ("connect ECONNREFUSED 127.0.0.1:9"). */

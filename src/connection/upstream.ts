@@ -1,7 +1,8 @@
 import { channel } from 'node:diagnostics_channel';
-import { connect, type Socket } from 'node:net';
+import { connect, getDefaultAutoSelectFamily, getDefaultAutoSelectFamilyAttemptTimeout, isIP, type Socket } from 'node:net';
 import { ConnectError } from '../errors.js';
 import { type Endpoint, formatEndpoint } from '../routing/endpoint.js';
+import { type LookupFunction, systemLookup } from '../routing/resolver.js';
 
 export interface ConnectPlan {
   /** Candidates in failover order. */
@@ -30,9 +31,17 @@ export const attemptChannel = channel('switchyard:upstream-attempt');
 /** One connect attempt: resolves with the connected upstream, rejects on failure or cancel. */
 export type Dial<T> = (endpoint: Endpoint, timeoutMs: number, cancel: ConnectCancel) => Promise<T>;
 
-export interface Upstream<T> {
+/** What a dial connected, and the candidate it connected to. */
+export interface Connected<T> {
   readonly upstream: T;
   readonly endpoint: Endpoint;
+}
+
+/** A connect attempt that took longer than its timeout. */
+export class ConnectTimeoutError extends Error {
+  constructor(ms: number) {
+    super(`connect timed out after ${ms} ms`);
+  }
 }
 
 /**
@@ -75,7 +84,7 @@ export class ConnectCancel {
  * with ConnectError naming the last candidate tried, or with the cancel's reason when the
  * client went away meanwhile.
  */
-export async function connectUpstream<T>(plan: ConnectPlan, cancel: ConnectCancel, dial: Dial<T>): Promise<Upstream<T>> {
+export async function connectUpstream<T>(plan: ConnectPlan, cancel: ConnectCancel, dial: Dial<T>): Promise<Connected<T>> {
   let last: Error | undefined;
   for (const endpoint of plan.remotes) {
     for (let attempt = 1; attempt <= plan.tries; attempt++) {
@@ -120,7 +129,7 @@ export const dialSocket: Dial<Socket> = (endpoint, timeoutMs, cancel) => {
       reject(err);
     };
     const onError = (err: Error): void => fail(err);
-    const timer = setTimeout(() => fail(new Error(`connect timed out after ${timeoutMs} ms`)), timeoutMs);
+    const timer = setTimeout(() => fail(new ConnectTimeoutError(timeoutMs)), timeoutMs);
     const cleanup = (): void => {
       clearTimeout(timer);
       socket.off('error', onError);
@@ -134,3 +143,54 @@ export const dialSocket: Dial<Socket> = (endpoint, timeoutMs, cancel) => {
     });
   });
 };
+
+/**
+ * A dial of IP addresses made to take host names too, for a data path that connects to
+ * addresses only. A name is resolved first (`lookup`: the system resolver, every address in its
+ * order) and its addresses are tried in turn, as Node's net.connect does (autoSelectFamily):
+ * each but the last for at most autoSelectFamilyAttemptTimeout (250 ms), all of it — the
+ * lookup too — within the attempt's timeout. An IP address is dialed as it is.
+ */
+export function resolving<T>(dialAddress: Dial<T>, lookup: LookupFunction = systemLookup): Dial<T> {
+  return async (endpoint, timeoutMs, cancel) => {
+    if (isIP(endpoint.host) !== 0) return dialAddress(endpoint, timeoutMs, cancel);
+    const deadline = performance.now() + timeoutMs;
+    const resolved = await within(lookup(endpoint.host), timeoutMs, cancel);
+    const addresses = getDefaultAutoSelectFamily() ? resolved : resolved.slice(0, 1);
+    let last: unknown = addresses.length > 0 ? new ConnectTimeoutError(timeoutMs) : new Error(`${endpoint.host} has no address`);
+    for (const [i, host] of addresses.entries()) {
+      const left = Math.ceil(deadline - performance.now());
+      if (left <= 0) break;
+      const ms = i < addresses.length - 1 ? Math.min(left, getDefaultAutoSelectFamilyAttemptTimeout()) : left;
+      try {
+        return await dialAddress({ host, port: endpoint.port }, ms, cancel);
+      } catch (err) {
+        cancel.throwIfCancelled();
+        // The attempt's own time ran out, not just this address's: say so as one dial would.
+        last = err instanceof ConnectTimeoutError && ms === left ? new ConnectTimeoutError(timeoutMs) : err;
+      }
+    }
+    throw last;
+  };
+}
+
+/** A lookup, bounded by the attempt's timeout; a cancel stops the wait (the lookup finishes unheard). */
+function within<T>(work: Promise<T>, ms: number, cancel: ConnectCancel): Promise<T> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    /** The first outcome settles it; the cancel is released once (it may be held by the next step since). */
+    const settle = (outcome: () => void): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      cancel.release();
+      outcome();
+    };
+    const timer = setTimeout(() => settle(() => reject(new ConnectTimeoutError(ms))), ms);
+    cancel.hold((reason) => settle(() => reject(reason)));
+    work.then(
+      (value) => settle(() => resolve(value)),
+      (err: unknown) => settle(() => reject(err as Error)),
+    );
+  });
+}

@@ -1,7 +1,7 @@
-import type { NativeStats } from '../connection/native-relay.js';
+import { processDataPath } from '../connection/data-path.js';
 import type { TenantPort } from '../listener.js';
 import { runtimeInfo } from '../runtime.js';
-import { routerCallBuckets, type RouterOutcomes } from './stats.js';
+import { type RelayFigures, routerCallBuckets, type RouterOutcomes } from './stats.js';
 
 /** Process-wide figures of the sandbox. */
 export interface SandboxFigures {
@@ -56,12 +56,17 @@ function format(labels: Labels): string {
 /** A tenant's port as the metrics read it. */
 type Metered = Pick<TenantPort, 'tenant' | 'stats' | 'bytes'>;
 
-/** Every metric of the service, per tenant (labelled `tenant`) and process-wide; `relay`: the native data path's figures, if it runs. */
+/**
+ * Every metric of the service, per tenant (labelled `tenant`) and process-wide, from the figures
+ * it is given. `relay` is the data path's the listeners were given (`DataPath.figures()`, or the
+ * sum of a node's proxy processes'); a caller that does not pass it gets the process's.
+ * `processes`: each proxy process's connections, when the node runs them.
+ */
 export function renderMetrics(
   listeners: readonly Metered[],
   sandbox: SandboxFigures,
   store: StoreFigures = { up: true },
-  relay?: NativeStats,
+  relay: RelayFigures = processDataPath().figures(),
   processes?: readonly { readonly index: number; readonly connections: number }[],
 ): string {
   const e = new Exposition();
@@ -131,11 +136,17 @@ export function renderMetrics(
       processes.map((p): [Labels, number] => [{ process: String(p.index) }, p.connections]),
     );
   }
-  e.family('switchyard_relay_native', 'gauge', 'Whether connections are accepted and relayed by the native data path (splice) rather than by Node streams.', [[{}, relay === undefined ? 0 : 1]]);
-  if (relay !== undefined) {
-    e.family('switchyard_relay_connections', 'gauge', 'Client connections (and backend connects) held by the native data path now.', [[{}, relay.connections]]);
-    e.family('switchyard_relay_pipes_lent', 'gauge', 'Pipes holding bytes for a slow destination now (SWITCHYARD_RELAY_PIPES caps them).', [[{}, relay.lentPipes]]);
-    e.family('switchyard_relay_shed_total', 'counter', 'Clients accepted and closed at once because the process was out of file descriptors.', [[{}, relay.shed]]);
+  e.family('switchyard_relay_native', 'gauge', 'Whether connections are accepted and relayed by the native data path (splice) rather than by Node streams.', [[{}, relay.relay === 'splice' ? 1 : 0]]);
+  switch (relay.relay) {
+    case 'splice':
+      e.family('switchyard_relay_connections', 'gauge', 'Client connections (and backend connects) held by the native data path now.', [[{}, relay.stats.connections]]);
+      e.family('switchyard_relay_pipes_lent', 'gauge', 'Pipes holding bytes for a slow destination now (SWITCHYARD_RELAY_PIPES caps them).', [[{}, relay.stats.lentPipes]]);
+      e.family('switchyard_relay_shed_total', 'counter', 'Clients accepted and closed at once because the process was out of file descriptors.', [[{}, relay.stats.shed]]);
+      break;
+    case 'node':
+      break;
+    default:
+      relay satisfies never;
   }
   return e.text();
 }

@@ -86,3 +86,18 @@ export class TenantStats extends RouterOutcomes {
     this.rejections.set(reason, (this.rejections.get(reason) ?? 0) + 1);
   }
 }
+
+/** The native data path's figures, process-wide: the addon keeps them (`NativeRelay.stats()`). */
+export interface NativeStats {
+  /** Clients, dials and relays open now. */
+  readonly connections: number;
+  /** Pipes holding bytes for a direction now (two descriptors each), at most `maxPipes`. */
+  readonly lentPipes: number;
+  /** Empty pipes kept for reuse (two descriptors each), at most 64. */
+  readonly sparePipes: number;
+  /** Clients accepted and closed at once because the process was out of file descriptors (a counter). */
+  readonly shed: number;
+}
+
+/** What the metrics show of a process's data path (`DataPath.figures()`). */
+export type RelayFigures = { readonly relay: 'node' } | { readonly relay: 'splice'; readonly stats: NativeStats };

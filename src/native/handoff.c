@@ -30,6 +30,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <node_api.h>
 #include <poll.h>
@@ -87,7 +88,7 @@ static int get_int(napi_env env, napi_value v, int32_t *out) {
 /* bindListener(host, port, reusePort, backlog) -> fd */
 static napi_value js_bind_listener(napi_env env, napi_callback_info info) {
   napi_value argv[4];
-  char host[INET6_ADDRSTRLEN + 1];
+  char host[INET6_ADDRSTRLEN + 64];
   size_t len;
   int32_t port, backlog;
   bool reuse;
@@ -95,23 +96,19 @@ static napi_value js_bind_listener(napi_env env, napi_callback_info info) {
       get_int(env, argv[1], &port) != 0 || port < 0 || port > 65535 || napi_get_value_bool(env, argv[2], &reuse) != napi_ok ||
       get_int(env, argv[3], &backlog) != 0)
     return type_error(env, "bindListener(host, port, reusePort, backlog): host is an IP address");
+  /* A numeric address, IPv6 with a zone too ("fe80::1%eth0"): getaddrinfo parses both. */
+  struct addrinfo hints = { .ai_flags = AI_NUMERICHOST | AI_PASSIVE, .ai_socktype = SOCK_STREAM };
+  struct addrinfo *ai = NULL;
+  if (getaddrinfo(host, NULL, &hints, &ai) != 0 || ai == NULL) return type_error(env, "bindListener: the host must be an IPv4 or IPv6 address");
   struct sockaddr_storage ss;
   memset(&ss, 0, sizeof ss);
-  socklen_t sslen;
-  int family;
-  struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
-  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-  if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
-    family = in4->sin_family = AF_INET;
-    in4->sin_port = htons((uint16_t)port);
-    sslen = sizeof *in4;
-  } else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
-    family = in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons((uint16_t)port);
-    sslen = sizeof *in6;
-  } else {
-    return type_error(env, "bindListener: the host must be an IPv4 or IPv6 address");
-  }
+  socklen_t sslen = ai->ai_addrlen <= sizeof ss ? ai->ai_addrlen : sizeof ss;
+  memcpy(&ss, ai->ai_addr, sslen);
+  int family = ai->ai_family;
+  freeaddrinfo(ai);
+  if (family == AF_INET) ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+  else if (family == AF_INET6) ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+  else return type_error(env, "bindListener: the host must be an IPv4 or IPv6 address");
   int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, "socket", errno);
   int on = 1, off = 0;

@@ -484,19 +484,6 @@ int relay_join(state_t *s, relay_t *r, relay_t *u) {
   return 0;
 }
 
-int relay_attach(state_t *s, relay_t *r, int fd) {
-  int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (dup < 0) return errno;
-  r->fd[1] = dup;
-  if (watch_as(s, r, 1, EPOLL_CTL_ADD) < 0) {
-    int e = errno;
-    close(dup);
-    r->fd[1] = -1;
-    return e;
-  }
-  return 0;
-}
-
 /*
  * Writes what is owed to each side now rather than at the sockets' next event (the backend
  * gets the request sooner), then queues the relay's turn: the client may have bytes waiting

@@ -9,7 +9,7 @@
  * An entry (a small integer id, reused once it is gone) lives through these states:
  *
  *   RECEIVING --end()--> CLOSING --client's FIN--> gone                   a client
- *       \--join() or attach()--> RELAYING --both FINs, or a failure--> gone
+ *       \--join()--> RELAYING --both FINs, or a failure--> gone
  *   DIALING --connected--> DIALED --consumed by join()                     an upstream
  *
  * The contract with JavaScript (every function is called on the loop's thread):
@@ -34,11 +34,12 @@
  *   end(id, bytes?)                                  sends the bytes, then FIN; what the client
  *                                                    sends is dropped until its FIN, then onClosed
  *   dial(ip, port) -> id; then onDialed(id, errno)   an upstream connected here, for join(); on
- *                                                    failure the id is gone when onDialed runs
+ *                                                    failure the id is gone when onDialed runs.
+ *                                                    An IP address (IPv6 with or without a zone,
+ *                                                    "fe80::1%eth0"): host names are resolved first
  *   join(id, dialed, toUpstream?, toClient?)         relays the client with its dialed upstream;
  *                                                    all or nothing: if it throws, both ids are
  *                                                    as they were (the caller destroys them)
- *   attach(id, fd, toUpstream?, toClient?)           ... or with a socket connected elsewhere
  *   bytes(id), idleMs(id), destroy(id, reset), stats()
  *
  * onClosed(id, bytesIn, bytesOut, errno) is called once per client or relay that ends by
@@ -174,9 +175,6 @@ int relay_dial(state_t *s, const struct sockaddr *addr, socklen_t len, relay_t *
 /* A client being received takes the connected upstream of `u` (DIALED), which is released:
    0, or an errno with nothing changed. The owed bytes must have been reserved. */
 int relay_join(state_t *s, relay_t *r, relay_t *u);
-/* A client being received takes a duplicate of `fd` as its upstream: 0, or an errno with
-   nothing changed. */
-int relay_attach(state_t *s, relay_t *r, int fd);
 /* Starts relaying a client that has its upstream, after what is owed to each side. */
 void relay_start(state_t *s, relay_t *r);
 

@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <net/if.h> /* if_nametoindex */
 #include <netinet/in.h>
 #include <node_api.h>
 #include <stdio.h> /* snprintf */
@@ -200,7 +201,7 @@ static int owe(napi_env env, napi_value v, direction_t *d) {
 }
 
 /*
- * The two optional Buffers owed to each side (arguments 2 and 3) of join() and attach(), with
+ * The two optional Buffers owed to each side (arguments 2 and 3) of join(), with
  * room made for them: 1, or 0 with an exception, and then nothing is taken.
  */
 static int reserve_owed(napi_env env, relay_t *r, napi_value *argv, void **data, size_t *len) {
@@ -374,35 +375,52 @@ static napi_value js_end(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * An IPv6 zone ("eth0", or an interface index as "2"): its scope id. A zone that names no
+ * interface gives 0, as libuv's uv_ip6_addr does, and the kernel then refuses a link-local
+ * connect (EINVAL) at once.
+ */
+static uint32_t scope_of(const char *zone) {
+  unsigned index = if_nametoindex(zone);
+  if (index != 0) return index;
+  char *end;
+  unsigned long n = strtoul(zone, &end, 10);
+  return zone[0] >= '0' && zone[0] <= '9' && *end == '\0' && n <= UINT32_MAX ? (uint32_t)n : 0;
+}
+
+/*
  * dial(ip, port) -> id: starts a non-blocking connect (TCP_NODELAY) to an IPv4 or IPv6
- * address; onDialed(id, errno) follows. On success the id waits for join(); on failure it is
- * gone. Errors the connect reports at once (EADDRNOTAVAIL, say) throw.
+ * address, an IPv6 one with or without a zone ("fe80::1%eth0"); onDialed(id, errno) follows.
+ * On success the id waits for join(); on failure it is gone. Errors the connect reports at
+ * once (EADDRNOTAVAIL, say) throw. Host names are resolved by the caller.
  */
 static napi_value js_dial(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   state_t *s = call_args(env, info, &argc, argv);
   if (s == NULL) return NULL;
-  char ip[64];
+  char ip[INET6_ADDRSTRLEN + IF_NAMESIZE + 1];
   size_t len = 0;
   uint32_t port = 0;
-  if (argc < 2 || napi_get_value_string_utf8(env, argv[0], ip, sizeof ip, &len) != napi_ok ||
+  if (argc < 2 || napi_get_value_string_utf8(env, argv[0], ip, sizeof ip, &len) != napi_ok || len >= sizeof ip - 1 ||
       napi_get_value_uint32(env, argv[1], &port) != napi_ok || port == 0 || port > 65535) {
     napi_throw_type_error(env, "ERR_RELAY", "native relay: dial() takes an IP address and a port");
     return NULL;
   }
+  char *zone = strchr(ip, '%');
+  if (zone != NULL) *zone++ = '\0';
   struct sockaddr_storage addr;
   memset(&addr, 0, sizeof addr);
   socklen_t addrlen;
   struct sockaddr_in *v4 = (struct sockaddr_in *)&addr;
   struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&addr;
-  if (inet_pton(AF_INET, ip, &v4->sin_addr) == 1) {
+  if (zone == NULL && inet_pton(AF_INET, ip, &v4->sin_addr) == 1) {
     v4->sin_family = AF_INET;
     v4->sin_port = htons((uint16_t)port);
     addrlen = sizeof *v4;
-  } else if (inet_pton(AF_INET6, ip, &v6->sin6_addr) == 1) {
+  } else if (inet_pton(AF_INET6, ip, &v6->sin6_addr) == 1 && (zone == NULL || *zone != '\0')) {
     v6->sin6_family = AF_INET6;
     v6->sin6_port = htons((uint16_t)port);
+    v6->sin6_scope_id = zone == NULL ? 0 : scope_of(zone);
     addrlen = sizeof *v6;
   } else {
     napi_throw_type_error(env, "ERR_RELAY", "native relay: dial() takes an IP address");
@@ -431,28 +449,6 @@ static napi_value js_join(napi_env env, napi_callback_info info) {
   if (!reserve_owed(env, r, argv, data, len)) return NULL;
   int err = relay_join(s, r, u);
   if (err != 0) return throw_errno(env, "epoll_ctl", err);
-  relay_keep(&r->dir[0], data[0], len[0]); /* reserved: cannot fail */
-  relay_keep(&r->dir[1], data[1], len[1]);
-  relay_start(s, r);
-  return NULL;
-}
-
-/* attach(id, fd, toUpstream?, toClient?): as join(), with a socket connected elsewhere (duplicated). */
-static napi_value js_attach(napi_env env, napi_callback_info info) {
-  napi_value argv[4];
-  state_t *s;
-  relay_t *r = in_state(env, relay_call(env, info, 4, argv, &s), RECEIVING, "native relay: attach() is for a client being received");
-  if (r == NULL) return NULL;
-  int32_t given;
-  if (napi_get_value_int32(env, argv[1], &given) != napi_ok || given < 0) {
-    napi_throw_type_error(env, "ERR_RELAY", "native relay: attach() takes a file descriptor and Buffers");
-    return NULL;
-  }
-  void *data[2];
-  size_t len[2];
-  if (!reserve_owed(env, r, argv, data, len)) return NULL;
-  int err = relay_attach(s, r, given);
-  if (err != 0) return throw_errno(env, "attach", err);
   relay_keep(&r->dir[0], data[0], len[0]); /* reserved: cannot fail */
   relay_keep(&r->dir[1], data[1], len[1]);
   relay_start(s, r);
@@ -526,7 +522,6 @@ static napi_value module_init(napi_env env, napi_value exports) {
     { "end", NULL, js_end, NULL, NULL, NULL, napi_enumerable, NULL },
     { "dial", NULL, js_dial, NULL, NULL, NULL, napi_enumerable, NULL },
     { "join", NULL, js_join, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "attach", NULL, js_attach, NULL, NULL, NULL, napi_enumerable, NULL },
     { "bytes", NULL, js_bytes, NULL, NULL, NULL, napi_enumerable, NULL },
     { "idleMs", NULL, js_idle_ms, NULL, NULL, NULL, napi_enumerable, NULL },
     { "destroy", NULL, js_destroy, NULL, NULL, NULL, napi_enumerable, NULL },

@@ -58,7 +58,7 @@ export interface BoundSocket {
  * can be bound to the same address (SO_REUSEPORT) and the kernel spreads clients over them.
  */
 export function bindListener(host: string, port: number, options: { reusePort?: boolean; backlog?: number } = {}): BoundSocket {
-  if (isIP(host) === 0) throw Object.assign(new Error(`cannot bind ${host}: an IP address is needed`), { code: 'ERR_BIND_HOST' });
+  if (isIP(host.replace(/%.*$/, '')) === 0) throw Object.assign(new Error(`cannot bind ${host}: an IP address is needed`), { code: 'ERR_BIND_HOST' });
   const b = handoff();
   const fd = b.bindListener(host, port, options.reusePort ?? false, options.backlog ?? 1024);
   const [address, bound] = b.localAddress(fd);

@@ -10,7 +10,7 @@
  * (the master keeps each tenant's ring), and answers.
  */
 import type { Limits } from '../config.js';
-import type { NativeStats } from '../connection/native-relay.js';
+import type { RelayFigures } from '../metrics/stats.js';
 import type { CloseReason } from '../errors.js';
 import type { ConnInfo, RouterHooks } from '../sandbox/router.js';
 
@@ -57,7 +57,7 @@ export interface TenantFigures {
 
 export interface ProxyFigures {
   readonly tenants: Readonly<Record<string, TenantFigures>>;
-  readonly relay: NativeStats | undefined;
+  readonly relay: RelayFigures;
 }
 
 /** Requests a proxy answers with `{ t: 'done', seq, value }`. */

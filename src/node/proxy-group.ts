@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import type { NativeStats } from '../connection/native-relay.js';
+import type { NativeStats, RelayFigures } from '../metrics/stats.js';
 import { CloseReason, RouterError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Router } from '../sandbox/router.js';
@@ -280,7 +280,7 @@ export class ProxyGroup {
   // —— figures ——————————————————————————————————————————————————————————————————————
 
   /** Every process's figures, asked now, and the relay's summed. */
-  async figures(): Promise<{ tenants: Map<string, TenantFigures>; relay: NativeStats | undefined; processes: ProcessFigures[] }> {
+  async figures(): Promise<{ tenants: Map<string, TenantFigures>; relay: RelayFigures; processes: ProcessFigures[] }> {
     const live = this.#proxies.filter((p) => p.state !== 'gone');
     await Promise.allSettled(
       live.map(async (p) => {
@@ -289,21 +289,22 @@ export class ProxyGroup {
     );
     const tenants = new Map<string, TenantFigures>();
     for (const [name, f] of this.#retired) tenants.set(name, f);
-    let relay: NativeStats | undefined;
+    let native: { connections: number; lentPipes: number; sparePipes: number; shed: number } | undefined;
     const processes: ProcessFigures[] = [];
     for (const p of live) {
       const f = p.figures;
       if (f === undefined) continue;
       if (p.state !== 'draining') processes.push({ index: p.index, connections: Object.values(f.tenants).reduce((n, t) => n + t.connections, 0) });
       for (const [name, t] of Object.entries(f.tenants)) tenants.set(name, sumFigures(tenants.get(name), t));
-      if (f.relay !== undefined) {
-        relay ??= { connections: 0, lentPipes: 0, sparePipes: 0, shed: 0 };
-        relay.connections += f.relay.connections;
-        relay.lentPipes += f.relay.lentPipes;
-        relay.sparePipes += f.relay.sparePipes;
-        relay.shed += f.relay.shed;
+      if (f.relay.relay === 'splice') {
+        const n = (native ??= { connections: 0, lentPipes: 0, sparePipes: 0, shed: 0 });
+        n.connections += f.relay.stats.connections;
+        n.lentPipes += f.relay.stats.lentPipes;
+        n.sparePipes += f.relay.stats.sparePipes;
+        n.shed += f.relay.stats.shed;
       }
     }
+    const relay: RelayFigures = native === undefined ? { relay: 'node' } : { relay: 'splice', stats: native satisfies NativeStats };
     return { tenants, relay, processes };
   }
 

@@ -7,7 +7,7 @@
  */
 import '../runtime-gate.js';
 import type { Limits } from '../config.js';
-import { NativeRelay } from '../connection/native-relay.js';
+import { processDataPath } from '../connection/data-path.js';
 import { CloseReason, RouterError } from '../errors.js';
 import { TenantListener, type Admission } from '../listener.js';
 import { createLogger, setLogLevel, type Logger } from '../log.js';
@@ -242,10 +242,15 @@ class ProxyProcess {
         firstBytes: rejection.firstBytes.toString('base64'),
       });
     };
+    // Each socket is the listener's once it listens on it; those it could not take are closed here.
+    let taken = 0;
     try {
-      for (const fd of fds) await listener.listen({ fd });
+      for (const fd of fds) {
+        await listener.listen({ fd });
+        taken++;
+      }
     } finally {
-      for (const fd of fds) handoff().close(fd);
+      for (const fd of fds.slice(taken)) handoff().close(fd);
     }
     if (this.#draining) listener.destroy(CloseReason.shutdown);
     return fds.length;
@@ -277,7 +282,7 @@ class ProxyProcess {
         rejections: Object.fromEntries(s.rejections),
       };
     }
-    return { tenants, relay: NativeRelay.get()?.stats() };
+    return { tenants, relay: processDataPath().figures() };
   }
 
   /** Stops accepting on every port, waits for the open connections, exits. */

@@ -4,7 +4,8 @@ import { CloseReason, RouterLoadError, ServiceRefusal } from '../errors.js';
 import { type ListenerOptions, TenantListener, type TenantPort } from '../listener.js';
 import type { Logger } from '../log.js';
 import { renderMetrics } from '../metrics/prometheus.js';
-import { NativeRelay, type NativeStats } from '../connection/native-relay.js';
+import { processDataPath } from '../connection/data-path.js';
+import type { RelayFigures } from '../metrics/stats.js';
 import { type AllowRule, BackendPolicy } from '../routing/policy.js';
 import { CachingResolver } from '../routing/resolver.js';
 import { RouterConsole } from '../sandbox/console.js';
@@ -61,7 +62,7 @@ export interface HostingOptions {
   /** Brings the ports' counters up to date before they are read (a master asks its processes). */
   readonly refresh?: () => Promise<void>;
   /** The data path's figures for the metrics, when not this process's own (a master sums its processes'). */
-  readonly relayFigures?: () => NativeStats | undefined;
+  readonly relayFigures?: () => RelayFigures | undefined;
   /** Each proxy process's connections, when the node runs them. */
   readonly processFigures?: () => readonly { readonly index: number; readonly connections: number }[] | undefined;
 }
@@ -702,7 +703,7 @@ export class HostingService {
       [...this.#tenants.values()].map((t) => t.listener),
       await this.#o.pool.figures(),
       feed === undefined ? { up: true } : { up: feed.state === 'up', revision: feed.applied, changesApplied: feed.figures.changes, changeSeconds: feed.figures.busyMs / 1000 },
-      this.#o.relayFigures === undefined ? NativeRelay.get()?.stats() : this.#o.relayFigures(),
+      this.#o.relayFigures?.() ?? processDataPath().figures(),
       this.#o.processFigures?.(),
     );
   }
