@@ -2,8 +2,9 @@
  * A node's proxy processes (`serve --processes N`), switchyard run as its own process:
  *
  *   - CPU per routed connection: the same load (short connections, each routed by a router in
- *     the sandbox and relayed to an echo backend) against --processes 1 and --processes 2; the
- *     CPU of the whole tree (master, proxy processes, sandbox workers) over the connections.
+ *     the sandbox and relayed to an echo backend) against --processes 0 (the proxy in the master,
+ *     for reference), 1 and 2; the CPU of the whole tree (master, proxy processes, sandbox
+ *     workers) over the connections, and its parts.
  *   - balance: each proxy process's share of the connections (max/min), from the metrics'
  *     switchyard_proxy_process_connections_total.
  *   - reload and upgrade under load: new connections at a steady rate while `switchyard reload`
@@ -16,7 +17,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -105,8 +106,12 @@ async function startNode(processes: number, backend: number): Promise<Node> {
     admin,
     port,
     stop: async () => {
-      child.kill('SIGTERM');
-      await once(child, 'exit');
+      // After an upgrade the old master has exited by itself already.
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = once(child, 'exit');
+        child.kill('SIGTERM');
+        await exited;
+      }
       children.delete(child);
       rmSync(data, { recursive: true, force: true });
     },
@@ -130,14 +135,29 @@ function ping(port: number): Promise<{ ms: number } | { error: string }> {
   });
 }
 
-function treeTicks(pid: number): number {
-  let sum = 0;
-  for (const p of processTree(pid)) sum += processTicks(p) ?? 0;
-  return sum;
+/** CPU ticks of the tree: the master, its proxy processes, and the rest (sandbox workers). */
+function treeTicks(pid: number): { all: number; master: number; proxies: number; workers: number } {
+  const t = { all: 0, master: 0, proxies: 0, workers: 0 };
+  for (const p of processTree(pid)) {
+    const ticks = processTicks(p) ?? 0;
+    t.all += ticks;
+    if (p === pid) t.master += ticks;
+    else if (readCmdline(p).includes('proxy-process.js')) t.proxies += ticks;
+    else t.workers += ticks;
+  }
+  return t;
+}
+
+function readCmdline(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'latin1');
+  } catch {
+    return '';
+  }
 }
 
 /** `connections` pings, `concurrency` at a time; the tree's CPU per connection. */
-async function cpuPerConnection(node: Node): Promise<{ usPerConn: number; failures: number }> {
+async function cpuPerConnection(node: Node): Promise<{ usPerConn: number; master: number; proxies: number; workers: number; failures: number }> {
   for (let i = 0; i < 200; i++) await ping(node.port); // warm-up: isolates built, caches filled
   const before = treeTicks(node.pid);
   let next = 0;
@@ -150,8 +170,9 @@ async function cpuPerConnection(node: Node): Promise<{ usPerConn: number; failur
       }
     }),
   );
-  const ticks = treeTicks(node.pid) - before;
-  return { usPerConn: (ticks * 1e6) / ticksPerSecond / connections, failures };
+  const after = treeTicks(node.pid);
+  const us = (k: keyof typeof after): number => Math.round(((after[k] - before[k]) * 1e6) / ticksPerSecond / connections * 10) / 10;
+  return { usPerConn: us('all'), master: us('master'), proxies: us('proxies'), workers: us('workers'), failures };
 }
 
 async function balance(node: Node): Promise<{ shares: number[]; ratio: number }> {
@@ -185,6 +206,7 @@ async function steady(port: number, ms: number, during: () => Promise<unknown>):
   await during();
   await new Promise((r) => setTimeout(r, ms / 3));
   clearInterval(timer);
+  progress(`${inflight.size} connections to finish`);
   await Promise.all(inflight);
   const sorted = Float64Array.from(latencies).sort();
   return { done: latencies.length + failures.length, failures, p99: percentile(sorted, 0.99) };
@@ -201,18 +223,29 @@ function client(node: Node, command: string): Promise<string> {
 const backend = await echoBackend();
 const results: Record<string, unknown> = {};
 
-for (const n of [1, 2]) {
+const progress = (line: string): void => {
+  process.stderr.write(`processes bench: ${line}\n`);
+};
+
+for (const n of [0, 1, 2]) {
+  progress(`--processes ${n}: starting`);
   const node = await startNode(n, backend);
+  progress(`--processes ${n}: ${connections} connections`);
   const cpu = await cpuPerConnection(node);
+  progress(`--processes ${n}: balance`);
   const b = await balance(node);
+  progress(`--processes ${n}: stopping`);
   results[`processes${n}`] = { ...cpu, balance: b };
   await node.stop();
 }
 
 {
   const node = await startNode(2, backend);
+  progress(`reload and upgrade at ${rate}/s`);
   const base = await steady(node.port, 3000, async () => undefined);
+  progress('reload');
   const reload = await steady(node.port, 3000, () => client(node, 'reload'));
+  progress('upgrade');
   let successor = 0;
   const upgrade = await steady(node.port, 4000, async () => {
     successor = (JSON.parse(await client(node, 'upgrade')) as { successor: number }).successor;
@@ -223,12 +256,16 @@ for (const n of [1, 2]) {
   await node.stop().catch(() => undefined);
 }
 
-const p1 = results.processes1 as { usPerConn: number; balance: { ratio: number } };
-const p2 = results.processes2 as { usPerConn: number; balance: { ratio: number; shares: number[] } };
+type Cpu = { usPerConn: number; master: number; proxies: number; workers: number };
+const p0 = results.processes0 as Cpu;
+const p1 = results.processes1 as Cpu & { balance: { ratio: number } };
+const p2 = results.processes2 as Cpu & { balance: { ratio: number; shares: number[] } };
+const parts = (c: Cpu): string => `master ${c.master}, proxies ${c.proxies}, sandbox ${c.workers}`;
 const sw = results.switches as Record<'base' | 'reload' | 'upgrade', Window>;
 const rows = [
-  ['CPU per routed connection, --processes 1', `${p1.usPerConn.toFixed(1)} µs`],
-  ['CPU per routed connection, --processes 2', `${p2.usPerConn.toFixed(1)} µs (${((p2.usPerConn / p1.usPerConn - 1) * 100).toFixed(1)}%; target ≤ +10%)`],
+  ['CPU per routed connection, --processes 0', `${p0.usPerConn.toFixed(1)} µs (one process: proxy in the master, sandbox ${p0.workers})`],
+  ['CPU per routed connection, --processes 1', `${p1.usPerConn.toFixed(1)} µs (${parts(p1)})`],
+  ['CPU per routed connection, --processes 2', `${p2.usPerConn.toFixed(1)} µs (${parts(p2)}; ${((p2.usPerConn / p1.usPerConn - 1) * 100).toFixed(1)}%, target ≤ +10%)`],
   ['balance, --processes 2 (max/min share)', `${p2.balance.ratio.toFixed(3)} (${p2.balance.shares.join(' / ')}; target ≤ 1.25)`],
   ...(['base', 'reload', 'upgrade'] as const).map((k) => [`${k === 'base' ? 'no switch' : k} at ${rate}/s`, `${sw[k].done} connections, ${sw[k].failures.length} refused or reset, p99 ${sw[k].p99.toFixed(2)} ms`]),
 ];

@@ -28,6 +28,8 @@
  *                       capped by the open-files hard limit: each proxied connection is two fds)
  *   --skip-tenants      no cold start / warm tenants (bench/tenants.ts); --tenants N (default 500; quick 100)
  *   --skip-sandbox      no fairness run (bench/sandbox.ts); --sandbox-calls N (default 10000; quick 1000)
+ *   --skip-processes    no proxy-processes run (bench/processes.ts: CPU per connection with 1 and 2
+ *                       proxy processes, their balance, reload and upgrade under load; both cores)
  *   --node-load         the load side in Node even when bench/native/rate.c compiles: the rate and
  *                       bulk clients of load.ts, and the git-like, sink, source and raw HTTP backends
  *                       of backends.ts. By default (when `cc` is on PATH) rate.c is the rate and bulk
@@ -148,11 +150,11 @@ interface Started {
  * Starts a node child (pinned to `cpu` with taskset, which execs node: the pid is node's).
  * Its stdout goes to a file, never a pipe: a pipe we read late would hold up the proxy's log writes.
  */
-function start(name: string, cpu: 0 | 1, nodeArgs: readonly string[], stdoutFile: string, program: string = process.execPath, stdin: 'ignore' | 'pipe' = 'ignore'): Started {
+function start(name: string, cpu: 0 | 1 | 'both', nodeArgs: readonly string[], stdoutFile: string, program: string = process.execPath, stdin: 'ignore' | 'pipe' = 'ignore'): Started {
   const stderrFile = join(tmp, `${name}.stderr`);
   const out = openSync(stdoutFile, 'w');
   const err = openSync(stderrFile, 'w');
-  const [cmd, cmdArgs] = pinned ? ['taskset', ['-c', String(cpu), program, ...nodeArgs]] : [program, [...nodeArgs]];
+  const [cmd, cmdArgs] = pinned ? ['taskset', ['-c', cpu === 'both' ? '0,1' : String(cpu), program, ...nodeArgs]] : [program, [...nodeArgs]];
   // stdin 'pipe': a pipe never written to, for a child that exits when it closes (when we are gone).
   const child = spawn(cmd, cmdArgs, { cwd: root, stdio: [stdin, out, err] });
   closeSync(out);
@@ -230,7 +232,7 @@ const listeningPort = (o: Record<string, unknown>): number | undefined =>
   o.msg === 'listening' && typeof o.port === 'number' ? o.port : undefined;
 
 /** Runs a bench tool to completion and parses its last stdout line as JSON; killed after `timeoutMs`. */
-async function runTool<T>(name: string, cpu: 0 | 1, nodeArgs: readonly string[], timeoutMs: number): Promise<T> {
+async function runTool<T>(name: string, cpu: 0 | 1 | 'both', nodeArgs: readonly string[], timeoutMs: number): Promise<T> {
   const file = join(tmp, `${name}.stdout`);
   const s = start(name, cpu, nodeArgs, file);
   const exited = new Promise<void>((resolve) => s.child.once('exit', () => resolve()));
@@ -797,6 +799,15 @@ async function main(): Promise<void> {
     sandbox = await runTool<SandboxResult>('sandbox', 1, ['--no-node-snapshot', join(here, 'sandbox.js'), '--calls', String(cfg.sandboxCalls), '--bombs', quick ? '8' : '40'], 300_000);
   }
 
+  // ------------------------------------------------ proxy processes: CPU per connection, balance, reload, upgrade
+  let processes: Record<string, unknown> | undefined;
+  if (args.has('skip-processes')) log('bench: proxy processes skipped (--skip-processes)');
+  else {
+    log('bench: proxy processes (serve --processes 0/1/2, reload and upgrade under load, bench/processes.ts)');
+    processes = await runTool<Record<string, unknown>>('processes', 'both', ['--no-node-snapshot', join(here, 'processes.js'), '--connections', quick ? '1000' : '4000'], 300_000);
+    process.stdout.write(readFileSync(join(tmp, 'processes.stdout'), 'utf8').split('\n').filter((l) => l !== '' && !l.startsWith('{')).join('\n') + '\n');
+  }
+
   type Hot = { scenario: string; file: string; totalMs: number; functions: HotFunction[] };
   const profiles: Record<string, Hot> = {};
   if (cfg.profile) {
@@ -851,6 +862,7 @@ async function main(): Promise<void> {
     ...(idle === undefined ? {} : { idle }),
     ...(tenants === undefined ? {} : { tenants }),
     ...(sandbox === undefined ? {} : { sandbox }),
+    ...(processes === undefined ? {} : { processes }),
     ...(diagnosis === undefined ? {} : { diagnosis }),
     checks,
     ...(cfg.profile ? { profiles } : {}),

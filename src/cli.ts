@@ -112,7 +112,7 @@ function handleSignals(log: Logger): { attach(service: Service, reload: () => Pr
 
 /** `--sandbox-user`, for both modes. */
 function sandboxUserOption(): Option {
-  return new Option('--sandbox-user <name>', 'user sandbox workers run as when the service runs as root').default(defaultSandboxUser);
+  return new Option('--sandbox-user <name>', 'user sandbox workers run as when the service runs as root, or holds CAP_SETUID and CAP_SETGID').default(defaultSandboxUser);
 }
 
 /** Tells the service manager (systemd's NOTIFY_SOCKET), when there is one; a failure is logged, never fatal. */
