@@ -798,3 +798,13 @@ export async function runCli(args: readonly string[], env: NodeJS.ProcessEnv = {
   const { code } = await within(proc.exited, timeoutMs, `switchyard ${args.join(' ')}`);
   return { code, stdout: proc.log.text, stderr: proc.stderr() };
 }
+
+/** Whether a process exists (signal 0). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

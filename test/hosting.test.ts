@@ -30,6 +30,7 @@ import {
   type TestServer,
   refusingPort,
   tryConnect,
+  alive,
 } from './helpers.js';
 
 /** A backend that answers every chunk with `<tag>:<chunk>` and closes when the client does. */
@@ -689,14 +690,6 @@ function childPids(pid: number): number[] {
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe('hosting: the service as a process', () => {
   const procs: CliProcess[] = [];

@@ -27,6 +27,7 @@ import {
   startServer,
   type TestServer,
   within,
+  alive,
 } from './helpers.js';
 
 const token = 'sy_op_processes_test';
@@ -386,14 +387,6 @@ describe('reload under load', { concurrency: false }, () => {
   });
 });
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** A long-lived relayed connection streaming random bytes through an echo backend, checked by hash. */
 async function startStream(port: number): Promise<{ finish(): Promise<void> }> {

@@ -20,6 +20,7 @@ import {
   isPlainObject,
   limitsJson,
   rolloutOf,
+  nextVersion,
   rolloutPercent,
   type RouterVersionInfo,
   versionInfo,
@@ -212,22 +213,13 @@ export class PgTenantStore implements ClusterStore {
   }
 
   async addRouterVersion(name: string, source: string, keep?: number, rollout?: { readonly percent: number }): Promise<number> {
-    const percent = rollout === undefined ? null : rolloutPercent(rollout.percent);
     return this.#transaction(async (c) => {
       const tenant = await tenantRow(c, name);
-      if (percent !== null && tenant.live_version === null) throw new StoreError('ERR_STORE_INVALID', 'a rollout needs a live version to share new connections with');
-      const version = tenant.last_version + 1;
-      const live = percent === null ? version : tenant.live_version;
+      const { version, live, candidate, percent, pruneBelow } = nextVersion(tenant, rollout, keep);
       await c.query('INSERT INTO router_versions (tenant_id, version, source) VALUES ($1, $2, $3)', [tenant.id, version, Buffer.from(source, 'utf8')]);
-      await c.query('UPDATE tenants SET last_version = $1, live_version = $2, candidate_version = $3, candidate_percent = $4 WHERE id = $5', [
-        version,
-        live,
-        percent === null ? null : version,
-        percent,
-        tenant.id,
-      ]);
-      if (keep !== undefined) {
-        await c.query('DELETE FROM router_versions WHERE tenant_id = $1 AND version <= $2 AND version IS DISTINCT FROM $3', [tenant.id, version - Math.max(1, keep), live]);
+      await c.query('UPDATE tenants SET last_version = $1, live_version = $2, candidate_version = $3, candidate_percent = $4 WHERE id = $5', [version, live, candidate, percent, tenant.id]);
+      if (pruneBelow !== undefined) {
+        await c.query('DELETE FROM router_versions WHERE tenant_id = $1 AND version <= $2 AND version IS DISTINCT FROM $3', [tenant.id, pruneBelow, live]);
       }
       await recordChange(c, name, 'router');
       return version;

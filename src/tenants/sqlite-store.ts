@@ -16,6 +16,7 @@ import {
   isPlainObject,
   limitsJson,
   rolloutOf,
+  nextVersion,
   rolloutPercent,
   type RouterVersionInfo,
   versionInfo,
@@ -182,23 +183,14 @@ export class SqliteTenantStore implements TenantStore {
 
   async addRouterVersion(name: string, source: string, keep?: number, rollout?: { readonly percent: number }): Promise<number> {
     const db = this.#open();
-    const percent = rollout === undefined ? null : rolloutPercent(rollout.percent);
     return db
       .transaction(() => {
         const tenant = this.#tenantRow(name);
-        if (percent !== null && tenant.live_version === null) throw new StoreError('ERR_STORE_INVALID', 'a rollout needs a live version to share new connections with');
-        const version = tenant.last_version + 1;
-        const live = percent === null ? version : tenant.live_version;
+        const { version, live, candidate, percent, pruneBelow } = nextVersion(tenant, rollout, keep);
         db.prepare('INSERT INTO router_versions (tenant_id, version, source, created_at) VALUES (?, ?, ?, ?)').run(tenant.id, version, source, now());
-        db.prepare('UPDATE tenants SET last_version = ?, live_version = ?, candidate_version = ?, candidate_percent = ? WHERE id = ?').run(
-          version,
-          live,
-          percent === null ? null : version,
-          percent,
-          tenant.id,
-        );
-        if (keep !== undefined) {
-          db.prepare('DELETE FROM router_versions WHERE tenant_id = ? AND version <= ? AND version IS NOT ?').run(tenant.id, version - Math.max(1, keep), live);
+        db.prepare('UPDATE tenants SET last_version = ?, live_version = ?, candidate_version = ?, candidate_percent = ? WHERE id = ?').run(version, live, candidate, percent, tenant.id);
+        if (pruneBelow !== undefined) {
+          db.prepare('DELETE FROM router_versions WHERE tenant_id = ? AND version <= ? AND version IS NOT ?').run(tenant.id, pruneBelow, live);
         }
         return version;
       })

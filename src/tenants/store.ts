@@ -299,6 +299,29 @@ export function versionInfo(version: number, source: string, createdAt: string):
 }
 
 /** A rollout's share as the stores keep it: an integer from 1 to 99, or StoreError ERR_STORE_INVALID. */
+/**
+ * The numbers of a new router version, for both stores: the version, what is live after it (the
+ * new one, or in a rollout the one live before), the candidate and its share, and the versions
+ * pruned (those at or below `pruneBelow`, but never the live one). Throws when a rollout has
+ * nothing live to share new connections with.
+ */
+export function nextVersion(
+  tenant: { readonly last_version: number; readonly live_version: number | null },
+  rollout: { readonly percent: number } | undefined,
+  keep: number | undefined,
+): { version: number; live: number | null; candidate: number | null; percent: number | null; pruneBelow: number | undefined } {
+  const percent = rollout === undefined ? null : rolloutPercent(rollout.percent);
+  if (percent !== null && tenant.live_version === null) throw new StoreError('ERR_STORE_INVALID', 'a rollout needs a live version to share new connections with');
+  const version = tenant.last_version + 1;
+  return {
+    version,
+    live: percent === null ? version : tenant.live_version,
+    candidate: percent === null ? null : version,
+    percent,
+    pruneBelow: keep === undefined ? undefined : version - Math.max(1, keep),
+  };
+}
+
 export function rolloutPercent(percent: number): number {
   if (!Number.isInteger(percent) || percent < 1 || percent > 99) throw new StoreError('ERR_STORE_INVALID', 'a rollout percent is an integer from 1 to 99');
   return percent;
